@@ -1,0 +1,43 @@
+# The two commands: `make demo` (set-up + main job on the embedded default) and
+# `make test` (set-up + the whole test suite). Both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+# DDS stays on this machine: discovery on loopback only, a domain of our own.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= 57
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+export PYTHONUNBUFFERED := 1
+
+.PHONY: all install demo test bench clean
+all: install
+
+$(VENV)/.deps-installed: requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	touch $@
+
+$(VENV)/.interfaces-installed: $(VENV)/.deps-installed msg/*.msg CMakeLists.txt compat/tf2_msgs/msg/*.msg
+	scripts/build_interfaces.sh $(VENV)
+	touch $@
+
+$(VENV)/.match-ros-installed: $(VENV)/.interfaces-installed setup.py
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.match-ros-installed
+
+demo: install
+	$(VENV)/bin/match_ros_demo
+
+test: install
+	$(PY) -m pytest test
+
+bench: install
+	$(VENV)/bin/match_ros_bench
+
+clean:
+	rm -rf build $(VENV)
