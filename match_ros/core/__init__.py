@@ -1,0 +1,1 @@
+"""Pure algorithmic core: no rclpy, no *_msgs imports (numpy, torch, OpenCV only)."""
