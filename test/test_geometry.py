@@ -1,0 +1,117 @@
+"""Pure core: two-view geometry, pose algebra, keyframe selection, drop-oldest slot."""
+import threading
+
+import numpy as np
+import pytest
+
+from match_ros.core import geometry as g
+from match_ros.core.keyframes import KeyframeSelector
+from match_ros.core.latest import LatestSlot
+
+K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+
+
+def _random_rotation(rng, max_deg):
+    import cv2
+
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    return cv2.Rodrigues(axis * np.radians(rng.uniform(0.5, max_deg)))[0]
+
+
+def _scene(rng, n=300, outliers=0.0, noise_px=0.3):
+    """Points in front of the reference camera, a query camera moved by T_ref_query."""
+    X_ref = np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-1.5, 1.5, n), rng.uniform(3, 8, n)])
+    T_ref_query = g.make_T(_random_rotation(rng, 10), rng.normal(size=3) * 0.4)
+    X_query = (g.invert(T_ref_query) @ np.column_stack([X_ref, np.ones(n)]).T).T[:, :3]
+
+    def proj(X):
+        x = (K @ X.T).T
+        return x[:, :2] / x[:, 2:]
+
+    p_ref = proj(X_ref) + rng.normal(scale=noise_px, size=(n, 2))
+    p_query = proj(X_query) + rng.normal(scale=noise_px, size=(n, 2))
+    n_out = int(outliers * n)
+    p_query[:n_out] = rng.uniform([0, 0], [640, 480], size=(n_out, 2))
+    depth = np.zeros((480, 640), np.float32)
+    cols, rows = np.round(proj(X_ref)).astype(int).T
+    ok = (cols >= 0) & (cols < 640) & (rows >= 0) & (rows < 480)
+    depth[rows[ok], cols[ok]] = X_ref[ok, 2]
+    return p_ref, p_query, T_ref_query, depth, n_out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_essential_pose_recovers_rotation_and_direction(seed):
+    rng = np.random.default_rng(seed)
+    p_ref, p_query, T_gt, _, n_out = _scene(rng, outliers=0.3)
+    res = g.estimate_relative_pose(p_ref, p_query, K, K)
+    assert res.valid and not res.scale_known
+    assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 0.5
+    assert g.translation_angle_deg(res.T_ref_query[:3, 3], T_gt[:3, 3]) < 3.0
+    assert abs(np.linalg.norm(res.T_ref_query[:3, 3]) - 1.0) < 1e-6
+    # outliers are flagged: almost none of the injected outliers is an inlier
+    assert res.inliers[:n_out].mean() < 0.05 and res.inliers[n_out:].mean() > 0.9
+    assert res.parallax_deg > 0
+
+
+def test_pnp_pose_with_reference_depth_is_metric():
+    rng = np.random.default_rng(7)
+    p_ref, p_query, T_gt, depth, _ = _scene(rng, outliers=0.2, noise_px=0.2)
+    res = g.estimate_relative_pose(np.round(p_ref), p_query, K, K, depth_ref=depth)
+    assert res.valid and res.scale_known
+    assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 0.5
+    assert np.linalg.norm(res.T_ref_query[:3, 3] - T_gt[:3, 3]) < 0.03  # metres
+
+
+def test_too_few_matches_gives_invalid_pose_not_an_exception():
+    res = g.estimate_relative_pose(np.zeros((4, 2)), np.zeros((4, 2)), K, K)
+    assert not res.valid and "4 matches" in res.reason
+
+
+def test_bad_inputs_raise_value_error():
+    with pytest.raises(ValueError):
+        g.estimate_relative_pose(np.zeros((20, 2)), np.zeros((19, 2)), K, K)
+    with pytest.raises(ValueError):
+        g.estimate_relative_pose(np.zeros((20, 2)), np.zeros((20, 2)), np.zeros((3, 3)), K)
+
+
+def test_quaternion_round_trip_and_inverse():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        R = _random_rotation(rng, 179)
+        q = g.quaternion_from_matrix(R)
+        assert abs(np.linalg.norm(q) - 1) < 1e-12 and q[3] >= 0
+        np.testing.assert_allclose(g.matrix_from_quaternion(q), R, atol=1e-10)
+        T = g.make_T(R, rng.normal(size=3))
+        np.testing.assert_allclose(T @ g.invert(T), np.eye(4), atol=1e-12)
+    with pytest.raises(ValueError):
+        g.matrix_from_quaternion([0, 0, 0, 0])
+
+
+def test_keyframe_selector_rules():
+    sel = KeyframeSelector({"min_tracked_ratio": 0.3, "min_inliers": 20, "max_parallax_deg": 5.0,
+                            "max_interval_s": 2.0})
+    assert not sel.decide(500, 1000, 1.0, 0.1).new_keyframe
+    assert sel.decide(200, 1000, 1.0, 0.1).new_keyframe          # ratio
+    assert sel.decide(15, 40, 1.0, 0.1).new_keyframe             # count
+    assert sel.decide(500, 1000, 6.0, 0.1).new_keyframe          # parallax
+    assert sel.decide(500, 1000, 1.0, 2.5).new_keyframe          # age
+    with pytest.raises(ValueError):
+        KeyframeSelector({"no_such_key": 1})
+
+
+def test_latest_slot_drops_oldest_and_never_blocks():
+    slot = LatestSlot()
+    for i in range(10):
+        slot.put(i)
+    assert slot.get(timeout=0.1) == 9
+    assert slot.received == 10 and slot.dropped == 9
+    assert slot.get(timeout=0.05) is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.get(timeout=2.0)))
+    t.start()
+    slot.put("x")
+    t.join()
+    assert got == ["x"]
+    slot.close()
+    assert slot.get(timeout=1.0) is None
