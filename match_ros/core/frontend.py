@@ -101,6 +101,8 @@ class KeyframeTracker:
             return TrackResult(query_id, new_kf, len(feats), Matches.empty(), empty, empty,
                                RelativePose(False, reason="first frame"), True, "first frame", timings)
 
+        if kf.K is None and frame.K is not None:
+            kf.K = np.asarray(frame.K, np.float64)  # same camera; calibration arrived after the keyframe
         matches = self.matcher.match(kf.features, feats)
         t2 = time.perf_counter()
         pts_ref, pts_query = matches.points(kf.features, feats)

@@ -95,11 +95,15 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
     if E is None or E.shape != (3, 3) or mask is None:
         return RelativePose(False, inliers=np.zeros(m, bool), reason="essential matrix failed")
     mask = mask.ravel().astype(np.uint8)
-    # recoverPose: x_query = R x_ref + t (cheirality check keeps points in front of both cameras)
-    n_good, R, t, pose_mask = cv2.recoverPose(E, n_ref, n_query, np.eye(3), mask=mask.copy())
+    # recoverPose: x_query = R x_ref + t; of the four decompositions keep the one with most
+    # points in front of both cameras. Its default distance cut (50 baselines) would reject
+    # distant points at the small baselines between video frames, so set it far away.
+    _, R, t, pose_mask, _ = cv2.recoverPose(E, n_ref, n_query, np.eye(3), distanceThresh=1e7,
+                                            mask=mask.copy())
     inliers = (pose_mask.ravel() > 0)
+    n_good = int(inliers.sum())
     if n_good < c["min_inliers"]:
-        return RelativePose(False, inliers=inliers, num_inliers=int(n_good),
+        return RelativePose(False, inliers=inliers, num_inliers=n_good,
                             reason=f"{n_good} inliers < min_inliers {c['min_inliers']}")
     T_query_ref = np.eye(4)
     T_query_ref[:3, :3], T_query_ref[:3, 3] = R, t.ravel() / max(np.linalg.norm(t), 1e-12)
