@@ -11,6 +11,7 @@ are dropped (and counted), never queued.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -51,6 +52,8 @@ class KeyframeMatcherNode(Node):
                            "subscriptions.", read_only=True, choices=IMAGE_QOS_CHOICES)
         self.use_depth = declare(self, "use_depth", False, "Subscribe to 'depth' (aligned with image, "
                                  "32FC1 m or 16UC1 mm) for metric relative poses.", read_only=True)
+        self.depth_wait_s = declare(self, "depth_wait_s", 0.2, "How long a frame waits for the depth image "
+                                    "with its stamp before it is matched without depth [s].", min_value=0.0)
         self.publish_tf = declare(self, "publish_tf", True, "Broadcast keyframe_frame -> tracked_frame.")
         self.keyframe_frame = declare(self, "keyframe_frame", "match_ros_keyframe",
                                       "TF frame of the current keyframe's camera (optical).")
@@ -68,19 +71,20 @@ class KeyframeMatcherNode(Node):
         self.slot: LatestSlot = LatestSlot()
         self._K = None
         self._depths: deque = deque(maxlen=8)  # (stamp_ns, depth msg), matched to images by stamp
+        self._depth_cond = threading.Condition()
         self._errors = 0
         self._processed = 0
         self._keyframes = 0
         self._latencies_ms: deque = deque(maxlen=300)
         self._done_times: deque = deque(maxlen=300)
         self._last_error = ""
+        self._error_logged_at: dict = {}
 
         qos = image_qos(qos_name)
         self.create_subscription(Image, "image", self._on_image, qos)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
         if self.use_depth:
-            self.create_subscription(Image, "depth", lambda m: self._depths.append(
-                (conv.stamp_to_ns(m.header.stamp), m)), qos)
+            self.create_subscription(Image, "depth", self._on_depth, qos)
         self.pub_corr = self.create_publisher(CorrespondenceSet, "correspondences", 10)
         self.pub_pose = self.create_publisher(PoseStamped, "relative_pose", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -101,6 +105,11 @@ class KeyframeMatcherNode(Node):
     # ------------------------------------------------------------ callbacks
     def _on_image(self, msg: Image):
         self.slot.put((time.monotonic(), msg))
+
+    def _on_depth(self, msg: Image):
+        with self._depth_cond:
+            self._depths.append((conv.stamp_to_ns(msg.header.stamp), msg))
+            self._depth_cond.notify_all()
 
     def _on_camera_info(self, msg: CameraInfo):
         try:
@@ -138,9 +147,16 @@ class KeyframeMatcherNode(Node):
         self._done_times.append(now)
 
     def _depth_for(self, stamp_ns: int):
-        for s, m in reversed(self._depths):
-            if s == stamp_ns:
-                return conv.depth_to_numpy(m)
+        deadline = time.monotonic() + self.depth_wait_s
+        with self._depth_cond:
+            while True:
+                msg = next((m for s, m in reversed(self._depths) if s == stamp_ns), None)
+                remaining = deadline - time.monotonic()
+                if msg is not None or remaining <= 0:
+                    break
+                self._depth_cond.wait(remaining)
+        if msg is not None:
+            return conv.depth_to_numpy(msg)
         self.get_logger().warn("no depth image with the image's stamp: scale-free pose",
                                throttle_duration_sec=5.0)
         return None
@@ -155,9 +171,13 @@ class KeyframeMatcherNode(Node):
             self.tf.send([conv.matrix_to_transform(result.pose.T_ref_query, out_header, self.tracked_frame)])
 
     def _count_error(self, text: str):
+        """Count and log an error; the same kind of error (digits ignored) at most every 2 s."""
         self._errors += 1
         self._last_error = text
-        self.get_logger().error(text, throttle_duration_sec=2.0)
+        kind, now = re.sub(r"[0-9.]+", "#", text), time.monotonic()
+        if now - self._error_logged_at.get(kind, -1e9) >= 2.0:
+            self._error_logged_at[kind] = now
+            self.get_logger().error(text)
 
     # ------------------------------------------------------------ diagnostics
     def stats(self) -> dict:

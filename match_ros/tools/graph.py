@@ -85,18 +85,27 @@ def _param_text(v) -> str:
 
 
 def spin_until(node, predicate: Callable[[], bool], timeout: float, executor=None) -> bool:
-    """Spin ``node`` until predicate() is true or timeout [s] passes; returns predicate()."""
-    import rclpy
+    """Spin ``node`` until predicate() is true or timeout [s] passes; returns predicate().
 
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        if executor is not None:
+    Without an executor a temporary one is made in the node's own context.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    own = executor is None
+    if own:
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+    try:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
             executor.spin_once(timeout_sec=0.05)
-        else:
-            rclpy.spin_once(node, timeout_sec=0.05)
-    return predicate()
+        return predicate()
+    finally:
+        if own:
+            executor.remove_node(node)
+            executor.shutdown()
 
 
 def wait_for_subscribers(node, publishers: Sequence, timeout: float = 20.0) -> bool:
