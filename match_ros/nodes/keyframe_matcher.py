@@ -77,6 +77,7 @@ class KeyframeMatcherNode(Node):
         self._keyframes = 0
         self._latencies_ms: deque = deque(maxlen=300)
         self._done_times: deque = deque(maxlen=300)
+        self._stage_ms: deque = deque(maxlen=300)  # per frame {queue (wait + convert), extract, match, pose, publish} [ms]
         self._last_error = ""
         self._error_logged_at: dict = {}
 
@@ -138,8 +139,12 @@ class KeyframeMatcherNode(Node):
             self.get_logger().warn("no camera_info received yet: publishing matches without pose",
                                    throttle_duration_sec=5.0)
         depth = self._depth_for(stamp_ns) if self.use_depth else None
+        t_convert = time.monotonic()
         result = self.tracker.process(Frame(image, stamp_ns, msg.header.frame_id, self._K, depth))
+        t_publish = time.monotonic()
         self._publish(result, msg.header)
+        self._stage_ms.append({**result.timings_ms, "queue": 1e3 * (t_convert - received),
+                               "publish": 1e3 * (time.monotonic() - t_publish)})
         self._processed += 1
         self._keyframes += int(result.is_keyframe)
         now = time.monotonic()
@@ -184,9 +189,12 @@ class KeyframeMatcherNode(Node):
         lat = np.array(self._latencies_ms) if self._latencies_ms else np.zeros(1)
         times = list(self._done_times)
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        stages = {f"{k}_ms": float(np.mean([t.get(k, 0.0) for t in self._stage_ms]))
+                  for k in ("queue", "extract", "match", "pose", "publish")} if self._stage_ms else {}
         return {"received": self.slot.received, "processed": self._processed, "dropped": self.slot.dropped,
                 "errors": self._errors, "keyframes": self._keyframes, "rate_hz": rate,
-                "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95))}
+                "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
+                **stages}
 
     def _publish_diagnostics(self):
         s = self.stats()
