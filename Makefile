@@ -20,7 +20,7 @@ $(VENV)/.deps-installed: requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
-$(VENV)/.interfaces-installed: $(VENV)/.deps-installed msg/*.msg CMakeLists.txt compat/tf2_msgs/msg/*.msg
+$(VENV)/.interfaces-installed: $(VENV)/.deps-installed msg/*.msg srv/*.srv CMakeLists.txt compat/tf2_msgs/msg/*.msg
 	scripts/build_interfaces.sh $(VENV)
 	touch $@
 
