@@ -142,3 +142,15 @@ def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarra
         return sigma_px ** 2 * np.linalg.inv(info)
     except np.linalg.LinAlgError:
         return np.full((6, 6), np.nan)
+
+
+def covariance_of_attached_frame(cov_cam: np.ndarray, T_map_cam: np.ndarray, T_map_frame: np.ndarray) -> np.ndarray:
+    """Covariance [6 x 6] of a frame rigidly attached to the camera, from the camera's.
+
+    Same parametrization as pose_covariance: a small rotation dr about the map axes moves
+    the attached frame's origin by dr x a, with a the camera-to-frame offset in the map frame.
+    """
+    a = T_map_frame[:3, 3] - T_map_cam[:3, 3]
+    J = np.eye(6)
+    J[:3, 3:] = -np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return J @ cov_cam @ J.T

@@ -17,6 +17,9 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from .bagio import (STORAGES, BagError, camera_info_msg, image_msg, make_typestore, open_writer, pose_stamped_msg,
                     qos, tf_msg)
@@ -33,6 +36,8 @@ class BagLayout:
     tf: str = "/tf"
     camera_frame: str = "camera_optical_frame"
     map_frame: str = "map"
+    tf_frame: str = ""                    # parent frame of /tf (empty: map_frame), e.g. "odom"
+    T_tf_map: Optional[np.ndarray] = None  # [4 x 4] pose of map_frame in tf_frame (None: identity)
 
 
 def _frame_message(ts, key: str, frame, camera, layout: BagLayout):
@@ -47,7 +52,8 @@ def _frame_message(ts, key: str, frame, camera, layout: BagLayout):
         return image_msg(ts, frame.depth, t, fid)
     if key == "pose":
         return pose_stamped_msg(ts, frame.T_world_cam, t, layout.map_frame)
-    return tf_msg(ts, frame.T_world_cam, t, layout.map_frame, fid)
+    T = frame.T_world_cam if layout.T_tf_map is None else layout.T_tf_map @ frame.T_world_cam
+    return tf_msg(ts, T, t, layout.tf_frame or layout.map_frame, fid)
 
 
 def write_sequence_bag(path, sequence, *, storage: str = "sqlite3", with_depth: bool = False,
