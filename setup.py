@@ -15,6 +15,10 @@ setup(
     entry_points={
         "console_scripts": [
             "match_ros_keyframe_matcher = match_ros.nodes.keyframe_matcher:main",
+            "match_ros_relocalizer = match_ros.nodes.relocalizer:main",
+            "match_ros_map_builder = match_ros.nodes.map_builder:main",
+            "match_ros_build_map = match_ros.tools.build_map:main",
+            "match_ros_eval_reloc = match_ros.tools.eval_reloc:main",
             "match_ros_bag_write = match_ros.tools.bag_write:main",
             "match_ros_bag_play = match_ros.tools.bag_play:main",
             "match_ros_render = match_ros.tools.render:main",

@@ -173,12 +173,14 @@ def make_trajectory(kind: str, n_frames: int, seed: int = 0) -> list:
 def make_sequence(scene: str = "room", trajectory: Optional[str] = None, n_frames: int = 60, *,
                   rate_hz: float = 30.0, camera: Optional[Camera] = None, seed: int = 0,
                   start_ns: int = DEFAULT_START_NS, photometric: bool = False, noise_sigma: float = 0.0,
-                  textures_dir=None) -> Sequence:
+                  textures_dir=None, scene_seed: Optional[int] = None) -> Sequence:
     """Scene ``scene`` seen along ``trajectory`` (default DEFAULT_TRAJECTORY[scene]), stamped at ``rate_hz``.
 
     Frame i has stamp start_ns + round(i * 1e9 / rate_hz) [ns].
     photometric: a sequence-wide gain in [0.75, 1.25] and gamma in [0.8, 1.25] drawn from ``seed``.
     noise_sigma: per-frame Gaussian noise [gray levels], seeded per frame.
+    scene_seed: seed of the scene's textures (default: seed); the same scene_seed with another
+    seed gives another trajectory through the same scene (mapping vs query sequences).
     """
     if scene not in SCENES:
         raise ValueError(f"unknown scene '{scene}', expected one of {SCENES}")
@@ -190,5 +192,6 @@ def make_sequence(scene: str = "room", trajectory: Optional[str] = None, n_frame
     if photometric:
         rng = np.random.default_rng([seed, 7])
         gain, gamma = float(rng.uniform(0.75, 1.25)), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    return Sequence(make_scene(scene, textures_dir, seed=seed), camera or Camera(), list(zip(stamps, poses)),
+    scene_seed = seed if scene_seed is None else scene_seed
+    return Sequence(make_scene(scene, textures_dir, seed=scene_seed), camera or Camera(), list(zip(stamps, poses)),
                     gain=gain, gamma=gamma, noise_sigma=noise_sigma, seed=seed)

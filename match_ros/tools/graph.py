@@ -81,6 +81,8 @@ class NodeProcess:
 def _param_text(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str) and v == "":
+        return "''"  # YAML empty string; a bare 'name:=' does not parse
     return str(v)
 
 

@@ -131,10 +131,10 @@ def replay_through_node(bag_path: str | Path, sequence, params: dict, *, rate: f
                          {**remaps, "correspondences": "/keyframe_matcher/correspondences"},
                          log_path=log_path) as proc:
             image_pub = player.publishers["/camera/image_raw"]
-            ready = spin_until(node, lambda: image_pub.get_subscription_count() > 0
-                               and node.count_publishers("/keyframe_matcher/correspondences") > 0,
+            ready = spin_until(node, lambda: not proc.alive() or (image_pub.get_subscription_count() > 0
+                               and node.count_publishers("/keyframe_matcher/correspondences") > 0),
                                startup_timeout, executor=ex)
-            if not ready:
+            if not ready or not proc.alive():
                 raise RuntimeError(f"keyframe_matcher did not come up in {startup_timeout} s:\n{proc.log()[-3000:]}")
             spin_until(node, lambda: False, 1.0, executor=ex)  # let the remaining discovery settle
             t0 = time.monotonic()
