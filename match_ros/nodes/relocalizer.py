@@ -78,8 +78,7 @@ class RelocalizerNode(Node):
         self.map = None
         self._lock = threading.Lock()  # guards map / localizer / pending requests
         if self.map_path:
-            ok, text = self._load(self.map_path)
-            (self.get_logger().info if ok else self.get_logger().error)(text)
+            self._log_outcome(*self._load(self.map_path))
 
         self.slot: LatestSlot = LatestSlot()
         self._K = None
@@ -110,7 +109,7 @@ class RelocalizerNode(Node):
     def _load(self, path: str) -> tuple[bool, str]:
         try:
             new_map = Map.load(path, self._matcher_identity, self.global_desc.identity)
-        except (MapError, OSError) as e:
+        except (MapError, OSError, ValueError) as e:
             return False, f"map not loaded: {e}"
         with self._lock:
             self.map, self.map_path = new_map, path
@@ -119,9 +118,16 @@ class RelocalizerNode(Node):
 
     def _srv_load(self, req, res):
         res.success, res.message = self._load(req.path)
-        res.num_keyframes = len(self.map) if self.map is not None else 0
-        (self.get_logger().info if res.success else self.get_logger().error)(res.message)
+        res.num_keyframes = len(self.map) if res.success else 0
+        self._log_outcome(res.success, res.message)
         return res
+
+    def _log_outcome(self, ok: bool, text: str):
+        # one call site per severity: rclpy refuses to change a call site's severity
+        if ok:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().error(text)
 
     def _srv_save(self, req, res):
         path = req.path or self.map_path
@@ -131,8 +137,9 @@ class RelocalizerNode(Node):
         try:
             self.map.save(path)
             res.success, res.message = True, f"saved {len(self.map)} keyframes to {path}"
-        except (MapError, OSError) as e:
+        except (ValueError, OSError) as e:  # MapError is a ValueError
             res.success, res.message = False, f"save failed, previous file untouched: {e}"
+        self._log_outcome(res.success, res.message)
         return res
 
     # ------------------------------------------------------------ inputs

@@ -81,7 +81,7 @@ def write_query_bag(path, sequence, storage="sqlite3"):
 
 
 def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain_id=None, startup_timeout=90.0,
-                          log_path=None) -> RelocRun:
+                          log_path=None, topics=("/camera/image_raw", "/camera/camera_info", "/tf")) -> RelocRun:
     confine_to_loopback(domain_id)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -117,7 +117,7 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
         (stamp_to_ns(m.header.stamp), pose_to_matrix(m.pose.pose), np.array(m.pose.covariance).reshape(6, 6))), reliable)
     node.create_subscription(TFMessage, "/tf", on_tf, QoSProfile(depth=500))
     try:
-        player = BagPlayer(node, query_bag, rate=rate, topics=["/camera/image_raw", "/camera/camera_info", "/tf"])
+        player = BagPlayer(node, query_bag, rate=rate, topics=list(topics))
         remaps = {"image": "/camera/image_raw", "camera_info": "/camera/camera_info", "pose": "/relocalizer/pose",
                   "status": "/relocalizer/status", "correspondences": "/relocalizer/correspondences"}
         with NodeProcess("match_ros.nodes.relocalizer", params, remaps, log_path=log_path) as proc:
