@@ -24,6 +24,7 @@ setup(
             "match_ros_render = match_ros.tools.render:main",
             "match_ros_demo = match_ros.tools.demo:main",
             "match_ros_bench = match_ros.tools.bench:main",
+            "match_ros_bench_reloc = match_ros.tools.bench_reloc:main",
             "match_ros_eval_pairs = match_ros.tools.eval_pairs:main",
         ],
     },

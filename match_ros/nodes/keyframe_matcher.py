@@ -17,10 +17,8 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -36,6 +34,7 @@ from ..core.matcher import available_matchers, build_matcher
 from ..ros import conversions as conv
 from ..ros.params import conf_comments, declare, declare_group
 from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
+from ..ros.spin import run_node
 from ..ros.tf import TfBroadcaster
 
 
@@ -218,17 +217,7 @@ class KeyframeMatcherNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = KeyframeMatcherNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(KeyframeMatcherNode, args=args)
 
 
 if __name__ == "__main__":

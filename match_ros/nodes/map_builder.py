@@ -13,10 +13,8 @@ import threading
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -31,6 +29,7 @@ from ..core import mapping
 from ..ros import conversions as conv
 from ..ros.params import conf_comments, declare, declare_group
 from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
+from ..ros.spin import run_node
 from ..ros.tf_buffer import TfListener, TfLookupError
 
 
@@ -161,26 +160,19 @@ class MapBuilderNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
+    def destroy_node(self):
+        """Stop the worker, then save (save_on_shutdown) so Ctrl-C never loses the map."""
+        self.slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=30.0)
+        if self.save_on_shutdown and self.map_path:
+            ok, text = self.save(self.map_path)
+            print(text, flush=True)  # the ROS logger may already be shut down here
+        return super().destroy_node()
+
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MapBuilderNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.slot.close()
-            node._worker.join(timeout=30.0)
-            if node.save_on_shutdown and node.map_path:
-                ok, text = node.save(node.map_path)
-                print(text, flush=True)
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(MapBuilderNode, threads=2, args=args)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -41,6 +39,7 @@ from ..core.matcher import available_matchers, build_matcher
 from ..ros import conversions as conv
 from ..ros.params import conf_comments, declare, declare_group
 from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
+from ..ros.spin import run_node
 from ..ros.tf import TfBroadcaster
 from ..ros.tf_buffer import TfListener, TfLookupError
 
@@ -246,22 +245,15 @@ class RelocalizerNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
+    def destroy_node(self):
+        self.slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        return super().destroy_node()
+
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RelocalizerNode()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.slot.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(RelocalizerNode, threads=3, args=args)
 
 
 if __name__ == "__main__":
