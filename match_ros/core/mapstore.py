@@ -10,7 +10,9 @@ File layout (one SQLite file, no server; all arrays little-endian raw bytes, sha
 The FAISS index is NOT stored: it is rebuilt from the stored global descriptors on load (10 000 x 1280
 entries: well under a second). One source of truth, no FAISS-version or CPU/GPU dependence in the file.
 ``save`` is atomic (temp file in the same folder, fsync, os.replace, fsync of the folder): a crash or kill
-during a save leaves the previous file untouched. ``load`` opens the file read-only and immutable.
+during a save leaves the previous file untouched (a killed save may leave a ``.NAME.*.tmp`` file beside it).
+``load`` opens the file read-only and immutable (no locks, no journal files): maps are never modified in
+place, a new save replaces the file (new inode) so a reader keeps reading the version it opened.
 """
 from __future__ import annotations
 
@@ -203,9 +205,12 @@ class Map:
         if path.is_dir():
             raise ValueError(f"map path {path} is a directory")
         path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp makes a 0600 file: give the map the old file's permissions, or rw-r--r--
+        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
+            os.chmod(tmp, mode)
             con = sqlite3.connect(tmp, isolation_level=None)
             try:
                 _write(con, self)
@@ -268,6 +273,11 @@ def _crc(blobs) -> int:
     return crc
 
 
+def _le(a: np.ndarray, dtype) -> bytes:
+    """Array as little-endian raw bytes (the file's byte order on any host)."""
+    return np.ascontiguousarray(a, np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
 def _write(con: sqlite3.Connection, m: Map) -> None:
     con.execute("PRAGMA journal_mode=OFF")  # the temp file is discarded on failure: no journal needed
     con.execute("PRAGMA synchronous=OFF")  # fsync once, by hand, before the rename
@@ -278,7 +288,7 @@ def _write(con: sqlite3.Connection, m: Map) -> None:
                 "num_keypoints INTEGER NOT NULL, desc_dim INTEGER NOT NULL, desc_dtype TEXT NOT NULL, "
                 "keypoints BLOB NOT NULL, descriptors BLOB NOT NULL, scores BLOB NOT NULL, points3d BLOB NOT NULL, "
                 "global_desc BLOB NOT NULL, global_dim INTEGER NOT NULL, crc32 INTEGER NOT NULL)")
-    meta = {"format_version": str(m.format_version), "matcher_name": m.matcher_name,
+    meta = {"format_version": str(FORMAT_VERSION), "matcher_name": m.matcher_name,
             "matcher_identity": m.matcher_identity, "matcher_conf": json.dumps(m.matcher_conf, sort_keys=True),
             "global_desc_identity": m.global_desc_identity, "global_desc_dim": str(m.global_desc_dim or 0),
             "map_frame_id": m.map_frame_id, "created_ns": str(int(m.created_ns)),
@@ -286,9 +296,9 @@ def _write(con: sqlite3.Connection, m: Map) -> None:
     con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
     sql = f"INSERT INTO keyframes ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
     for kf in m:
-        le = lambda a, dt: np.ascontiguousarray(a, np.dtype(dt).newbyteorder("<")).tobytes()  # noqa: E731
-        blobs = [le(kf.T_world_cam, "f8"), le(kf.K, "f8"), le(kf.keypoints, "f4"), le(kf.descriptors, kf.descriptors.dtype),
-                 le(kf.scores, "f4"), le(kf.points3d, "f4"), le(kf.global_desc, "f4")]
+        blobs = [_le(kf.T_world_cam, "f8"), _le(kf.K, "f8"), _le(kf.keypoints, "f4"),
+                 _le(kf.descriptors, kf.descriptors.dtype), _le(kf.scores, "f4"), _le(kf.points3d, "f4"),
+                 _le(kf.global_desc, "f4")]
         b = dict(zip(_BLOBS, blobs))
         con.execute(sql, (kf.id, kf.stamp_ns, kf.frame_id, b["pose"], b["K"], kf.image_size[0], kf.image_size[1],
                           len(kf.keypoints), kf.descriptors.shape[1], kf.descriptors.dtype.name, b["keypoints"],

@@ -3,9 +3,10 @@
 Maps use an exact ``IndexFlatIP``; from ``hnsw_min_entries`` entries on (``index_type: auto``) the index
 switches to ``IndexHNSWFlat`` with inner-product metric (approximate, sub-linear search). Both sit in an
 ``IndexIDMap2`` so results are the caller's int64 ids. Measured for D = 1280 on one CPU thread: flat search
-0.05 / 0.2 / 4-5 ms at 100 / 1000 / 10 000 entries, HNSW 2 ms at 10 000 but ~1.2 ms per entry to build
-(12 s for 10 000): below ~50 000 entries the exact flat index is both fast enough and cheap to rebuild. On ``device: cuda`` with a FAISS GPU build
-the flat index is searched on the GPU (HNSW has no GPU version and stays on the CPU).
+0.05 / 0.17 / 4.4-5.3 ms at 100 / 1000 / 10 000 entries, HNSW 1.9 ms at 10 000 but ~0.9 ms per entry to
+build (8.6 s for 10 000): below ~50 000 entries the exact flat index is both fast enough and cheap to rebuild.
+On ``device: cuda`` with a FAISS GPU build the flat index is searched on the GPU (HNSW has no GPU version
+and stays on the CPU).
 """
 from __future__ import annotations
 

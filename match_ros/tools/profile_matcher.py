@@ -10,6 +10,7 @@ Time of a stage not covered by a listed submodule (NMS, top-k, filtering, prunin
 from __future__ import annotations
 
 import argparse
+import ast
 import statistics
 import time
 from collections import defaultdict
@@ -53,6 +54,14 @@ def _hook(modules: dict, acc: dict) -> list:
     return handles
 
 
+def _parse_item(item: str) -> tuple:
+    key, _, value = item.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a plain string
+
+
 def _frames(gap: int):
     from match_ros.sim import make_sequence
 
@@ -71,16 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--gap", type=int, default=3, help="query = frame GAP of the rendered 'room' sequence")
     args = p.parse_args(argv)
-
-    import ast
-
-    conf = {}
-    for item in args.conf:
-        key, _, value = item.partition("=")
-        try:
-            conf[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            conf[key] = value
+    conf = dict(_parse_item(item) for item in args.conf)
     if args.max_keypoints is not None:
         conf["max_keypoints"] = args.max_keypoints
     if args.threads is not None:
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     for h in handles:
         h.remove()
 
-    def ms(name):
+    def ms(name: str) -> float:
         return 1e3 * statistics.median(rows[name])
 
     print(f"{args.matcher} conf={conf} threads={torch.get_num_threads()} keypoints={len(key)}/{len(query)} "
