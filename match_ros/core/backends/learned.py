@@ -46,7 +46,7 @@ class CoAMXFeat(_Learned):
         super().__init__(conf, device)
         from ..learned.coam import CoAMNet
 
-        self.net = self._load_net(CoAMNet)
+        self.model = self._load_net(CoAMNet)
 
     @torch.inference_mode()
     def match(self, ref: Features, query: Features) -> Matches:
@@ -55,7 +55,7 @@ class CoAMXFeat(_Learned):
         if len(ref) == 0 or len(query) == 0:
             return Matches.empty()
         with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
-            c0, c1, z0, z1 = self.net(ref.descriptors.to(self.device)[None], query.descriptors.to(self.device)[None])
+            c0, c1, z0, z1 = self.model(ref.descriptors.to(self.device)[None], query.descriptors.to(self.device)[None])
         idx, sim, dist = mutual_matches(c0[0].float(), c1[0].float(), z0[0].float(), z1[0].float(),
                                         float(self.conf["min_score"]))
         return Matches(idx.cpu().numpy(), sim.cpu().numpy(), dist.cpu().numpy())
@@ -79,9 +79,9 @@ class OmniGlueXFeat(_Learned):
         from ..learned.guidance import Guidance
         from ..learned.omniglue import OmniGlueNet
 
-        self.net = self._load_net(OmniGlueNet)
+        self.model = self._load_net(OmniGlueNet)
         self.guidance = Guidance({"short_side": int(self.conf["guidance_short_side"])}, self.device)
-        self._split = int(self.net.conf["input_dim"])
+        self._split = int(self.model.conf["input_dim"])
 
     @torch.inference_mode()
     def extract(self, image: np.ndarray) -> Features:
@@ -103,6 +103,6 @@ class OmniGlueXFeat(_Learned):
         k1 = normalize_kpts(query.keypoints.to(self.device), query.image_size)
         s = self._split
         with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
-            scores = self.net(k0, d0[None, :, :s], d0[None, :, s:], k1, d1[None, :, :s], d1[None, :, s:])
+            scores = self.model(k0, d0[None, :, :s], d0[None, :, s:], k1, d1[None, :, :s], d1[None, :, s:])
         idx, conf = match_from_assignment(scores[0].float(), float(self.conf["min_conf"]))
         return Matches(idx.cpu().numpy(), conf.cpu().numpy())
