@@ -11,6 +11,8 @@ setup(
     description="Learned and classical image matching and visual relocalization for ROS 2",
     license="Apache-2.0",
     packages=find_packages(include=["match_ros", "match_ros.*"]),
+    # the trained checkpoints of coam_xfeat / omniglue_xfeat and the records of how they were made
+    package_data={"match_ros": ["weights/*.pt", "weights/*.json"]},
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
@@ -26,6 +28,7 @@ setup(
             "match_ros_bench = match_ros.tools.bench:main",
             "match_ros_bench_reloc = match_ros.tools.bench_reloc:main",
             "match_ros_eval_pairs = match_ros.tools.eval_pairs:main",
+            "match_ros_train = match_ros.tools.train:main",
         ],
     },
 )

@@ -59,6 +59,34 @@ def test_replayed_bag_gives_geometrically_correct_correspondences(room, matcher,
     assert res.tf_count == len(valid)  # one keyframe -> camera transform per valid pose
 
 
+def test_coam_publishes_distinctiveness_per_match(room):
+    """Our CoAM-style matcher selected by parameter: correct correspondences, and each Correspondence carries
+    its distinctiveness, which is higher on the correct matches than on the wrong ones."""
+    from match_ros.core import metrics
+    from match_ros.ros.conversions import correspondence_arrays, stamp_to_ns
+
+    seq, bags = room
+    res = replay_through_node(bags["sqlite3"], seq, {"matcher": "coam_xfeat"}, rate=0.5, domain_id=85)
+    pairs = [s for s in res.scores if s.matches > 0]
+    assert len(pairs) >= 8, res.node_log[-2000:]
+    assert np.mean([s.correct_ratio for s in pairs]) > 0.85
+    idx = {s: i for i, s in enumerate(seq.stamps_ns)}
+    dist, ok = [], []
+    for m in res.messages:
+        if not m.correspondences:
+            continue
+        assert m.matcher == "coam_xfeat"
+        a = correspondence_arrays(m)
+        qi, ri = idx[stamp_to_ns(m.header.stamp)], idx[stamp_to_ns(m.reference_stamp)]
+        T_gt = metrics.relative_pose_gt(seq.poses[ri][1], seq.poses[qi][1])
+        err = metrics.transfer_errors(a["pts_ref"], a["pts_query"], seq[ri].depth, seq.camera.K, seq.camera.K, T_gt)
+        dist.append(a["distinctiveness"])
+        ok.append(np.nan_to_num(err, nan=np.inf) < 3.0)
+    dist, ok = np.concatenate(dist), np.concatenate(ok)
+    assert np.isfinite(dist).all() and ((dist >= 0) & (dist <= 1)).all()
+    assert (~ok).sum() >= 10 and dist[ok].mean() > dist[~ok].mean()
+
+
 def test_metric_pose_with_depth(room, tmp_path):
     seq, _ = room
     bag = tmp_path / "room_depth"

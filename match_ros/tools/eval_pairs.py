@@ -1,10 +1,12 @@
-"""match_ros_eval_pairs: accuracy of every matcher on real image pairs with ground truth.
+"""match_ros_eval_pairs: accuracy of every matcher on the same data with exact ground truth.
 
 - graf1 -> graf3 (Oxford graffiti, homography): matches, share within 3 px of the
   ground-truth homography, corner error of a USAC-MAGSAC homography from the matches.
-- aloe (Middlebury, rectified stereo, GT disparity): share of matches whose
+- aloe and motorcycle (Middlebury, rectified stereo, GT disparity): share of matches whose
   disparity is within 1 px of the ground truth (and rows within 1 px).
-Prints a markdown table (for the README) and writes JSON.
+- rendered scenes room, corridor (scenes the learned matchers were trained on, other seeds and
+  trajectories) and facade (held out): relative pose AUC@5/10/20 deg from the essential matrix.
+Prints markdown tables (for the README) and writes JSON.
 """
 from __future__ import annotations
 
@@ -51,20 +53,71 @@ def graf_metrics(matcher, data: Path) -> dict:
     return out
 
 
-def aloe_metrics(matcher, data: Path) -> dict:
-    left, right = _rgb(data / "aloeL.jpg"), _rgb(data / "aloeR.jpg")
-    disp = cv2.imread(str(data / "aloeGT.png"), cv2.IMREAD_UNCHANGED).astype(np.float64)
+def disparity_metrics(matcher, left: np.ndarray, right: np.ndarray, disp: np.ndarray) -> dict:
+    """Rectified stereo with a left-image disparity map (0, NaN or inf = none): share of the matches with
+    ground truth whose disparity x_left - x_right is within 1 px of it and whose rows differ by <= 1 px."""
     fl, fr = matcher.extract(left), matcher.extract(right)
     m = matcher.match(fl, fr)
     pl, pr = m.points(fl, fr)
     col = np.clip(np.round(pl[:, 0]).astype(int), 0, disp.shape[1] - 1)
     row = np.clip(np.round(pl[:, 1]).astype(int), 0, disp.shape[0] - 1)
     d = disp[row, col]
-    valid = d > 0
-    err = np.abs((pl[:, 0] - pr[:, 0]) - d)
+    valid = np.isfinite(d) & (d > 0)
+    err = np.abs((pl[:, 0] - pr[:, 0]) - np.nan_to_num(d, posinf=0.0))
     ok = valid & (err <= 1.0) & (np.abs(pl[:, 1] - pr[:, 1]) <= 1.0)
     return {"matches": len(m), "with_gt": int(valid.sum()),
             "within_1px": float(ok[valid].mean()) if valid.any() else 0.0}
+
+
+def aloe_metrics(matcher, data: Path) -> dict:
+    disp = cv2.imread(str(data / "aloeGT.png"), cv2.IMREAD_UNCHANGED).astype(np.float64)
+    return disparity_metrics(matcher, _rgb(data / "aloeL.jpg"), _rgb(data / "aloeR.jpg"), disp)
+
+
+def motorcycle_metrics(matcher, data: Path) -> dict:
+    disp = np.load(data / "motorcycle_disp.npz")["arr_0"].astype(np.float64)
+    return disparity_metrics(matcher, _rgb(data / "motorcycle_left.png"), _rgb(data / "motorcycle_right.png"), disp)
+
+
+# Rendered-scene pairs: seeds no training run uses (match_ros_train's scene seeds are its data seed + < 20 000,
+# texture seeds those + 5000); "facade" is never in training data.
+RENDER_SEED = 90_000
+SCENE_SPLIT = {"room": "training scene", "corridor": "training scene", "facade": "held out"}
+
+
+def rendered_pairs(scene: str, n_pairs: int, gap=(6, 20), seed: int = RENDER_SEED):
+    """The evaluation pairs of a rendered scene: [(frame_a, frame_b)] at 640x480 and the camera K."""
+    from ..sim.factories import make_sequence
+
+    frames = 240
+    seq = make_sequence(scene, n_frames=frames, seed=seed, scene_seed=seed + 1, photometric=True, noise_sigma=2.0)
+    rng = np.random.default_rng([seed, 3])
+    starts = np.sort(rng.choice(frames - gap[1], size=n_pairs, replace=False))
+    pairs = [(seq[int(a)], seq[int(a + rng.integers(gap[0], gap[1] + 1))]) for a in starts]
+    return pairs, seq.camera.K
+
+
+def pose_auc_metrics(matcher, pairs, K) -> dict:
+    """Relative pose from the matches (essential matrix, USAC-MAGSAC) against the exact poses:
+    error = max(rotation error, translation direction error); AUC at 5/10/20 deg."""
+    from ..core.geometry import estimate_relative_pose
+    from ..core.metrics import pose_auc, pose_errors, relative_pose_gt
+
+    feats, errors = {}, []
+    for fa, fb in pairs:
+        for f in (fa, fb):
+            if f.index not in feats:
+                feats[f.index] = matcher.extract(f.rgb)
+        a, b = feats[fa.index], feats[fb.index]
+        m = matcher.match(a, b)
+        pa, pb = m.points(a, b)
+        est = estimate_relative_pose(pa, pb, K, K)
+        if not est.valid:
+            errors.append(np.inf)
+            continue
+        e = pose_errors(est.T_ref_query, relative_pose_gt(fa.T_world_cam, fb.T_world_cam), scale_known=False)
+        errors.append(max(e["rot_deg"], e["trans_deg"]))
+    return {**pose_auc(errors), "pairs": len(pairs), "median_err_deg": float(np.median(errors))}
 
 
 def main(argv=None) -> int:
@@ -75,28 +128,47 @@ def main(argv=None) -> int:
     ap.add_argument("--matchers", nargs="+", default=None, help="backends (default: all)")
     ap.add_argument("--max-keypoints", type=int, default=None, help="override each backend's keypoint count")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--data", default=str(default_data_dir()), help="folder with graf*/aloe* files")
+    ap.add_argument("--data", default=str(default_data_dir()), help="folder with graf*/aloe*/motorcycle* files")
+    ap.add_argument("--scenes", nargs="*", default=list(SCENE_SPLIT), help="rendered scenes for pose AUC")
+    ap.add_argument("--scene-pairs", type=int, default=30, help="frame pairs per rendered scene")
     ap.add_argument("--json", default="build/eval/pairs.json", help="where to write the figures")
     args = ap.parse_args(argv)
     data, device = Path(args.data), resolve_device(args.device)
+    scenes = {s: rendered_pairs(s, args.scene_pairs) for s in args.scenes}
     rows = {}
     for name in args.matchers or available_matchers():
         conf = {"max_keypoints": args.max_keypoints} if args.max_keypoints else None
         matcher = build_matcher(name, conf, device)
         graf_metrics(matcher, data)  # warm-up (first call allocates)
-        rows[name] = {"conf": matcher.conf, "graf": graf_metrics(matcher, data), "aloe": aloe_metrics(matcher, data)}
+        rows[name] = {"conf": matcher.conf, "graf": graf_metrics(matcher, data), "aloe": aloe_metrics(matcher, data),
+                      "motorcycle": motorcycle_metrics(matcher, data),
+                      "scenes": {s: pose_auc_metrics(matcher, *p) for s, p in scenes.items()}}
         print(f"{name}: done", file=sys.stderr, flush=True)
-    print(f"| matcher | keypoints | graf matches | graf correct (3 px) | graf corner err | aloe matches | "
-          f"aloe within 1 px | extract ms (800x640) | match ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        g, a = r["graf"], r["aloe"]
-        print(f"| {name} | {r['conf'].get('max_keypoints', '-')} | {g['matches']} | {100 * g.get('correct', 0):.1f}% | "
-              f"{g.get('corner_err_px', float('nan')):.2f} px | {a['matches']} | {100 * a['within_1px']:.1f}% | "
-              f"{g['extract_ms']:.0f} | {g['match_ms']:.0f} |")
+    print_tables(rows)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
     return 0
+
+
+def print_tables(rows: dict) -> None:
+    """Markdown: correspondences on the real pairs, then relative pose AUC on the rendered scenes."""
+    print("| matcher | keypoints | graf matches | graf correct (3 px) | graf corner err | aloe within 1 px | "
+          "motorcycle within 1 px | extract ms (800x640) | match ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        g = r["graf"]
+        print(f"| {name} | {r['conf'].get('max_keypoints', '-')} | {g['matches']} | {100 * g.get('correct', 0):.1f}% | "
+              f"{g.get('corner_err_px', float('nan')):.2f} px | {100 * r['aloe']['within_1px']:.1f}% | "
+              f"{100 * r['motorcycle']['within_1px']:.1f}% | {g['extract_ms']:.0f} | {g['match_ms']:.0f} |")
+    scenes = list(next(iter(rows.values()))["scenes"]) if rows else []
+    if not scenes:
+        return
+    print()
+    print("| matcher | " + " | ".join(f"{s} ({SCENE_SPLIT.get(s, '?')}) AUC@5/10/20" for s in scenes) + " |")
+    print("|---|" + "---|" * len(scenes))
+    for name, r in rows.items():
+        cells = [" / ".join(f"{100 * r['scenes'][s][f'auc@{t}']:.1f}" for t in (5, 10, 20)) for s in scenes]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
