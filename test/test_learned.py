@@ -70,6 +70,7 @@ def test_omniglue_positions_only_steer_attention():
     net = OmniGlueNet(c).eval()
     k0, d0, g0, k1, d1, g1 = _random_inputs(9, 10, c)
     with torch.no_grad():
+        net.posenc.Wr.weight.mul_(10.0)  # higher frequencies: position differences matter in a random model
         la = net(k0, d0, g0, k1, d1, g1)
         shifted = net(k0 + torch.tensor([0.3, -0.2]), d0, g0, k1 + torch.tensor([-0.5, 0.1]), d1, g1)
         moved = net(k0 * 1.5, d0, g0, k1, d1, g1)
@@ -176,7 +177,7 @@ def test_one_training_step_reduces_the_loss(kind, sample):
     opt.step()
     with torch.no_grad():
         after = pair_loss(net, kind, sample)
-    assert torch.isfinite(before) and float(after) < float(before)
+    assert torch.isfinite(before) and float(after) < float(before.detach())
 
 
 def test_losses_prefer_the_ground_truth_assignment():
@@ -191,7 +192,7 @@ def test_losses_prefer_the_ground_truth_assignment():
                             torch.tensor([1, 0, 2]), torch.tensor([1, 0, 2]))
     loss_w, _ = coam_loss(net, e, e, torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([1, 0, 2]),
                           torch.tensor([1, 0, 2]))
-    assert float(loss) < float(loss_w) and set(parts) == {"desc", "distinct"}
+    assert float(loss.detach()) < float(loss_w.detach()) and set(parts) == {"desc", "distinct"}
 
 
 @pytest.mark.parametrize("kind, name", [("coam", "coam_xfeat"), ("omniglue", "omniglue_xfeat")])
@@ -221,12 +222,13 @@ def test_omniglue_rejects_features_of_another_extractor(graf_pair):
 
 
 # Accuracy floors of the shipped checkpoints at the default configuration (1024 keypoints), below the
-# figures `match_ros_eval_pairs` measured (README "Learned matchers"):
+# figures of the README's `match_ros_eval_pairs` run:
 #   backend          graf correct  graf corner err  aloe within 1 px  motorcycle within 1 px
-#   coam_xfeat         see README        ...
+#   coam_xfeat          45.0 %        2.43 px           43.4 %             38.0 %
+#   omniglue_xfeat      55.3 %        2.14 px           40.9 %             38.6 %
 FLOORS = {
-    "coam_xfeat": {"graf_correct": 0.45, "graf_corner": 5.0, "aloe": 0.30, "motorcycle": 0.35},
-    "omniglue_xfeat": {"graf_correct": 0.50, "graf_corner": 5.0, "aloe": 0.35, "motorcycle": 0.40},
+    "coam_xfeat": {"graf_correct": 0.38, "graf_corner": 5.0, "aloe": 0.35, "motorcycle": 0.30},
+    "omniglue_xfeat": {"graf_correct": 0.47, "graf_corner": 5.0, "aloe": 0.33, "motorcycle": 0.31},
 }
 
 
