@@ -2,7 +2,6 @@
 ``.json`` beside it recording how it was made (configuration, command line, data, losses)."""
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 import torch
@@ -12,8 +11,12 @@ SHIPPED = {"coam": "coam_xfeat.pt", "omniglue": "omniglue_xfeat.pt"}
 
 
 def shipped_path(kind: str) -> Path:
-    """The checkpoint shipped inside the installed package (``match_ros/weights``)."""
-    return Path(str(importlib.resources.files("match_ros") / "weights" / SHIPPED[kind]))
+    """The checkpoint shipped inside the installed package (``match_ros/weights``).
+
+    Located from this file, not with importlib.resources: ``match_ros`` spans two folders in the pip-wheel
+    environment (this package and the generated interfaces, joined by pkgutil.extend_path), and
+    ``importlib.resources.files`` may answer with the interfaces' folder."""
+    return Path(__file__).resolve().parents[2] / "weights" / SHIPPED[kind]
 
 
 def save_checkpoint(path: str | Path, kind: str, model_conf: dict, state_dict: dict) -> None:
