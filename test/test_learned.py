@@ -253,3 +253,15 @@ def test_shipped_weights_record_how_they_were_made(name):
     assert record["command"].startswith("match_ros_train --config config/train/")
     assert record["kind"] == name and record["data"]["train_pairs"] > 0
     assert "facade" not in record["config"]["data"]["rendered_scenes"]  # held out for evaluation
+
+
+def test_shipped_weights_found_from_any_working_directory(tmp_path):
+    """As a console script sees the package (not from the repository root): the generated interfaces also
+    live in a ``match_ros`` folder, and the checkpoints must still be found."""
+    import subprocess
+    import sys
+
+    code = ("from match_ros.core.matcher import build_matcher; "
+            "print(build_matcher('coam_xfeat', {'max_keypoints': 64}).conf['max_keypoints'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "64", out.stderr[-2000:]
