@@ -45,7 +45,7 @@ default_config = {
     "train": {
         "steps": 3000,
         "batch_pairs": 4,  # pairs per optimiser step
-        "lr": 1e-4,
+        "lr": 1e-4,  # learning rate of the layers initialised from LighterGlue (0: frozen)
         "lr_new": 1e-3,  # learning rate of the layers that do not come from LighterGlue
         "weight_decay": 1e-4,
         "grad_clip": 1.0,
@@ -257,7 +257,11 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
     fresh = net.init_from_lighterglue(lighterglue_state())
     net.to(device).train()
     new = {n for n, _ in net.named_parameters() if n in fresh}
-    groups = [{"params": [p for n, p in net.named_parameters() if n not in new], "lr": float(tc["lr"])},
+    if float(tc["lr"]) == 0.0:  # LighterGlue layers frozen: only the new layers learn
+        for n, p in net.named_parameters():
+            p.requires_grad_(n in new)
+    groups = [{"params": [p for n, p in net.named_parameters() if n not in new and p.requires_grad],
+               "lr": float(tc["lr"])},
               {"params": [p for n, p in net.named_parameters() if n in new], "lr": float(tc["lr_new"])}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=float(tc["weight_decay"]))
     steps = int(tc["steps"])
