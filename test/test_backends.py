@@ -20,7 +20,7 @@ from match_ros.core.types import Features
 #   xfeat_lighterglue     252     176 (69.8 %)     1.84 px   (1024 keypoints; 4096 give 1482 / 73.1 % / 1.72 px)
 #   xfeat_mnn             639     325 (50.9 %)     1.13 px   (2048 keypoints, min_cossim 0.82)
 #   coam_xfeat            331     149 (45.0 %)     2.43 px   (1024 keypoints, shipped weights, min_score 0.25)
-#   omniglue_xfeat        322     178 (55.3 %)     2.14 px   (1024 keypoints, shipped weights, min_conf 0.1)
+#   omniglue_xfeat        268     177 (66.0 %)     3.01 px   (1024 keypoints, shipped weights, min_conf 0.1)
 # (min matches, min correct share, max corner error px)
 FLOORS = {
     "orb_teblid": (250, 0.45, 5.0),
@@ -28,7 +28,7 @@ FLOORS = {
     "xfeat_lighterglue": (170, 0.55, 5.0),
     "xfeat_mnn": (450, 0.38, 5.0),
     "coam_xfeat": (250, 0.36, 5.0),
-    "omniglue_xfeat": (240, 0.47, 5.0),
+    "omniglue_xfeat": (200, 0.55, 5.0),
 }
 DEFAULT_FLOOR = (100, 0.40, 8.0)  # for backends registered later without measured floors here
 BACKENDS = available_matchers()
