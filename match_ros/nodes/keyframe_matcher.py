@@ -34,7 +34,7 @@ from ..core.matcher import available_matchers, build_matcher
 from ..ros import conversions as conv
 from ..ros.params import conf_comments, declare, declare_group
 from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
-from ..ros.spin import run_node
+from ..ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
 from ..ros.tf import TfBroadcaster
 
 
@@ -90,8 +90,7 @@ class KeyframeMatcherNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf = TfBroadcaster(self) if self.publish_tf else None
         self.create_timer(1.0, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="keyframe_matcher_worker", daemon=True)
-        self._worker.start()
+        self._worker = start_worker(self._work, "keyframe_matcher_worker")
         self.get_logger().info(f"matcher={self.matcher_name} device={self.matcher.device} "
                                f"max_keypoints={max_kp} image_qos={qos_name}")
 
@@ -205,14 +204,10 @@ class KeyframeMatcherNode(Node):
         else:
             status.level, status.message = DiagnosticStatus.OK, "tracking"
         status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in s.items()]
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
+        publish_diagnostics(self, self.pub_diag, status)
 
     def destroy_node(self):
-        self.slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        stop_worker(self.slot, self._worker, 5.0)
         return super().destroy_node()
 
 

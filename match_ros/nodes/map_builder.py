@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -29,7 +28,7 @@ from ..core import mapping
 from ..ros import conversions as conv
 from ..ros.params import conf_comments, declare, declare_group
 from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
-from ..ros.spin import run_node
+from ..ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
 from ..ros.tf_buffer import TfListener, TfLookupError
 
 
@@ -77,8 +76,7 @@ class MapBuilderNode(Node):
         self.create_service(SaveMap, "~/save_map", self._srv_save)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="map_builder_worker", daemon=True)
-        self._worker.start()
+        self._worker = start_worker(self._work, "map_builder_worker")
 
     def _on_camera_info(self, msg: CameraInfo):
         try:
@@ -156,15 +154,11 @@ class MapBuilderNode(Node):
                                   message=f"{st['keyframes']} keyframes",
                                   values=[KeyValue(key=k, value=str(v)) for k, v in
                                           {**st, "errors": self.errors, "dropped": self.slot.dropped}.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
+        publish_diagnostics(self, self.pub_diag, status)
 
     def destroy_node(self):
         """Stop the worker, then save (save_on_shutdown) so Ctrl-C never loses the map."""
-        self.slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=30.0)
+        stop_worker(self.slot, self._worker, 30.0)
         if self.save_on_shutdown and self.map_path:
             ok, text = self.save(self.map_path)
             print(text, flush=True)  # the ROS logger may already be shut down here

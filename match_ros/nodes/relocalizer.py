@@ -30,7 +30,6 @@ from match_ros.srv import LoadMap, Relocalize, SaveMap
 
 from ..core import absolute_pose, localizer
 from ..core.device import DEVICE_CHOICES, resolve_device
-from ..core.geometry import invert
 from ..core.global_desc import GlobalDescriptor
 from ..core.latest import LatestSlot
 from ..core.localizer import Localizer
@@ -39,7 +38,7 @@ from ..core.matcher import available_matchers, build_matcher
 from ..ros import conversions as conv
 from ..ros.params import conf_comments, declare, declare_group
 from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
-from ..ros.spin import run_node
+from ..ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
 from ..ros.tf import TfBroadcaster
 from ..ros.tf_buffer import TfListener, TfLookupError
 
@@ -101,8 +100,7 @@ class RelocalizerNode(Node):
         self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(LoadMap, "~/load_map", self._srv_load, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="relocalizer_worker", daemon=True)
-        self._worker.start()
+        self._worker = start_worker(self._work, "relocalizer_worker")
 
     # ------------------------------------------------------------ map
     def _load(self, path: str) -> tuple[bool, str]:
@@ -241,14 +239,10 @@ class RelocalizerNode(Node):
         counts = {**self.counts, "keyframes": len(self.map) if self.map is not None else 0,
                   "received": self.slot.received, "dropped": self.slot.dropped}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
-        msg = DiagnosticArray(status=[st])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
+        publish_diagnostics(self, self.pub_diag, st)
 
     def destroy_node(self):
-        self.slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        stop_worker(self.slot, self._worker, 10.0)
         return super().destroy_node()
 
 
