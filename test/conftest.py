@@ -12,6 +12,19 @@ os.environ.setdefault("ROS_DOMAIN_ID", "59")
 DATA = Path(__file__).resolve().parent / "data"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread while a module's tests run (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    shared 2-core runner torch's spinning thread pool gets 5-10x slower when the other core is busy
+    (measured: global descriptor 0.2 s vs 1.5 s per image)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

@@ -1,7 +1,6 @@
 """End to end: rosbag2 -> BagPlayer (with /clock) -> keyframe_matcher process -> CorrespondenceSet,
 scored against the exact ground truth of the rendered sequence. A real ROS 2 graph over Fast DDS
 on loopback (domain ids 71-73)."""
-import time
 
 import numpy as np
 import pytest

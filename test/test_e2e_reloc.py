@@ -3,12 +3,10 @@ replayed through the relocalizer process (real ROS 2 graph on loopback, domains 
 map->odom TF checked against the exact ground truth; no-overlap queries, missing TF and broken
 map files must give a clear status and no wrong pose."""
 import hashlib
-import shutil
 
 import numpy as np
 import pytest
 
-from match_ros.core.geometry import invert
 from match_ros.sim import make_sequence
 from match_ros.tools.bag_write import write_sequence_bag
 from match_ros.tools.build_map import build_map_from_bag

@@ -8,13 +8,7 @@ from match_ros.core import global_desc as gd
 from match_ros.core.global_desc import GlobalDescriptor, MobileNetV2, default_weights_path, load_mobilenet_v2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread (see test_mapping.py): predictable run time on a busy 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # predictable run time on a busy runner (conftest)
 
 
 @pytest.fixture(scope="module")

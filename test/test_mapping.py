@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from match_ros.core.geometry import invert, rotation_error_deg
 from match_ros.core.global_desc import GlobalDescriptor
@@ -70,14 +69,7 @@ def recall(query_poses, query_descs, m: Map, ks=(1, 3, 5), max_t=0.5, max_r=20.0
     return {k: float(np.mean(v)) if v else float("nan") for k, v in hits.items()} | {"queries": len(query_poses)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while these tests run: on a shared 2-core runner torch's spinning thread pool gets
-    5-10x slower when the other core is busy (measured: global descriptor 0.2 s vs 1.5 s per image)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # predictable run time on a busy runner (conftest)
 
 
 @pytest.fixture(scope="module")
