@@ -11,11 +11,10 @@ import torch
 
 from match_ros.core.learned import checkpoint, pairs
 from match_ros.core.learned.coam import CoAMNet, coam_loss, mutual_matches
-from match_ros.core.learned.omniglue import (OmniGlueNet, assignment_loss, guided_masks, match_from_assignment,
-                                             normalize_kpts)
+from match_ros.core.learned.omniglue import OmniGlueNet, assignment_loss, guided_masks, match_from_assignment
 from match_ros.core.matcher import build_matcher
 from match_ros.tools.eval_pairs import aloe_metrics, default_data_dir, graf_metrics, motorcycle_metrics
-from match_ros.tools.train import build_model, lighterglue_state, pair_loss
+from match_ros.tools.train import build_model, lighterglue_state, make_sample, pair_loss
 
 TINY = {"omniglue": {"dim": 16, "n_layers": 2, "num_heads": 2, "guide_dim": 8, "input_dim": 12},
         "coam": {"dim": 16, "n_layers": 1, "num_heads": 2, "input_dim": 12}}
@@ -152,14 +151,7 @@ def sample(photo):
     from match_ros.core.learned.guidance import Guidance
 
     pair = pairs.homography_pair(photo, np.random.default_rng(5), {"size": (320, 240)})
-    x = build_matcher("xfeat_mnn", {"max_keypoints": 200})
-    g = Guidance()
-    f0, f1 = x.extract(pair.image0), x.extract(pair.image1)
-    l0, l1 = pairs.match_labels(f0.keypoints.numpy(), f1.keypoints.numpy(), pair)
-    t = {"kpts0": f0.keypoints, "desc0": f0.descriptors, "guide0": g(pair.image0, f0.keypoints),
-         "kpts1": f1.keypoints, "desc1": f1.descriptors, "guide1": g(pair.image1, f1.keypoints)}
-    return {**{k: v.clone() for k, v in t.items()}, "size": f0.image_size, "labels0": torch.from_numpy(l0),
-            "labels1": torch.from_numpy(l1), "source": "test"}
+    return make_sample(pair, build_matcher("xfeat_mnn", {"max_keypoints": 200}), Guidance())
 
 
 @pytest.mark.parametrize("kind", ["omniglue", "coam"])

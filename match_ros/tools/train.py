@@ -127,12 +127,26 @@ def _pairs(data: dict, split: str):
             seq_id += 1
 
 
+def make_sample(pair, xfeat, guidance, min_keypoints: int = 8) -> dict | None:
+    """One training sample: XFeat features, guidance features and labels of a Pair (None: too few keypoints)."""
+    from ..core.learned.pairs import match_labels
+
+    f0, f1 = xfeat.extract(pair.image0), xfeat.extract(pair.image1)
+    if len(f0) < min_keypoints or len(f1) < min_keypoints:
+        return None
+    l0, l1 = match_labels(f0.keypoints.numpy(), f1.keypoints.numpy(), pair)
+    tensors = {"kpts0": f0.keypoints, "desc0": f0.descriptors, "guide0": guidance(pair.image0, f0.keypoints),
+               "kpts1": f1.keypoints, "desc1": f1.descriptors, "guide1": guidance(pair.image1, f1.keypoints)}
+    # clone: extraction runs in inference mode, whose tensors autograd refuses
+    return {**{k: v.clone() for k, v in tensors.items()}, "size": tuple(f0.image_size),
+            "labels0": torch.from_numpy(l0), "labels1": torch.from_numpy(l1), "source": pair.source}
+
+
 def build_samples(data: dict, kind: str, split: str, progress: bool = True) -> list[dict]:
     """Extract features and labels for every pair of a split (cached on disk by configuration)."""
     from tqdm import tqdm
 
     from ..core.learned.guidance import Guidance
-    from ..core.learned.pairs import match_labels
     from ..core.matcher import build_matcher
 
     key = json.dumps({"data": data, "split": split, "photos": [_sha256(f) for f in photo_files(data)]},
@@ -146,15 +160,9 @@ def build_samples(data: dict, kind: str, split: str, progress: bool = True) -> l
              else int(data["homography_pairs"]) + int(data["rendered_pairs"]) * bool(data["rendered_scenes"]))
     samples = []
     for pair in tqdm(_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair", disable=not progress):
-        f0, f1 = xfeat.extract(pair.image0), xfeat.extract(pair.image1)
-        if len(f0) < 8 or len(f1) < 8:
-            continue
-        l0, l1 = match_labels(f0.keypoints.numpy(), f1.keypoints.numpy(), pair)
-        tensors = {"kpts0": f0.keypoints, "desc0": f0.descriptors, "guide0": guidance(pair.image0, f0.keypoints),
-                   "kpts1": f1.keypoints, "desc1": f1.descriptors, "guide1": guidance(pair.image1, f1.keypoints)}
-        # clone: extraction runs in inference mode, whose tensors autograd refuses
-        samples.append({**{k: v.clone() for k, v in tensors.items()}, "size": tuple(f0.image_size),
-                        "labels0": torch.from_numpy(l0), "labels1": torch.from_numpy(l1), "source": pair.source})
+        sample = make_sample(pair, xfeat, guidance)
+        if sample is not None:
+            samples.append(sample)
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, cache.with_suffix(".tmp"))
     cache.with_suffix(".tmp").replace(cache)
@@ -199,15 +207,16 @@ def pair_loss(net, kind: str, s: dict) -> torch.Tensor:
 @torch.no_grad()
 def predict(net, kind: str, s: dict) -> np.ndarray:
     """Matches [K x 2] of one sample with the matcher's default threshold."""
+    from ..core.backends.learned import CoAMXFeat, OmniGlueXFeat
     from ..core.learned.coam import mutual_matches
     from ..core.learned.omniglue import match_from_assignment, normalize_kpts
 
     if kind == "omniglue":
         k0, k1 = normalize_kpts(s["kpts0"], s["size"]), normalize_kpts(s["kpts1"], s["size"])
         la = net(k0, s["desc0"][None], s["guide0"][None], k1, s["desc1"][None], s["guide1"][None])
-        return match_from_assignment(la[0], 0.1)[0].cpu().numpy()
+        return match_from_assignment(la[0], OmniGlueXFeat.default_conf["min_conf"])[0].cpu().numpy()
     c0, c1, z0, z1 = net(s["desc0"][None], s["desc1"][None])
-    return mutual_matches(c0[0], c1[0], z0[0], z1[0], 0.25)[0].cpu().numpy()
+    return mutual_matches(c0[0], c1[0], z0[0], z1[0], CoAMXFeat.default_conf["min_score"])[0].cpu().numpy()
 
 
 def evaluate(net, kind: str, samples: list, device) -> dict:

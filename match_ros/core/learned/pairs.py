@@ -95,25 +95,24 @@ def homography_pair(photo: np.ndarray, rng: np.random.Generator, conf: Optional[
     if c["photometric"]:
         views = [photometric(v, rng) for v in views]
     H01 = np.linalg.inv(H1) @ H0  # view-0 px -> photo px -> view-1 px
+    return Pair(views[0], views[1], _homography_transfer(H01, H0, (w, h), (pw, ph)),
+                _homography_transfer(np.linalg.inv(H01), H1, (w, h), (pw, ph)), source or "homography")
 
-    def transfer(H):
-        def f(pts):
-            q = _apply_h(H, np.asarray(pts, np.float64).reshape(-1, 2))
-            ok = (q[:, 0] >= -0.5) & (q[:, 0] <= w - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= h - 0.5)
-            return q, ok
-        return f
 
-    # a view-1 pixel outside the photo shows the black border: no ground truth there, both ways
-    def inside_photo(H, f):
-        def g(pts):
-            q, ok = f(pts)
-            p = _apply_h(H, np.asarray(pts, np.float64).reshape(-1, 2))
-            ok &= (p[:, 0] >= 0) & (p[:, 0] <= pw - 1) & (p[:, 1] >= 0) & (p[:, 1] <= ph - 1)
-            return q, ok
-        return g
+def _homography_transfer(H_ab, H_a_photo, size_b, photo_size):
+    """Pixels of view a -> view b through H_ab; valid where the point lands inside view b and view a shows the
+    photo there (outside it, both views show the black border: no ground truth)."""
+    w, h = size_b
+    pw, ph = photo_size
 
-    return Pair(views[0], views[1], inside_photo(H0, transfer(H01)), inside_photo(H1, transfer(np.linalg.inv(H01))),
-                source or "homography")
+    def f(pts):
+        pts = np.asarray(pts, np.float64).reshape(-1, 2)
+        q, p = _apply_h(H_ab, pts), _apply_h(H_a_photo, pts)
+        ok = (q[:, 0] >= -0.5) & (q[:, 0] <= w - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= h - 0.5)
+        ok &= (p[:, 0] >= 0) & (p[:, 0] <= pw - 1) & (p[:, 1] >= 0) & (p[:, 1] <= ph - 1)
+        return q, ok
+
+    return f
 
 
 def _depth_transfer(depth_a, K_a, K_b, T_b_a, depth_b, size_b, rel_occlusion=0.03):
