@@ -24,7 +24,7 @@ $(VENV)/.interfaces-installed: $(VENV)/.deps-installed msg/*.msg srv/*.srv CMake
 	scripts/build_interfaces.sh $(VENV)
 	touch $@
 
-$(VENV)/.match-ros-installed: $(VENV)/.interfaces-installed setup.py
+$(VENV)/.match-ros-installed: $(VENV)/.interfaces-installed setup.py scripts/executables.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
