@@ -6,6 +6,7 @@ import torch
 
 from match_ros.core import global_desc as gd
 from match_ros.core.global_desc import GlobalDescriptor, MobileNetV2, default_weights_path, load_mobilenet_v2
+from match_ros.sim import load_photos
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # predictable run time on a busy runner (conftest)
@@ -17,9 +18,8 @@ def desc():
 
 
 @pytest.fixture(scope="module")
-def photos(data_dir):
-    read = lambda name: cv2.cvtColor(cv2.imread(str(data_dir / "textures" / name)), cv2.COLOR_BGR2RGB)  # noqa: E731
-    return {n: read(f"{n}.jpg") for n in ("baboon", "fruits", "building", "board")}
+def photos():
+    return load_photos(names=("baboon", "fruits", "building", "board"))
 
 
 def test_shape_dtype_unit_norm(desc, photos):

@@ -189,3 +189,40 @@ def test_contracts():
     assert np.allclose(T[:3, 2], [1, 0, 0]) and np.allclose(T[:3, 1], [0, 0, -1])  # z forward, y down
     assert np.allclose(T, pose_from_ypr((0, 0, 1), 0.0, 0.0))
     assert np.allclose(Camera().K, [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]])
+
+
+def test_lighting_blur_and_changed_day_keep_geometry_exact():
+    from match_ros.sim import Lighting, make_changed_day_sequence, offset_path
+
+    scene = make_scene("office", seed=0)
+    T = make_trajectory("loop", 1, seed=0)[0]
+    plain, depth = scene.render(T, SMALL)
+    same, _ = scene.render(T, SMALL, lighting=Lighting(ambient=1.0, intensity=0.0))
+    assert np.array_equal(plain, same)  # full ambient, no point light: the textures as they are
+    dim, depth_dim = scene.render(T, SMALL, lighting=Lighting((0.0, 0.0, 2.5), ambient=0.3, intensity=1.0))
+    assert np.array_equal(depth, depth_dim)
+    assert dim.mean() < 0.8 * plain.mean()
+    blurred, _ = scene.render(T, SMALL, blur=(9.0, 0.0))
+    # horizontal blur: horizontal gradients shrink far more than vertical ones
+    gx = lambda im: np.abs(np.diff(im.astype(float), axis=1)).mean()  # noqa: E731
+    gy = lambda im: np.abs(np.diff(im.astype(float), axis=0)).mean()  # noqa: E731
+    assert gx(blurred) < 0.6 * gx(plain) and gy(blurred) > 0.7 * gy(plain)
+
+    n = 200
+    q = make_changed_day_sequence("office", n, seed=3, camera=SMALL)
+    mapped = make_trajectory("loop", n, seed=3)
+    # 0.5 m off the path, sideways; up to +-40 deg of yaw instead of the mapping scan
+    moved = offset_path(mapped, 0.5, 1.0)
+    off = [min(np.linalg.norm(Tq[:3, 3] - Tm[:3, 3]) for Tm in (a, b)) for Tq, a, b in
+           zip((p for _, p in q.poses), moved, offset_path(mapped, 0.5, -1.0))]
+    assert max(off) < 1e-9
+    yaws = [math.degrees(math.atan2(Tq[1, 2], Tq[0, 2])) for _, Tq in q.poses]
+    heading = [math.degrees(math.atan2(Tm[1, 2], Tm[0, 2])) for Tm in make_trajectory("loop", n, seed=3,
+                                                                                       scan_deg=0.0)]
+    dyaw = [(a - b + 180) % 360 - 180 for a, b in zip(yaws, heading)]
+    assert 30 < max(dyaw) <= 40.5 and -40.5 <= min(dyaw) < -30
+    assert 0.2 < np.mean([b is not None for b in q.blur]) < 0.4
+    assert 0.69 < min(q.gamma) < 0.8 and 1.25 < max(q.gamma) < 1.41 and q.noise_sigma == 5.0
+    f = q[5]
+    _, exact_depth = q.scene.render(f.T_world_cam, SMALL)
+    assert np.array_equal(f.depth, exact_depth)  # lighting, blur and noise never change the geometry

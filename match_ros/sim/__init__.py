@@ -3,13 +3,15 @@
 ``scene`` holds the camera model, the textured-plane renderer and lazily rendered sequences;
 ``factories`` builds the ready-made scenes, trajectories and sequences from real photos.
 """
-from .factories import (DEFAULT_START_NS, DEFAULT_TRAJECTORY, SCENES, TRAJECTORIES, default_textures_dir,
-                        load_photos, make_scene, make_sequence, make_trajectory)
-from .scene import (Camera, Frame, Plane, Scene, Sequence, invert_pose, look_at, matrix_from_quaternion,
-                    pose_from_ypr, quaternion_from_matrix)
+from .factories import (CHANGED_DAY_SCENES, DEFAULT_START_NS, DEFAULT_TRAJECTORY, SCENES, TRAJECTORIES,
+                        UNSEEN_PHOTOS, default_textures_dir, load_photos, make_changed_day_sequence, make_scene,
+                        make_sequence, make_trajectory, offset_path)
+from .scene import (Camera, Frame, Lighting, Plane, Scene, Sequence, invert_pose, look_at, matrix_from_quaternion,
+                    motion_blur, pose_from_ypr, quaternion_from_matrix)
 
 __all__ = [
-    "Camera", "Frame", "Plane", "Scene", "Sequence", "invert_pose", "look_at", "matrix_from_quaternion",
-    "pose_from_ypr", "quaternion_from_matrix", "DEFAULT_START_NS", "DEFAULT_TRAJECTORY", "SCENES",
-    "TRAJECTORIES", "default_textures_dir", "load_photos", "make_scene", "make_sequence", "make_trajectory",
+    "Camera", "Frame", "Lighting", "Plane", "Scene", "Sequence", "invert_pose", "look_at", "matrix_from_quaternion",
+    "motion_blur", "pose_from_ypr", "quaternion_from_matrix", "CHANGED_DAY_SCENES", "DEFAULT_START_NS",
+    "DEFAULT_TRAJECTORY", "SCENES", "TRAJECTORIES", "UNSEEN_PHOTOS", "default_textures_dir", "load_photos",
+    "make_changed_day_sequence", "make_scene", "make_sequence", "make_trajectory", "offset_path",
 ]

@@ -63,6 +63,45 @@ class Camera:
         return np.stack([self.fx * p[:, 0] / p[:, 2] + self.cx, self.fy * p[:, 1] / p[:, 2] + self.cy], axis=1)
 
 
+@dataclass(frozen=True)
+class Lighting:
+    """Uneven illumination: an ambient term plus one point light with Lambertian shading and falloff.
+
+    The radiance of a surface point X with normal n (facing the camera) is scaled by
+        ambient + (1 - ambient) * intensity * max(0, n . l) / (1 + (d / falloff_m)^2)
+    with l the unit vector from X to the light and d the distance [m]. ambient 1 and intensity 0
+    leave the textures as they are.
+    """
+
+    light_world: tuple = (0.0, 0.0, 2.5)  # light position in the world [m]
+    ambient: float = 0.3  # share of the light that reaches every surface
+    intensity: float = 1.5  # point-light gain before falloff
+    falloff_m: float = 3.0  # distance at which the point light has fallen to half [m]
+
+    def __post_init__(self):
+        if not 0.0 <= self.ambient <= 1.0 or self.intensity < 0 or self.falloff_m <= 0:
+            raise ValueError(f"lighting needs ambient in [0, 1], intensity >= 0, falloff_m > 0, got {self}")
+
+
+def motion_blur(rgb: np.ndarray, length_px: float, angle_deg: float) -> np.ndarray:
+    """Linear motion blur: the image averaged along a segment of ``length_px`` at ``angle_deg`` (x axis = 0)."""
+    if length_px < 1.0:
+        return rgb
+    size = int(np.ceil(length_px)) | 1
+    kernel = np.zeros((size, size), np.float32)
+    c = (size - 1) / 2.0
+    dx, dy = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    for s_ in np.linspace(-length_px / 2.0, length_px / 2.0, 4 * size):
+        x, y = c + s_ * dx, c + s_ * dy
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        for xi, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            for yi, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                if 0 <= xi < size and 0 <= yi < size:
+                    kernel[yi, xi] += wx * wy
+    kernel /= kernel.sum()
+    return cv2.filter2D(rgb, -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
 # ----------------------------------------------------------------------------- poses
 def _check_pose(T: np.ndarray) -> np.ndarray:
     T = np.asarray(T, dtype=np.float64)
@@ -193,13 +232,17 @@ class Scene:
         self.name = name
 
     def render(self, T_world_cam: np.ndarray, camera: Camera, *, gain: float = 1.0, gamma: float = 1.0,
-               noise_sigma: float = 0.0, noise_seed: int = 0) -> tuple:
+               noise_sigma: float = 0.0, noise_seed: int = 0, lighting: Optional[Lighting] = None,
+               blur: Optional[tuple] = None) -> tuple:
         """Render one view.
 
         T_world_cam: [4 x 4] float64 pose of the optical frame in the world.
-        gain, gamma: photometric change, out = 255 * gain * (in / 255) ** gamma.
+        lighting: uneven illumination (None: the textures as they are).
+        blur: (length_px, angle_deg) linear motion blur, applied before the camera response (None: sharp).
+        gain, gamma: camera response, out = 255 * gain * (in / 255) ** gamma.
         noise_sigma: std-dev of additive Gaussian noise [gray levels], drawn from noise_seed.
         Returns (rgb [H x W x 3] uint8, depth [H x W] float32 z-depth in metres, 0 where no surface).
+        Depth is the exact geometry: lighting, blur and noise change only the image.
         """
         T_cw = invert_pose(_check_pose(T_world_cam))
         if gain <= 0 or gamma <= 0 or noise_sigma < 0:
@@ -207,8 +250,13 @@ class Scene:
         zbuf = np.full((camera.height, camera.width), FAR_M, np.float32)
         rgb = np.empty((camera.height, camera.width, 3), np.float32)
         rgb[:] = self.background
-        for plane in self.planes:
-            self._draw(plane, T_cw[:3, :3], T_cw[:3, 3], camera, zbuf, rgb)
+        plane_id = np.full((camera.height, camera.width), -1, np.int16) if lighting is not None else None
+        for i, plane in enumerate(self.planes):
+            self._draw(plane, T_cw[:3, :3], T_cw[:3, 3], camera, zbuf, rgb, plane_id, i)
+        if lighting is not None:
+            rgb *= self._shading(lighting, T_world_cam, camera, zbuf, plane_id)[..., None]
+        if blur is not None:
+            rgb = np.maximum(motion_blur(rgb, float(blur[0]), float(blur[1])), 0.0)  # no -1e-7 from rounding
         if gain != 1.0 or gamma != 1.0:
             rgb = 255.0 * gain * np.power(rgb / 255.0, gamma, dtype=np.float32)
         if noise_sigma > 0:
@@ -216,8 +264,25 @@ class Scene:
         depth = np.where(zbuf < FAR_M, zbuf, 0.0).astype(np.float32)
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), depth
 
+    def _shading(self, light: Lighting, T_world_cam: np.ndarray, cam: Camera, zbuf: np.ndarray,
+                 plane_id: np.ndarray) -> np.ndarray:
+        """[H x W] float32 illumination factor of every pixel (1 where no surface: the background)."""
+        h, w = zbuf.shape
+        rays = np.stack(np.meshgrid((np.arange(w) - cam.cx) / cam.fx, (np.arange(h) - cam.cy) / cam.fy), -1)
+        X_cam = np.concatenate([rays, np.ones((h, w, 1))], -1) * zbuf[..., None]
+        X = X_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+        centre = T_world_cam[:3, 3]
+        normals = np.array([p.normal if p.normal @ (centre - p.origin) >= 0 else -p.normal for p in self.planes])
+        n = normals[np.maximum(plane_id, 0)]
+        to_light = np.asarray(light.light_world, np.float64) - X
+        d = np.linalg.norm(to_light, axis=-1)
+        cos = np.clip(np.sum(n * to_light, -1) / np.maximum(d, 1e-9), 0.0, None)
+        factor = light.ambient + (1.0 - light.ambient) * light.intensity * cos / (1.0 + (d / light.falloff_m) ** 2)
+        return np.where(plane_id >= 0, factor, 1.0).astype(np.float32)
+
     @staticmethod
-    def _draw(plane: Plane, R: np.ndarray, t: np.ndarray, cam: Camera, zbuf: np.ndarray, rgb: np.ndarray):
+    def _draw(plane: Plane, R: np.ndarray, t: np.ndarray, cam: Camera, zbuf: np.ndarray, rgb: np.ndarray,
+              plane_id: Optional[np.ndarray] = None, index: int = 0):
         o, eu, ev = R @ plane.origin + t, R @ plane.edge_u, R @ plane.edge_v
         n = np.cross(eu, ev)
         num = n @ o  # z = num / (n . ray) with ray = (x', y', 1)
@@ -277,6 +342,8 @@ class Scene:
                 colour += np.maximum(0, 1 - np.abs(lam - level))[..., None] * sample
         np.copyto(rgb[y0:y1 + 1, x0:x1 + 1][box], colour, where=valid[..., None])
         np.copyto(zb, z, where=valid)
+        if plane_id is not None:
+            np.copyto(plane_id[y0:y1 + 1, x0:x1 + 1][box], np.int16(index), where=valid)
 
 
 # ----------------------------------------------------------------------------- sequences
@@ -294,12 +361,14 @@ class Frame:
 class Sequence:
     """A camera, timestamped poses [(stamp_ns, T_world_cam [4 x 4])] and frames rendered on demand.
 
-    The photometric change (gain, gamma) holds for the whole sequence; frame i's noise is drawn
-    from seed (seed, i), so a frame renders identically whenever it is asked for.
+    gain and gamma hold for the whole sequence (a number) or per frame (a list, one per pose); blur is
+    None or a list with one (length_px, angle_deg) or None per pose; lighting holds for the whole sequence. Frame
+    i's noise is drawn from seed (seed, i), so a frame renders identically whenever it is asked for.
     """
 
-    def __init__(self, scene: Scene, camera: Camera, poses: list, *, gain: float = 1.0, gamma: float = 1.0,
-                 noise_sigma: float = 0.0, seed: int = 0, cache_size: int = 4):
+    def __init__(self, scene: Scene, camera: Camera, poses: list, *, gain=1.0, gamma=1.0,
+                 noise_sigma: float = 0.0, seed: int = 0, cache_size: int = 4,
+                 lighting: Optional[Lighting] = None, blur: Optional[list] = None):
         if not poses:
             raise ValueError("a sequence needs at least one pose")
         stamps = [int(s) for s, _ in poses]
@@ -307,7 +376,13 @@ class Sequence:
             raise ValueError("sequence stamps must increase strictly")
         self.scene, self.camera = scene, camera
         self.poses = [(s, _check_pose(T)) for s, (_, T) in zip(stamps, poses)]
+        if blur is not None and not isinstance(blur, list):
+            raise ValueError("blur must be None or a list with one entry per pose")
+        for name, v in (("gain", gain), ("gamma", gamma), ("blur", blur)):
+            if isinstance(v, (list, np.ndarray)) and len(v) != len(poses):
+                raise ValueError(f"{name} must be one value or one per pose ({len(poses)}), got {len(v)}")
         self.gain, self.gamma, self.noise_sigma, self.seed = gain, gamma, noise_sigma, seed
+        self.lighting, self.blur = lighting, blur
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
 
@@ -327,8 +402,10 @@ class Sequence:
             return self._cache[i]
         stamp, T = self.poses[i]
         seed = int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0])
-        rgb, depth = self.scene.render(T, self.camera, gain=self.gain, gamma=self.gamma,
-                                       noise_sigma=self.noise_sigma, noise_seed=seed)
+        per = lambda v: v[i] if isinstance(v, (list, np.ndarray)) else v  # noqa: E731
+        rgb, depth = self.scene.render(T, self.camera, gain=float(per(self.gain)), gamma=float(per(self.gamma)),
+                                       noise_sigma=self.noise_sigma, noise_seed=seed, lighting=self.lighting,
+                                       blur=None if self.blur is None else self.blur[i])
         frame = Frame(i, stamp, T, rgb, depth)
         self._cache[i] = frame
         while len(self._cache) > self._cache_size:
