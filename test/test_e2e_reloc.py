@@ -10,7 +10,7 @@ import pytest
 from match_ros.sim import make_sequence
 from match_ros.tools.bag_write import write_sequence_bag
 from match_ros.tools.build_map import build_map_from_bag
-from match_ros.tools.eval_reloc import T_MAP_ODOM, make_query_sequence, replay_relocalization, write_query_bag
+from match_ros.evaluation.eval_reloc import T_MAP_ODOM, make_query_sequence, replay_relocalization, write_query_bag
 
 QUERY_FRAMES = 60
 
@@ -78,7 +78,7 @@ def test_missing_odometry_tf_is_reported_and_pose_still_published(room_map, tmp_
 
 
 def test_broken_map_files_give_clear_errors_and_services_recover(room_map, tmp_path):
-    from match_ros.tools.graph import NodeProcess, confine_to_loopback, spin_until
+    from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 
     d, _, _ = room_map
     truncated = tmp_path / "truncated.db"
@@ -119,7 +119,7 @@ def test_broken_map_files_give_clear_errors_and_services_recover(room_map, tmp_p
             r = call(save, SaveMap.Request(path=str(tmp_path)))  # a directory: refused, nothing lost
             assert not r.success
             assert proc.alive()
-        from match_ros.core.mapstore import Map
+        from match_ros.core.relocalization.mapstore import Map
 
         assert Map.load(copy).equals(Map.load(d / "room.db"))
         assert _sha(d / "room.db") == digest
@@ -131,10 +131,10 @@ def test_broken_map_files_give_clear_errors_and_services_recover(room_map, tmp_p
 def test_map_builder_node_builds_a_correct_map_from_a_replayed_bag(room_map, tmp_path):
     """Live mapping: bag (images + /tf map->camera) -> map_builder process -> ~/save_map -> map whose
     triangulated points lie on the ground-truth surfaces."""
-    from match_ros.core.geometry import invert as inv
-    from match_ros.core.mapstore import Map
+    from match_ros.core.geometry.transforms import invert as inv
+    from match_ros.core.relocalization.mapstore import Map
     from match_ros.tools.bag_play import BagPlayer
-    from match_ros.tools.graph import NodeProcess, confine_to_loopback, spin_until
+    from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 
     d, _, _ = room_map
     seq = make_sequence("room", n_frames=60, seed=0)

@@ -4,9 +4,10 @@ import threading
 import numpy as np
 import pytest
 
-from match_ros.core import geometry as g
-from match_ros.core.keyframes import KeyframeSelector
-from match_ros.core.latest import LatestSlot
+from match_ros.core.geometry import transforms as g
+from match_ros.core.geometry.two_view import estimate_relative_pose
+from match_ros.core.tracking.keyframes import KeyframeSelector
+from match_ros.ros.latest import LatestSlot
 
 K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 
@@ -20,8 +21,13 @@ def _random_rotation(rng, max_deg):
 
 
 def _scene(rng, n=300, outliers=0.0, noise_px=0.3):
-    """Points in front of the reference camera, a query camera moved by T_ref_query."""
-    X_ref = np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-1.5, 1.5, n), rng.uniform(3, 8, n)])
+    """Points on a smooth surface in front of the reference camera (dense depth image, 3-8 m), a query
+    camera moved by T_ref_query."""
+    cols, rows = np.meshgrid(np.arange(640), np.arange(480))
+    surface = (5.5 + 1.5 * np.sin(cols / 97.0) * np.cos(rows / 71.0) + 0.8 * np.sin(rows / 43.0)).astype(np.float32)
+    px = np.column_stack([rng.uniform(20, 620, n), rng.uniform(20, 460, n)])
+    z = surface[np.round(px[:, 1]).astype(int), np.round(px[:, 0]).astype(int)].astype(np.float64)
+    X_ref = np.column_stack([(np.round(px) - K[:2, 2]) / K[0, 0] * z[:, None], z])
     T_ref_query = g.make_T(_random_rotation(rng, 10), rng.normal(size=3) * 0.4)
     X_query = (g.invert(T_ref_query) @ np.column_stack([X_ref, np.ones(n)]).T).T[:, :3]
 
@@ -33,18 +39,14 @@ def _scene(rng, n=300, outliers=0.0, noise_px=0.3):
     p_query = proj(X_query) + rng.normal(scale=noise_px, size=(n, 2))
     n_out = int(outliers * n)
     p_query[:n_out] = rng.uniform([0, 0], [640, 480], size=(n_out, 2))
-    depth = np.zeros((480, 640), np.float32)
-    cols, rows = np.round(proj(X_ref)).astype(int).T
-    ok = (cols >= 0) & (cols < 640) & (rows >= 0) & (rows < 480)
-    depth[rows[ok], cols[ok]] = X_ref[ok, 2]
-    return p_ref, p_query, T_ref_query, depth, n_out
+    return p_ref, p_query, T_ref_query, surface, n_out
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_essential_pose_recovers_rotation_and_direction(seed):
     rng = np.random.default_rng(seed)
     p_ref, p_query, T_gt, _, n_out = _scene(rng, outliers=0.3)
-    res = g.estimate_relative_pose(p_ref, p_query, K, K)
+    res = estimate_relative_pose(p_ref, p_query, K, K)
     assert res.valid and not res.scale_known
     assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 0.5
     assert g.translation_angle_deg(res.T_ref_query[:3, 3], T_gt[:3, 3]) < 3.0
@@ -57,22 +59,22 @@ def test_essential_pose_recovers_rotation_and_direction(seed):
 def test_pnp_pose_with_reference_depth_is_metric():
     rng = np.random.default_rng(7)
     p_ref, p_query, T_gt, depth, _ = _scene(rng, outliers=0.2, noise_px=0.2)
-    res = g.estimate_relative_pose(np.round(p_ref), p_query, K, K, depth_ref=depth)
+    res = estimate_relative_pose(np.round(p_ref), p_query, K, K, depth_ref=depth)
     assert res.valid and res.scale_known
     assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 0.5
     assert np.linalg.norm(res.T_ref_query[:3, 3] - T_gt[:3, 3]) < 0.03  # metres
 
 
 def test_too_few_matches_gives_invalid_pose_not_an_exception():
-    res = g.estimate_relative_pose(np.zeros((4, 2)), np.zeros((4, 2)), K, K)
+    res = estimate_relative_pose(np.zeros((4, 2)), np.zeros((4, 2)), K, K)
     assert not res.valid and "4 matches" in res.reason
 
 
 def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError):
-        g.estimate_relative_pose(np.zeros((20, 2)), np.zeros((19, 2)), K, K)
+        estimate_relative_pose(np.zeros((20, 2)), np.zeros((19, 2)), K, K)
     with pytest.raises(ValueError):
-        g.estimate_relative_pose(np.zeros((20, 2)), np.zeros((20, 2)), np.zeros((3, 3)), K)
+        estimate_relative_pose(np.zeros((20, 2)), np.zeros((20, 2)), np.zeros((3, 3)), K)
 
 
 def test_quaternion_round_trip_and_inverse():

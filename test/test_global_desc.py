@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from match_ros.core import global_desc as gd
-from match_ros.core.global_desc import GlobalDescriptor, MobileNetV2, default_weights_path, load_mobilenet_v2
+from match_ros.core.models import mobilenet
+from match_ros.core.models.mobilenet import MobileNetV2, default_weights_path, load_mobilenet_v2
+from match_ros.core.relocalization.global_desc import GlobalDescriptor
 from match_ros.sim import load_photos
 
 
@@ -70,7 +71,7 @@ def test_weights_load_strict_and_classify(photos):
     own = set(MobileNetV2(18).state_dict()) | {"classifier.1.weight", "classifier.1.bias"}
     assert own == set(state)
     model = load_mobilenet_v2()
-    x = GlobalDescriptor({"short_side": 224}).preprocess(photos["baboon"])
+    x = GlobalDescriptor({"short_side": 224}).backbone.preprocess(photos["baboon"])
     with torch.no_grad():
         logits = model(x).mean(dim=(2, 3)) @ state["classifier.1.weight"].t() + state["classifier.1.bias"]
     assert int(logits.argmax()) == 372  # ImageNet class 372: baboon
@@ -92,10 +93,10 @@ def test_checkpoint_with_wrong_keys_rejected(tmp_path):
 def test_missing_weights_file_not_found(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="not found"):
         GlobalDescriptor({"weights": str(tmp_path / "nope.pth")})
-    monkeypatch.setattr(gd, "WEIGHTS_FILE", "no_such_file.pth")
+    monkeypatch.setattr(mobilenet, "WEIGHTS_FILE", "no_such_file.pth")
     with pytest.raises(FileNotFoundError, match="no_such_file.pth"):
         GlobalDescriptor()
-    monkeypatch.setattr(gd, "WEIGHTS_PACKAGE", "no_such_weights_package")
+    monkeypatch.setattr(mobilenet, "WEIGHTS_PACKAGE", "no_such_weights_package")
     with pytest.raises(FileNotFoundError, match="not installed"):
         default_weights_path()
 

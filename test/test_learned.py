@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from match_ros.core.learned import checkpoint, pairs
-from match_ros.core.learned.coam import CoAMNet, coam_loss, mutual_matches
-from match_ros.core.learned.omniglue import OmniGlueNet, assignment_loss, guided_masks, match_from_assignment
-from match_ros.core.matcher import build_matcher
-from match_ros.tools.eval_pairs import aloe_metrics, default_data_dir, graf_metrics, motorcycle_metrics
-from match_ros.tools.train import build_model, lighterglue_state, make_sample, pair_loss
+from match_ros.core.models import checkpoint
+from match_ros.training import pairs
+from match_ros.core.models.coam import CoAMNet, coam_loss, mutual_matches
+from match_ros.core.models.omniglue import OmniGlueNet, assignment_loss, guided_masks, match_from_assignment
+from match_ros.core.features.matcher import build_matcher
+from match_ros.evaluation.eval_pairs import aloe_metrics, default_data_dir, graf_metrics, motorcycle_metrics
+from match_ros.training.train import build_model, lighterglue_state, make_sample, pair_loss
 
 TINY = {"omniglue": {"dim": 16, "n_layers": 2, "num_heads": 2, "guide_dim": 8, "input_dim": 12},
         "coam": {"dim": 16, "n_layers": 1, "num_heads": 2, "input_dim": 12}}
@@ -98,8 +99,9 @@ def test_coam_starts_as_xfeat_mnn_and_keeps_unit_descriptors():
 
 @pytest.fixture(scope="module")
 def photo():
-    img = cv2.imread(str(default_data_dir() / "textures" / "building.jpg"), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    from match_ros.sim import load_photos
+
+    return load_photos(names=("building",))["building"]
 
 
 def test_homography_pair_labels_agree_with_ground_truth(photo):
@@ -148,7 +150,7 @@ def test_rendered_pair_labels_respect_depth_and_pose():
 @pytest.fixture(scope="module")
 def sample(photo):
     """One training sample built as match_ros_train builds them (real XFeat + guidance features)."""
-    from match_ros.core.learned.guidance import Guidance
+    from match_ros.core.models.guidance import Guidance
 
     pair = pairs.homography_pair(photo, np.random.default_rng(5), {"size": (320, 240)})
     return make_sample(pair, build_matcher("xfeat_mnn", {"max_keypoints": 200}), Guidance())
@@ -253,7 +255,7 @@ def test_shipped_weights_found_from_any_working_directory(tmp_path):
     import subprocess
     import sys
 
-    code = ("from match_ros.core.matcher import build_matcher; "
+    code = ("from match_ros.core.features.matcher import build_matcher; "
             "print(build_matcher('coam_xfeat', {'max_keypoints': 64}).conf['max_keypoints'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "64", out.stderr[-2000:]

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from match_ros.core.geometry import invert, rotation_error_deg
-from match_ros.core.global_desc import GlobalDescriptor
-from match_ros.core.mapping import MapBuilder, backproject_keypoints, triangulate
-from match_ros.core.mapstore import Map
-from match_ros.core.matcher import build_matcher
+from match_ros.core.geometry.transforms import invert, rotation_error_deg
+from match_ros.core.relocalization.global_desc import GlobalDescriptor
+from match_ros.core.relocalization.mapping import MapBuilder, backproject_keypoints, triangulate
+from match_ros.core.relocalization.mapstore import Map
+from match_ros.core.features.matcher import build_matcher
 from match_ros.sim import Sequence, make_sequence
 
 STRIDE = 3  # room orbit: 2 deg per frame, a full circle in 180 frames -> 60 rendered frames

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from match_ros.core import mapstore
-from match_ros.core.mapstore import FORMAT_VERSION, Map, MapError, MapKeyframe, matcher_identity
-from match_ros.core.retrieval import RetrievalIndex
+from match_ros.core.relocalization import mapstore
+from match_ros.core.relocalization.mapstore import FORMAT_VERSION, Map, MapError, MapKeyframe, matcher_identity
+from match_ros.core.relocalization.retrieval import RetrievalIndex
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_save_that_raises_midway_keeps_old_map(tmp_path, monkeypatch, exc):
 
 _SAVER = """
 import sys
-from match_ros.core.mapstore import Map
+from match_ros.core.relocalization.mapstore import Map
 m = Map.load(sys.argv[1])
 print("ready", flush=True)
 while True:

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from match_ros.core.geometry import invert
+from match_ros.core.geometry.transforms import invert
 from match_ros.ros.tf_buffer import TfBuffer, TfLookupError
 
 S = 1_000_000_000  # ns per second

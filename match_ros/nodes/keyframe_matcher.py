@@ -25,17 +25,18 @@ from std_msgs.msg import Header
 
 from match_ros.msg import CorrespondenceSet
 
-from ..core import geometry, keyframes
-from ..core.device import DEVICE_CHOICES, resolve_device
-from ..core.frontend import Frame, KeyframeTracker
-from ..core.keyframes import KeyframeSelector
-from ..core.latest import LatestSlot
-from ..core.matcher import available_matchers, build_matcher
-from ..ros import conversions as conv
-from ..ros.params import conf_comments, declare, declare_group
-from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
-from ..ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
-from ..ros.tf import TfBroadcaster
+from match_ros.core.geometry import two_view as geometry
+from match_ros.core.tracking import keyframes
+from match_ros.core.device import DEVICE_CHOICES, resolve_device
+from match_ros.core.tracking.frontend import Frame, KeyframeTracker
+from match_ros.core.tracking.keyframes import KeyframeSelector
+from match_ros.ros.latest import LatestSlot
+from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.ros import conversions as conv
+from match_ros.ros.params import conf_comments, declare, declare_group
+from match_ros.ros.qos import IMAGE_QOS_CHOICES, image_qos
+from match_ros.ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
+from match_ros.ros.tf import TfBroadcaster
 
 
 class KeyframeMatcherNode(Node):

@@ -19,17 +19,17 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from match_ros.srv import SaveMap
 
-from ..core.device import DEVICE_CHOICES, resolve_device
-from ..core.global_desc import GlobalDescriptor
-from ..core.latest import LatestSlot
-from ..core.mapping import MapBuilder
-from ..core.matcher import available_matchers, build_matcher
-from ..core import mapping
-from ..ros import conversions as conv
-from ..ros.params import conf_comments, declare, declare_group
-from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
-from ..ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
-from ..ros.tf_buffer import TfListener, TfLookupError
+from match_ros.core.device import DEVICE_CHOICES, resolve_device
+from match_ros.core.relocalization.global_desc import GlobalDescriptor
+from match_ros.ros.latest import LatestSlot
+from match_ros.core.relocalization.mapping import MapBuilder
+from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.relocalization import mapping
+from match_ros.ros import conversions as conv
+from match_ros.ros.params import conf_comments, declare, declare_group
+from match_ros.ros.qos import IMAGE_QOS_CHOICES, image_qos
+from match_ros.ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
+from match_ros.ros.tf_buffer import TfListener, TfLookupError
 
 
 class MapBuilderNode(Node):

@@ -28,19 +28,20 @@ from std_msgs.msg import Header
 from match_ros.msg import CorrespondenceSet
 from match_ros.srv import LoadMap, Relocalize, SaveMap
 
-from ..core import absolute_pose, localizer
-from ..core.device import DEVICE_CHOICES, resolve_device
-from ..core.global_desc import GlobalDescriptor
-from ..core.latest import LatestSlot
-from ..core.localizer import Localizer
-from ..core.mapstore import Map, MapError, matcher_identity
-from ..core.matcher import available_matchers, build_matcher
-from ..ros import conversions as conv
-from ..ros.params import conf_comments, declare, declare_group
-from ..ros.qos import IMAGE_QOS_CHOICES, image_qos
-from ..ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
-from ..ros.tf import TfBroadcaster
-from ..ros.tf_buffer import TfListener, TfLookupError
+from match_ros.core.geometry import absolute_pose
+from match_ros.core.relocalization import localizer
+from match_ros.core.device import DEVICE_CHOICES, resolve_device
+from match_ros.core.relocalization.global_desc import GlobalDescriptor
+from match_ros.ros.latest import LatestSlot
+from match_ros.core.relocalization.localizer import Localizer
+from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
+from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.ros import conversions as conv
+from match_ros.ros.params import conf_comments, declare, declare_group
+from match_ros.ros.qos import IMAGE_QOS_CHOICES, image_qos
+from match_ros.ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
+from match_ros.ros.tf import TfBroadcaster
+from match_ros.ros.tf_buffer import TfListener, TfLookupError
 
 
 class RelocalizerNode(Node):
@@ -188,7 +189,7 @@ class RelocalizerNode(Node):
                 done.set()
 
     def _query(self, msg: Image, holder: dict):
-        from ..ros.relocalization import publish_result
+        from match_ros.ros.relocalization import publish_result
 
         if self.map is None:
             holder["message"] = "no map loaded"

@@ -13,7 +13,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Quaternion, Transform, TransformStamped, Vector3
 from sensor_msgs.msg import CameraInfo, Image
 
-from ..core.geometry import matrix_from_quaternion, quaternion_from_matrix
+from match_ros.core.geometry.transforms import matrix_from_quaternion, quaternion_from_matrix
 
 
 class ConversionError(ValueError):

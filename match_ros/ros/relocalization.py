@@ -6,10 +6,11 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from std_msgs.msg import Header
 
-from ..core.absolute_pose import covariance_of_attached_frame
-from ..core.frontend import Keyframe, TrackResult
-from ..core.geometry import RelativePose, invert
-from . import conversions as conv
+from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame
+from match_ros.core.tracking.frontend import Keyframe, TrackResult
+from match_ros.core.geometry.two_view import RelativePose
+from match_ros.core.geometry.transforms import invert
+from match_ros.ros import conversions as conv
 
 
 def pose_with_covariance(header: Header, T_map_frame: np.ndarray, cov: np.ndarray) -> PoseWithCovarianceStamped:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ..core.geometry import invert, matrix_from_quaternion, quaternion_from_matrix
+from match_ros.core.geometry.transforms import invert, matrix_from_quaternion, quaternion_from_matrix
 
 
 class TfLookupError(LookupError):
@@ -237,7 +237,7 @@ class TfListener:
         from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
         from tf2_msgs.msg import TFMessage
 
-        from .conversions import stamp_to_ns, transform_to_matrix
+        from match_ros.ros.conversions import stamp_to_ns, transform_to_matrix
 
         self._tf2 = None
         self._to_ns, self._to_matrix = stamp_to_ns, transform_to_matrix
@@ -269,7 +269,7 @@ class TfListener:
         # ---- real-distro branch ----
         from rclpy.time import Time
 
-        from .conversions import transform_to_matrix
+        from match_ros.ros.conversions import transform_to_matrix
 
         try:
             ts = self._tf2_buffer.lookup_transform_core(

@@ -33,7 +33,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .scene import Camera, Lighting, Plane, Scene, Sequence, pose_from_ypr
+from match_ros.sim.scene import Camera, Lighting, Plane, Scene, Sequence, pose_from_ypr
 
 TEXTURES_ENV = "MATCH_ROS_TEXTURES_DIR"
 DEFAULT_START_NS = 1_700_000_000_000_000_000  # first stamp of generated sequences (2023-11-14T22:13:20Z)

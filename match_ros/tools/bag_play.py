@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .bagio import BagError, open_reader
+from match_ros.tools.bagio import BagError, open_reader
 
 TRANSIENT_LOCAL_TOPICS = ("/tf_static",)
 

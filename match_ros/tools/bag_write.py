@@ -21,8 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from .bagio import (STORAGES, BagError, camera_info_msg, image_msg, make_typestore, open_writer, pose_stamped_msg,
-                    qos, tf_msg)
+from match_ros.tools.bagio import (STORAGES, BagError, camera_info_msg, image_msg, make_typestore, open_writer,
+                                   pose_stamped_msg, qos, tf_msg)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def write_sequence_bag(path, sequence, *, storage: str = "sqlite3", with_depth: 
 
 
 def main(argv=None) -> int:
-    from .render import FolderSequence, add_sequence_arguments, sequence_from_args
+    from match_ros.tools.render import FolderSequence, add_sequence_arguments, sequence_from_args
 
     parser = argparse.ArgumentParser(prog="match_ros_bag_write", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[1],

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.geometry import matrix_from_quaternion, quaternion_from_matrix
+from match_ros.core.geometry.transforms import matrix_from_quaternion, quaternion_from_matrix
 
 STORAGES = ("sqlite3", "mcap")
 MATCH_ROS_MSGS = ("Correspondence", "CorrespondenceSet")  # in dependency order

@@ -19,8 +19,8 @@ import numpy as np
 
 def read_posed_frames(bag, image_topic, info_topic, depth_topic, pose_topic, map_frame):
     """Yield (stamp_ns, rgb, K, T_map_cam, depth or None) for every image with a pose."""
-    from ..ros.tf_buffer import TfBuffer, TfLookupError
-    from .bagio import image_from_msg, make_typestore, open_reader, pose_from_msg, stamp_ns_of
+    from match_ros.ros.tf_buffer import TfBuffer, TfLookupError
+    from match_ros.tools.bagio import image_from_msg, make_typestore, open_reader, pose_from_msg, stamp_ns_of
 
     ts = make_typestore()
     reader = open_reader(bag)
@@ -76,10 +76,10 @@ def build_map_from_bag(bag, out, matcher_name="orb_teblid", max_keypoints=1024, 
     """Build and save a map; returns the summary (keyframes, points, bytes, seconds)."""
     from tqdm import tqdm
 
-    from ..core.device import resolve_device
-    from ..core.global_desc import GlobalDescriptor
-    from ..core.mapping import MapBuilder
-    from ..core.matcher import build_matcher
+    from match_ros.core.device import resolve_device
+    from match_ros.core.relocalization.global_desc import GlobalDescriptor
+    from match_ros.core.relocalization.mapping import MapBuilder
+    from match_ros.core.features.matcher import build_matcher
 
     t0 = time.monotonic()
     dev = resolve_device(device)
@@ -100,7 +100,7 @@ def build_map_from_bag(bag, out, matcher_name="orb_teblid", max_keypoints=1024, 
 
 
 def main(argv=None) -> int:
-    from ..core.matcher import available_matchers
+    from match_ros.core.features.matcher import available_matchers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bag", help="rosbag2 folder (sqlite3 or mcap)")
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-translation", type=float, default=0.25, help="keyframe spacing [m]")
     ap.add_argument("--min-rotation", type=float, default=10.0, help="keyframe spacing [deg]")
     args = ap.parse_args(argv)
-    from .bagio import BagError
+    from match_ros.tools.bagio import BagError
 
     try:
         s = build_map_from_bag(args.bag, args.out, args.matcher, args.max_keypoints, args.device, args.image_topic,

@@ -11,13 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .graph import confine_to_loopback
+from match_ros.evaluation.graph import confine_to_loopback
 
 
 def ensure_bag(out_dir: Path, scene: str, n_frames: int, storage: str = "sqlite3", seed: int = 0):
     """(bag path, sequence): the rendered sequence and its bag, written once and reused."""
-    from ..sim import make_sequence
-    from .bag_write import write_sequence_bag
+    from match_ros.sim import make_sequence
+    from match_ros.tools.bag_write import write_sequence_bag
 
     seq = make_sequence(scene, n_frames=n_frames, seed=seed)
     bag = out_dir / f"{scene}_{n_frames}_{seed}_{storage}"
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     env = confine_to_loopback(args.domain_id)
     print(f"DDS: {env}", flush=True)
 
-    from .replay_eval import replay_through_node
+    from match_ros.evaluation.replay_eval import replay_through_node
 
     bag, seq = ensure_bag(Path(args.out), args.scene, args.frames)
     print(f"replaying {bag} at {args.rate}x through keyframe_matcher (matcher={args.matcher})", flush=True)

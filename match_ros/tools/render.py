@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import yaml
 
-from ..core.geometry import matrix_from_quaternion, quaternion_from_matrix
-from ..sim import DEFAULT_START_NS, DEFAULT_TRAJECTORY, SCENES, TRAJECTORIES, Camera, Frame, make_sequence
+from match_ros.core.geometry.transforms import matrix_from_quaternion, quaternion_from_matrix
+from match_ros.sim import DEFAULT_START_NS, DEFAULT_TRAJECTORY, SCENES, TRAJECTORIES, Camera, Frame, make_sequence
 
 DEPTH_SCALE = 5000.0  # depth PNG units per metre (TUM RGB-D)
 

@@ -1,0 +1,70 @@
+"""The one extractor+matcher interface every backend implements.
+
+A backend extracts features once per image (keyframes are extracted once and
+cached by the caller) and matches a reference feature set against a query one.
+``BACKENDS`` names every backend and where it lives; ``build_matcher(name, conf)``
+imports only the one asked for (third-party model code loads on demand).
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from match_ros.core.features.types import Features, Matches
+
+# name -> "module:Class"; the class's ``name`` attribute is the same name
+BACKENDS = {
+    "sift": "match_ros.core.features.classical:SiftMatcher",
+    "orb_teblid": "match_ros.core.features.classical:OrbTeblidMatcher",
+    "xfeat_mnn": "match_ros.core.features.xfeat:XFeatMNN",
+    "xfeat_lighterglue": "match_ros.core.features.xfeat:XFeatLighterGlue",
+    "coam_xfeat": "match_ros.core.features.learned:CoAMXFeat",
+    "omniglue_xfeat": "match_ros.core.features.learned:OmniGlueXFeat",
+}
+
+
+class Matcher(ABC):
+    """Extract local features from images and match two feature sets.
+
+    Subclasses declare ``default_conf`` (flat dict, one comment per entry) and
+    receive ``conf`` merged over it.
+    """
+
+    name: str = "?"
+    default_conf: dict = {}
+
+    def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
+        unknown = set(conf or {}) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown configuration keys {sorted(unknown)}; "
+                             f"known: {sorted(self.default_conf)}")
+        self.conf = {**self.default_conf, **(conf or {})}
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def extract(self, image: np.ndarray) -> Features:
+        """image: [H x W] or [H x W x 3] uint8 RGB -> Features on self.device."""
+
+    @abstractmethod
+    def match(self, ref: Features, query: Features) -> Matches:
+        """Match reference features to query features."""
+
+
+def available_matchers() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def matcher_class(name: str) -> type["Matcher"]:
+    """The backend class of ``name``; ValueError listing the choices for an unknown name."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown matcher '{name}', available: {available_matchers()}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_matcher(name: str, conf: dict | None = None, device: torch.device | str = "cpu") -> Matcher:
+    """Build a backend by name; unknown names raise ValueError listing the choices."""
+    return matcher_class(name)(conf, device=device)

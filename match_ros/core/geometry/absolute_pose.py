@@ -1,0 +1,153 @@
+"""Absolute camera pose from 2D-3D correspondences: robust PnP, refinement,
+plausibility checks and a covariance from the solution (not a constant).
+
+Frames: ``T_map_cam`` is the pose of the camera optical frame in the map frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from match_ros.core.geometry.camera import project, transform_points
+from match_ros.core.geometry.transforms import invert, make_T
+
+default_pnp_conf = {
+    "ransac_threshold_px": 3.0,     # reprojection error of a PnP inlier [px]
+    "confidence": 0.9999,           # RANSAC confidence
+    "max_iterations": 5000,         # RANSAC iteration cap
+    "min_inliers": 40,              # fewer inliers -> rejected
+    "min_inlier_ratio": 0.15,       # inliers / 2D-3D correspondences below this -> rejected
+    "max_rmse_px": 2.0,             # inlier reprojection RMSE above this -> rejected [px]
+    "min_coverage": 0.04,           # inliers' bounding box / image area below this -> rejected
+    "pixel_sigma_px": 1.0,          # floor of the measurement noise used for the covariance [px]
+}
+
+
+@dataclass
+class PnPResult:
+    """valid: passed every check; T_map_cam [4 x 4]; inliers [N] bool; covariance [6 x 6]
+    over (x, y, z, rot_x, rot_y, rot_z) of the camera in the map frame (m^2, rad^2)."""
+
+    valid: bool
+    T_map_cam: np.ndarray = field(default_factory=lambda: np.eye(4))
+    inliers: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    num_inliers: int = 0
+    rmse_px: float = float("nan")
+    covariance: np.ndarray = field(default_factory=lambda: np.full((6, 6), np.nan))
+    reason: str = ""
+
+
+def solve_pnp(X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray, image_size: tuple[int, int],
+              conf: dict | None = None) -> PnPResult:
+    """Robust camera pose from [N x 3] map points and their [N x 2] pixels in an image of
+    image_size (width, height): USAC PnP, Levenberg-Marquardt refinement on the inliers, checks."""
+    c = {**default_pnp_conf, **(conf or {})}
+    X_map = np.ascontiguousarray(X_map, np.float64).reshape(-1, 3)
+    x_img = np.ascontiguousarray(x_img, np.float64).reshape(-1, 2)
+    if len(X_map) != len(x_img):
+        raise ValueError(f"{len(X_map)} 3D points but {len(x_img)} pixels")
+    n = len(X_map)
+    if n < max(c["min_inliers"], 6):
+        return PnPResult(False, inliers=np.zeros(n, bool), reason=f"only {n} 2D-3D correspondences")
+    params = cv2.UsacParams()
+    params.threshold = c["ransac_threshold_px"]
+    params.confidence = c["confidence"]
+    params.maxIterations = c["max_iterations"]
+    params.sampler = cv2.SAMPLING_UNIFORM
+    params.score = cv2.SCORE_METHOD_MAGSAC
+    params.loMethod = cv2.LOCAL_OPTIM_SIGMA
+    params.loIterations = 10
+    params.loSampleSize = 20
+    try:
+        ok, _, rvec, tvec, idx = cv2.solvePnPRansac(X_map, x_img, K.copy(), None, params=params)
+    except cv2.error as e:
+        return PnPResult(False, inliers=np.zeros(n, bool), reason=f"PnP failed: {e.msg.strip()}")
+    if not ok or idx is None or len(idx) < c["min_inliers"]:
+        k = 0 if idx is None else len(idx)
+        return PnPResult(False, inliers=np.zeros(n, bool), num_inliers=k, reason=f"{k} PnP inliers")
+    sel = idx.ravel()
+    rvec, tvec = cv2.solvePnPRefineLM(X_map[sel], x_img[sel], K, None, rvec, tvec)
+    T_cam_map = make_T(cv2.Rodrigues(rvec)[0], tvec)
+    err = reprojection_errors(X_map, x_img, K, T_cam_map)
+    inliers = err < c["ransac_threshold_px"]
+    k = int(inliers.sum())
+    rmse = float(np.sqrt(np.mean(err[inliers] ** 2))) if k else float("nan")
+    result = PnPResult(False, invert(T_cam_map), inliers, k, rmse)
+    w, h = image_size
+    if k < c["min_inliers"]:
+        result.reason = f"{k} inliers after refinement < {c['min_inliers']}"
+    elif k / n < c["min_inlier_ratio"]:
+        result.reason = f"inlier ratio {k / n:.2f} < {c['min_inlier_ratio']}"
+    elif rmse > c["max_rmse_px"]:
+        result.reason = f"inlier RMSE {rmse:.2f} px > {c['max_rmse_px']}"
+    elif _coverage(x_img[inliers], w, h) < c["min_coverage"]:
+        result.reason = f"inliers cover {_coverage(x_img[inliers], w, h):.3f} of the image < {c['min_coverage']}"
+    else:
+        result.valid = True
+        sigma = max(rmse, c["pixel_sigma_px"])
+        result.covariance = pose_covariance(result.T_map_cam, X_map[inliers], x_img[inliers], K, sigma)
+    return result
+
+
+def reprojection_errors(X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray, T_cam_map: np.ndarray) -> np.ndarray:
+    """[N] pixel distance between observed pixels and projected map points (inf behind the camera)."""
+    proj, z = project(transform_points(T_cam_map, X_map), K)
+    with np.errstate(invalid="ignore"):
+        err = np.linalg.norm(proj - x_img, axis=1)
+    err[~(z > 1e-6)] = np.inf
+    return err
+
+
+def _coverage(pts: np.ndarray, width: int, height: int) -> float:
+    if len(pts) < 3:
+        return 0.0
+    span = pts.max(axis=0) - pts.min(axis=0)
+    return float(span[0] * span[1] / (width * height))
+
+
+def _small_rotation(w: np.ndarray) -> np.ndarray:
+    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
+
+
+def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray,
+                    sigma_px: float, T_frame_cam: np.ndarray | None = None) -> np.ndarray:
+    """First-order covariance [6 x 6] of a frame's pose in the map frame from reprojection residuals.
+
+    Parameters are (x, y, z, rot_x, rot_y, rot_z): translation of the frame in the map frame and a
+    small rotation about the map axes at the frame's origin (the convention of
+    geometry_msgs/PoseWithCovariance). cov = sigma^2 (J^T J)^-1 with J the numeric Jacobian of the
+    stacked pixel residuals. T_frame_cam: camera pose in the frame (identity: the camera itself).
+    """
+    T_frame_cam = np.eye(4) if T_frame_cam is None else T_frame_cam
+
+    def residuals(delta):
+        T = T_map_frame.copy()
+        T[:3, :3] = _small_rotation(delta[3:]) @ T[:3, :3]
+        T[:3, 3] = T[:3, 3] + delta[:3]
+        return project(transform_points(invert(T @ T_frame_cam), X_map), K)[0].ravel()
+
+    r0 = residuals(np.zeros(6))
+    J = np.empty((r0.size, 6))
+    for i, step in enumerate([1e-4] * 3 + [1e-5] * 3):
+        d = np.zeros(6)
+        d[i] = step
+        J[:, i] = (residuals(d) - residuals(-d)) / (2 * step)
+    info = J.T @ J
+    try:
+        return sigma_px ** 2 * np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return np.full((6, 6), np.nan)
+
+
+def covariance_of_attached_frame(cov_cam: np.ndarray, T_map_cam: np.ndarray, T_map_frame: np.ndarray) -> np.ndarray:
+    """Covariance [6 x 6] of a frame rigidly attached to the camera, from the camera's.
+
+    Same parametrization as pose_covariance: a small rotation dr about the map axes moves
+    the attached frame's origin by dr x a, with a the camera-to-frame offset in the map frame.
+    """
+    a = T_map_frame[:3, 3] - T_map_cam[:3, 3]
+    J = np.eye(6)
+    J[:3, 3:] = -np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return J @ cov_cam @ J.T
