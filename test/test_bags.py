@@ -16,8 +16,10 @@ import pytest
 
 from match_ros.sim import Camera, make_sequence
 from match_ros.tools import bag_play, bag_write, render
-from match_ros.tools.bagio import (BagError, find_msg_dir, image_from_msg, make_typestore, open_reader,
-                                   pose_from_msg, read_topic, stamp_ns_of)
+from match_ros.ros.codec import depth_to_numpy, image_to_numpy
+from match_ros.ros.codec import pose_to_matrix as pose_from_msg
+from match_ros.ros.codec import stamp_to_ns as stamp_ns_of
+from match_ros.tools.bagio import BagError, find_msg_dir, make_typestore, open_reader, read_topic
 
 DOMAIN_ID = 63
 N = 10
@@ -63,7 +65,7 @@ def test_bag_content_matches_ground_truth(bag, sequence):
         assert msg.encoding == "rgb8" and (msg.width, msg.height, msg.step) == (320, 240, 960)
         assert bytes(msg.data) == frame.rgb.tobytes()  # byte for byte
     for (t, msg), frame in zip(read_topic(bag, "/camera/depth", ts), sequence):
-        assert msg.encoding == "32FC1" and np.array_equal(image_from_msg(msg), frame.depth)
+        assert msg.encoding == "32FC1" and np.array_equal(depth_to_numpy(msg), frame.depth)
     for (t, msg), frame in zip(read_topic(bag, "/camera/camera_info", ts), sequence):
         assert stamp_ns_of(msg.header.stamp) == t and msg.distortion_model == "plumb_bob"
         assert np.allclose(np.reshape(msg.k, (3, 3)), sequence.camera.K) and not np.any(msg.d)

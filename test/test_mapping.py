@@ -10,7 +10,7 @@ import pytest
 
 from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
-from match_ros.core.relocalization.mapping import MapBuilder, backproject_keypoints, triangulate
+from match_ros.core.relocalization.mapping import MapBuilder, backproject_keypoints, triangulate, view_overlap
 from match_ros.core.relocalization.mapstore import Map
 from match_ros.core.features.matcher import build_matcher
 from match_ros.sim import Sequence, make_sequence
@@ -100,11 +100,31 @@ def tri_map(room, matcher, gdesc):
     return build(frames, seq.camera.K, matcher, gdesc, use_depth=False)
 
 
-def test_keyframe_selection(room, depth_map):
+def test_keyframe_selection_by_covisibility(room, depth_map):
+    """Every keyframe shared less than min_overlap of its view with each earlier keyframe; every dropped frame
+    shared at least that much with one of the keyframes before it."""
     _, frames = room
     m, kept, builder = depth_map
-    assert 20 <= len(m) <= 36  # a 360 deg orbit at >= 10 deg between keyframes
+    c = builder.conf
+    assert c["selection"] == "overlap" and 15 <= len(m) <= 45
     assert sum(kept) == len(m) and kept[0]
+    kfs, n_kf = list(m), 0
+    share = lambda kf, f: view_overlap(builder._sample_points(kf), kf.T_world_cam, f.T_world_cam,  # noqa: E731
+                                       kf.K, kf.image_size, c["overlap_max_angle_deg"])
+    for f, k in zip(frames, kept):
+        shares = [share(kf, f) for kf in kfs[:n_kf]]
+        if k:
+            assert all(s_ < c["min_overlap"] for s_ in shares)
+            n_kf += 1
+        else:
+            assert max(shares) >= c["min_overlap"]
+    assert builder.stats["frames"] == len(frames) and builder.stats["keyframes"] == len(m)
+
+
+def test_keyframe_selection_by_distance(room, matcher, gdesc):
+    _, frames = room
+    m, kept, builder = build(frames, room[0].camera.K, matcher, gdesc, True, {"selection": "distance"})
+    assert 20 <= len(m) <= 36  # a 360 deg orbit at >= 10 deg between keyframes
     poses = [kf.T_world_cam for kf in m]
     # every keyframe is far from every earlier one ...
     for j in range(1, len(poses)):
@@ -116,7 +136,16 @@ def test_keyframe_selection(room, depth_map):
         if not k:
             assert any(np.linalg.norm(T[:3, 3] - f.T_world_cam[:3, 3]) <= 0.25
                        and rotation_error_deg(T[:3, :3], f.T_world_cam[:3, :3]) <= 10.0 for T in poses)
-    assert builder.stats["frames"] == len(frames) and builder.stats["keyframes"] == len(m)
+
+
+def test_revisits_add_no_keyframes(matcher, gdesc):
+    """Two laps of the same orbit: the second lap sees nothing new, so the map does not grow with the recording."""
+    seq = make_sequence("room", n_frames=360, seed=0)
+    builder = MapBuilder(matcher, gdesc)
+    kept = [builder.add_frame(seq[i].rgb, seq[i].T_world_cam, seq.camera.K, seq[i].stamp_ns, seq[i].depth)
+            for i in range(0, 360, 4)]
+    first_lap = sum(kept[:45])
+    assert first_lap >= 15 and sum(kept[45:]) <= 2
 
 
 def test_points_from_depth_are_exact(room, depth_map):

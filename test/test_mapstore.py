@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from match_ros.core.relocalization import mapstore
+from match_ros.core.relocalization import mapfile, mapstore
 from match_ros.core.relocalization.mapstore import FORMAT_VERSION, Map, MapError, MapKeyframe, matcher_identity
 from match_ros.core.relocalization.retrieval import RetrievalIndex
 
@@ -103,7 +103,7 @@ def test_save_that_raises_midway_keeps_old_map(tmp_path, monkeypatch, exc):
     old.save(path)
     before = digest(path)
     calls = {"n": 0}
-    real_crc = mapstore._crc
+    real_crc = mapfile._crc
 
     def failing_crc(blobs):  # fails while the third keyframe is being written
         calls["n"] += 1
@@ -111,7 +111,7 @@ def test_save_that_raises_midway_keeps_old_map(tmp_path, monkeypatch, exc):
             raise exc("disk on fire")
         return real_crc(blobs)
 
-    monkeypatch.setattr(mapstore, "_crc", failing_crc)
+    monkeypatch.setattr(mapfile, "_crc", failing_crc)
     with pytest.raises(exc, match="disk on fire"):
         random_map(seed=2).save(path)
     monkeypatch.undo()

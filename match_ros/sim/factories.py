@@ -76,12 +76,12 @@ def load_photos(textures_dir=None, names=None) -> dict:
 
 
 def _texture(photo: np.ndarray, width_m: float, height_m: float, texels_per_m: float,
-             rng: np.random.Generator) -> np.ndarray:
+             rng: np.random.Generator, crop_scale: tuple = (0.75, 1.0)) -> np.ndarray:
     """A random crop of ``photo`` with the plane's aspect, maybe mirrored, resized to the texel density."""
     h, w = photo.shape[:2]
     aspect = width_m / height_m
     ch, cw = (h, h * aspect) if w / h > aspect else (w / aspect, w)
-    scale = rng.uniform(0.75, 1.0)
+    scale = rng.uniform(*crop_scale)
     ch, cw = max(8, int(ch * scale)), max(8, int(cw * scale))
     y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     crop = photo[y0:y0 + ch, x0:x0 + cw]
@@ -96,14 +96,14 @@ def _texture(photo: np.ndarray, width_m: float, height_m: float, texels_per_m: f
 class _Builder:
     """Adds planes with photos taken in turn from ``order`` (crops and mirroring from the seed)."""
 
-    def __init__(self, photos: dict, order, texels_per_m: float, seed: int):
-        self.photos, self.order, self.density = photos, list(order), texels_per_m
+    def __init__(self, photos: dict, order, texels_per_m: float, seed: int, crop_scale: tuple = (0.75, 1.0)):
+        self.photos, self.order, self.density, self.crop_scale = photos, list(order), texels_per_m, crop_scale
         self.rng = np.random.default_rng(seed)
         self.planes: list = []
 
     def _add(self, origin, edge_u, edge_v, name):
         photo = self.photos[self.order[len(self.planes) % len(self.order)]]
-        tex = _texture(photo, np.linalg.norm(edge_u), np.linalg.norm(edge_v), self.density, self.rng)
+        tex = _texture(photo, np.linalg.norm(edge_u), np.linalg.norm(edge_v), self.density, self.rng, self.crop_scale)
         self.planes.append(Plane(origin, edge_u, edge_v, tex, name=name))
 
     def wall(self, left_xy, right_xy, z0: float, z1: float, name: str):
@@ -162,7 +162,8 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         b.wall((4.0, -0.5), (4.0 + 1.8 * math.sin(0.5), -0.5 - 1.8 * math.cos(0.5)), 0.0, 1.8, "panel_1")
         b.wall((6.0, -2.5), (6.0, -5.0), 0.0, 2.6, "panel_2")
     elif name == "office":
-        b = _Builder(photos, ("cards", "camera", "street", "coins", "hubble", "chicky", "ihc"), 256, seed)
+        # planes sharing a photo show small crops of it: different parts, as different walls would
+        b = _Builder(photos, ("cards", "camera", "street", "coins", "hubble", "chicky", "ihc"), 200, seed, (0.4, 0.55))
         b.floor(-3, 3, -2.5, 2.5, 0.0, "floor")
         for k, (a, c) in enumerate((((3, 2.5), (3, 0)), ((3, 0), (3, -2.5)), ((-3, 2.5), (0, 2.5)),
                                     ((0, 2.5), (3, 2.5)), ((-3, -2.5), (-3, 0)), ((-3, 0), (-3, 2.5)),
@@ -173,7 +174,7 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         b.wall((1.425, -1.817), (2.225, -0.617), 0.0, 1.8, "partition_b")
         b.box(-2.6, -1.9, 1.2, 2.1, 1.3, "cabinet")
     elif name == "street":
-        b = _Builder(photos, ("street", "coins", "hubble", "cards", "camera", "ihc", "chicky"), 128, seed)
+        b = _Builder(photos, ("street", "coins", "hubble", "cards", "camera", "ihc", "chicky"), 128, seed, (0.4, 0.55))
         for k in range(5):
             b.wall((10, 10 - 4 * k), (10, 6 - 4 * k), 0.0, 8.0, f"facade_{k}")
         for k in range(2):

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from match_ros.core.geometry.transforms import matrix_from_quaternion, quaternion_from_matrix
+from match_ros.core.geometry.transforms import quaternion_from_matrix
 
 STORAGES = ("sqlite3", "mcap")
 MATCH_ROS_MSGS = ("Correspondence", "CorrespondenceSet")  # in dependency order
@@ -68,11 +68,6 @@ def stamp_msg(ts, stamp_ns: int):
                                                    nanosec=int(stamp_ns % 1_000_000_000))
 
 
-def stamp_ns_of(time_msg) -> int:
-    """builtin_interfaces/Time -> nanoseconds."""
-    return int(time_msg.sec) * 1_000_000_000 + int(time_msg.nanosec)
-
-
 def header_msg(ts, stamp_ns: int, frame_id: str):
     return ts.types["std_msgs/msg/Header"](stamp=stamp_msg(ts, stamp_ns), frame_id=frame_id)
 
@@ -92,20 +87,6 @@ def image_msg(ts, array: np.ndarray, stamp_ns: int, frame_id: str):
     return ts.types["sensor_msgs/msg/Image"](
         header=header_msg(ts, stamp_ns, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
         step=a.nbytes // h, data=np.frombuffer(a.tobytes(), dtype=np.uint8))
-
-
-def image_from_msg(msg) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8 -> RGB, mono8, 32FC1) -> numpy array (copy)."""
-    spec = {"rgb8": (3, "u1"), "bgr8": (3, "u1"), "mono8": (1, "u1"), "32FC1": (1, "f4")}.get(msg.encoding)
-    if spec is None:
-        raise ValueError(f"unsupported encoding '{msg.encoding}'")
-    ch, kind = spec
-    dtype = np.dtype((">" if msg.is_bigendian else "<") + kind)
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    rows = data[:, :msg.width * ch * dtype.itemsize]
-    arr = np.ascontiguousarray(rows).view(dtype).astype(dtype.newbyteorder("="))
-    arr = arr.reshape(msg.height, msg.width, ch) if ch == 3 else arr.reshape(msg.height, msg.width)
-    return arr[..., ::-1].copy() if msg.encoding == "bgr8" else arr
 
 
 def camera_info_msg(ts, camera, stamp_ns: int, frame_id: str):
@@ -128,15 +109,6 @@ def pose_msg(ts, T: np.ndarray):
         position=ts.types["geometry_msgs/msg/Point"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
         orientation=ts.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
                                                              w=float(q[3])))
-
-
-def pose_from_msg(pose) -> np.ndarray:
-    """geometry_msgs/Pose or Transform -> [4 x 4] float64."""
-    t, q = (pose.position, pose.orientation) if hasattr(pose, "position") else (pose.translation, pose.rotation)
-    T = np.eye(4)
-    T[:3, :3] = matrix_from_quaternion([q.x, q.y, q.z, q.w])
-    T[:3, 3] = [t.x, t.y, t.z]
-    return T
 
 
 def pose_stamped_msg(ts, T: np.ndarray, stamp_ns: int, frame_id: str):
@@ -187,7 +159,8 @@ def open_reader(path):
 
 
 def open_writer(path, storage: str = "sqlite3"):
-    """An opened rosbags Writer (rosbag2 version 9) for a new bag folder ``path``."""
+    """An opened rosbags Writer for a new bag folder ``path``: rosbag2 metadata version 8, which `ros2 bag` reads
+    on Humble, Jazzy and Kilted (version 9 stores the offered QoS as a list that Humble cannot parse)."""
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     if storage not in STORAGES:
@@ -197,7 +170,7 @@ def open_writer(path, storage: str = "sqlite3"):
         raise BagError(f"{p} exists already, not overwriting")
     plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
     try:
-        writer = Writer(p, version=9, storage_plugin=plugin)
+        writer = Writer(p, version=8, storage_plugin=plugin)
         writer.open()
     except (WriterError, OSError) as exc:
         raise BagError(f"cannot create bag {p}: {exc}") from None

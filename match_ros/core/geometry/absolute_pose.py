@@ -19,7 +19,7 @@ default_pnp_conf = {
     "max_iterations": 5000,         # RANSAC iteration cap
     "min_inliers": 40,              # fewer inliers -> rejected
     "min_inlier_ratio": 0.15,       # inliers / 2D-3D correspondences below this -> rejected
-    "max_rmse_px": 2.0,             # inlier reprojection RMSE above this -> rejected [px]
+    "max_rmse_px": 2.5,             # inlier reprojection RMSE above this -> rejected [px]
     "min_coverage": 0.04,           # inliers' bounding box / image area below this -> rejected
     "pixel_sigma_px": 1.0,          # floor of the measurement noise used for the covariance [px]
 }
@@ -82,8 +82,8 @@ def solve_pnp(X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray, image_size: t
         result.reason = f"inlier ratio {k / n:.2f} < {c['min_inlier_ratio']}"
     elif rmse > c["max_rmse_px"]:
         result.reason = f"inlier RMSE {rmse:.2f} px > {c['max_rmse_px']}"
-    elif _coverage(x_img[inliers], w, h) < c["min_coverage"]:
-        result.reason = f"inliers cover {_coverage(x_img[inliers], w, h):.3f} of the image < {c['min_coverage']}"
+    elif coverage(x_img[inliers], w, h) < c["min_coverage"]:
+        result.reason = f"inliers cover {coverage(x_img[inliers], w, h):.3f} of the image < {c['min_coverage']}"
     else:
         result.valid = True
         sigma = max(rmse, c["pixel_sigma_px"])
@@ -100,7 +100,7 @@ def reprojection_errors(X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray, T_c
     return err
 
 
-def _coverage(pts: np.ndarray, width: int, height: int) -> float:
+def coverage(pts: np.ndarray, width: int, height: int) -> float:
     if len(pts) < 3:
         return 0.0
     span = pts.max(axis=0) - pts.min(axis=0)

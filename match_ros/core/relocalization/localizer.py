@@ -1,51 +1,80 @@
 """Relocalization of a query image against a keyframe map.
 
-retrieve top-k keyframes (global descriptor + index) -> match the query to them
-one at a time (best first) -> 2D-3D correspondences from the keyframes' 3D
-points -> robust PnP + refinement + checks -> pose with covariance. Matching
-stops as soon as a pose passes every check, so a typical query matches one
-keyframe; only hard queries pay for more.
+Global mode (no prior, or tracking lost):
+1. retrieval: the keyframes whose visual words (or global descriptor) resemble the query's, re-ranked by the
+   votes of the query's descriptors for their nearest neighbours among the candidates' 3D points;
+2. hypothesis: the best candidates' mutual-nearest-neighbour matches (the configured matcher's when those give
+   no verified pose), 2D-3D, robust PnP;
+3. verification: map points of the keyframes around the hypothesis are projected and matched to the query
+   keypoints near them (``guided``); the pose is refined on all of them and passes only when it is supported
+   by enough inliers from several keyframes, with a small reprojection error and a well-conditioned covariance.
+   A wrong hypothesis finds few consistent matches and fails; the next candidate is tried;
+4. ambiguity: a place can look like another (the same poster, carpet or door twice). Short-listed candidates
+   that the verified pose does not explain (not among its supporting keyframes) are verified too; when two
+   places both verify, the pose is accepted only if it has ``ambiguity_ratio`` times the other's inliers.
+Tracking mode (a prior pose, e.g. the last fix moved by odometry): guided matching from the prior with a wide
+radius, robust PnP, then the same verification; the matcher and the retrieval are skipped.
 """
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Optional
 
+import cv2
+import faiss
 import numpy as np
 
-from match_ros.core.geometry.absolute_pose import PnPResult, default_pnp_conf, solve_pnp
-from match_ros.core.relocalization.mapstore import MapKeyframe
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
+from match_ros.core.geometry.absolute_pose import (PnPResult, coverage, default_pnp_conf, pose_covariance,
+                                                   reprojection_errors, solve_pnp)
+from match_ros.core.geometry.camera import check_K
+from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
+from match_ros.core.relocalization.guided import MapPoints, guided_matches, similarity_vectors
+from match_ros.core.relocalization.mapstore import Map, MapKeyframe
+
+RETRIEVAL_METHODS = ("bow", "global")
 
 default_localizer_conf = {
-    "top_k": 3,                    # keyframes retrieved per query
-    "max_keyframes_matched": 3,    # keyframes matched at most per query (best retrieval score first)
-    "min_retrieval_score": 0.0,    # retrieved keyframes below this cosine similarity are skipped
-    "prior_radius_m": 0.0,         # with a prior pose, only keyframes within this distance [m] (0: no prior use)
-    "max_keyframe_distance_m": 5.0,  # the solved camera must lie within this distance of a matched keyframe [m]
-    "feature_cache": 64,           # keyframe feature sets kept on the matcher's device
+    "retrieval": "bow",  # bow: visual words of the map's own features; global: MobileNetV2-GeM descriptor
+    "top_k": 10,  # keyframes retrieved per query
+    "rerank": True,  # re-rank the retrieved keyframes by nearest-neighbour votes of the query's descriptors
+    "max_keyframes_matched": 3,  # candidates turned into pose hypotheses at most per query, best first
+    "matcher_fallback": True,  # when no hypothesis verifies, match the candidates with the configured matcher
+    "ambiguity_ratio": 1.25,  # a pose needs this many times the inliers of a verified pose elsewhere
+    "same_place_m": 0.5,  # verified poses closer than this (and same_place_deg) are the same place [m]
+    "same_place_deg": 10.0,  # ... [deg]
+    "hypothesis_min_inliers": 12,  # PnP inliers a matched keyframe needs to propose a pose for verification
+    "guided_keyframes": 8,  # keyframes around a pose whose 3D points verify and refine it
+    "guided_radius_px": 8.0,  # search radius of a projected map point around a hypothesis [px]
+    "refine_radius_px": 4.0,  # search radius of the final refinement [px] ...
+    "refine_rounds": 1,  # ... and how many times matching and refinement are repeated with it
+    "guided_min_similarity": 0.6,  # descriptor similarity (cosine, or 1 - 2 Hamming / bits) of a guided match
+    "min_keyframe_support": 2,  # an accepted pose has inliers from this many keyframes (all, in smaller maps) ...
+    "min_support_inliers": 10,  # ... each with at least this many
+    "tracking_radius_px": 40.0,  # search radius around the projections from a prior pose [px]
+    "max_prior_deviation_m": 0.5,  # a tracked pose farther than this from its prior is rejected [m] ...
+    "max_prior_deviation_deg": 10.0,  # ... or turned more than this [deg]
+    "max_keyframe_distance_m": 5.0,  # the solved camera must lie this close to a supporting keyframe [m]
+    "max_position_sigma_m": 0.25,  # poses whose 1-sigma position uncertainty is larger are rejected [m]
+    # plausibility for a camera on a ground robot, in a gravity-aligned map (z up, REP 103/105); 0 disables:
+    "max_height_change_m": 1.0,  # camera height must lie this close to its supporting keyframes' [m] ...
+    "max_tilt_change_deg": 30.0,  # ... and its tilt (gravity in the camera frame) this close to theirs [deg]
+    "feature_cache": 64,  # keyframes whose features stay prepared on the matcher's device
 }
-
-
-class MapView(Protocol):
-    """What the localizer needs of a map (match_ros.core.relocalization.mapstore.Map)."""
-
-    def retrieve(self, global_desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def __getitem__(self, kf_id: int) -> MapKeyframe: ...
 
 
 @dataclass
 class KeyframeMatch:
-    """Matches of the query against one keyframe, with the keyframe's matched pixels."""
+    """Query matches against one keyframe: matches.indices = (keyframe keypoint, query keypoint)."""
 
     keyframe_id: int
     matches: Matches
-    pts_ref: np.ndarray      # [M x 2] keyframe pixels
-    pts_query: np.ndarray    # [M x 2] query pixels
-    inliers: np.ndarray      # [M] bool: PnP inlier (False for matches without a 3D point)
+    pts_ref: np.ndarray  # [M x 2] keyframe pixels
+    pts_query: np.ndarray  # [M x 2] query pixels
+    inliers: np.ndarray  # [M] bool: inlier of the accepted pose
 
 
 @dataclass
@@ -55,110 +84,353 @@ class LocalizationResult:
     covariance: np.ndarray = field(default_factory=lambda: np.full((6, 6), np.nan))
     num_inliers: int = 0
     rmse_px: float = float("nan")
-    retrieved: list = field(default_factory=list)       # [(keyframe id, score)]
-    matched: list = field(default_factory=list)         # [KeyframeMatch]
+    retrieved: list = field(default_factory=list)  # [(keyframe id, score)] after re-ranking
+    matched: list = field(default_factory=list)  # [KeyframeMatch] supporting the pose, most inliers first
     num_query_keypoints: int = 0
+    mode: str = "global"  # "tracking" (from a prior) or "global"
+    support: dict = field(default_factory=dict)  # keyframe id -> inliers
+    stats: dict = field(default_factory=dict)  # guided matches, projected map points, position sigma, ...
     reason: str = ""
     timings_ms: dict = field(default_factory=dict)
 
 
 class Localizer:
-    """Global relocalization: needs no prior, uses one when given (prior_radius_m)."""
+    """Global relocalization and tracking against a ``Map`` (see the module docstring)."""
 
-    def __init__(self, map_: MapView, matcher: Matcher, global_desc, conf: dict | None = None,
+    def __init__(self, map_: Optional[Map], matcher: Matcher, global_desc=None, conf: dict | None = None,
                  pnp_conf: dict | None = None):
-        unknown = set(conf or {}) - set(default_localizer_conf)
-        if unknown:
-            raise ValueError(f"unknown localizer configuration keys {sorted(unknown)}")
-        unknown = set(pnp_conf or {}) - set(default_pnp_conf)
-        if unknown:
-            raise ValueError(f"unknown PnP configuration keys {sorted(unknown)}")
-        self.conf = {**default_localizer_conf, **(conf or {})}
+        for name, given, known in (("localizer", conf, default_localizer_conf), ("PnP", pnp_conf, default_pnp_conf)):
+            unknown = set(given or {}) - set(known)
+            if unknown:
+                raise ValueError(f"unknown {name} configuration keys {sorted(unknown)}")
+        self.conf = c = {**default_localizer_conf, **(conf or {})}
         self.pnp_conf = {**default_pnp_conf, **(pnp_conf or {})}
-        self.map, self.matcher, self.global_desc = map_, matcher, global_desc
-        self._cache: OrderedDict = OrderedDict()
+        if c["retrieval"] not in RETRIEVAL_METHODS:
+            raise ValueError(f"retrieval must be one of {RETRIEVAL_METHODS}, got {c['retrieval']!r}")
+        if c["retrieval"] == "global" and global_desc is None:
+            raise ValueError("retrieval 'global' needs a global descriptor")
+        self.matcher, self.global_desc = matcher, global_desc
+        self._features: OrderedDict = OrderedDict()
+        self._points: dict = {}
+        self.set_map(map_)
 
-    def set_map(self, map_: MapView) -> None:
+    def set_map(self, map_: Optional[Map]) -> None:
         self.map = map_
-        self._cache.clear()
+        self._features.clear()
+        self._points.clear()
+        if map_ is not None and len(map_):
+            ids = list(map_.keyframes)
+            self._kf_ids = np.array(ids, np.int64)
+            self._kf_pos = np.stack([map_[i].T_world_cam[:3, 3] for i in ids])
+            if self.conf["retrieval"] == "bow":
+                map_.bow_index  # noqa: B018  (vocabulary and index built now, not in the first query)
 
+    # ------------------------------------------------------------------ entry point
     def localize(self, image: np.ndarray, K: np.ndarray, prior_T_map_cam: Optional[np.ndarray] = None,
                  query_features: Optional[Features] = None) -> LocalizationResult:
-        """Pose of the camera that took ``image`` ([H x W(x3)] uint8, calibration K [3 x 3])."""
-        image = check_image(image)
-        c, t = self.conf, {}
+        """Pose of the camera that took ``image`` ([H x W (x 3)] uint8, calibration K [3 x 3]).
+
+        prior_T_map_cam: predicted camera pose in the map (tracking); global relocalization when it fails."""
+        image, K = check_image(image), check_K(K)
+        if self.map is None or not len(self.map):
+            return LocalizationResult(False, reason="no map")
+        size = (image.shape[1], image.shape[0])
+        t = {"extract": 0.0, "tracking": 0.0, "retrieval": 0.0, "match": 0.0, "pnp": 0.0, "verify": 0.0}
         t0 = time.perf_counter()
-        ids, scores = self._retrieve(image, prior_T_map_cam)
-        t1 = time.perf_counter()
         feats = query_features if query_features is not None else self.matcher.extract(image)
-        t2 = time.perf_counter()
-        t.update(retrieval=1e3 * (t1 - t0), extract=1e3 * (t2 - t1), match=0.0, pnp=0.0)
-        result = LocalizationResult(False, retrieved=list(zip(ids.tolist(), scores.tolist())),
-                                    num_query_keypoints=len(feats), timings_ms=t)
-        X_all, x_all, owners = [], [], []
-        best: Optional[PnPResult] = None
-        for kf_id, score in zip(ids[: c["max_keyframes_matched"]], scores):
-            if score < c["min_retrieval_score"]:
-                break
-            ta = time.perf_counter()
-            kf = self.map[int(kf_id)]
-            m = self.matcher.match(self.keyframe_features(kf), feats)
-            pts_ref, pts_query = m.points(self.keyframe_features(kf), feats)
-            X = kf.points3d[m.indices[:, 0]].astype(np.float64) if len(m) else np.zeros((0, 3))
-            has3d = np.all(np.isfinite(X), axis=1)
-            result.matched.append(KeyframeMatch(int(kf_id), m, pts_ref, pts_query, np.zeros(len(m), bool)))
-            X_all.append(X[has3d])
-            x_all.append(pts_query[has3d])
-            owners.append(np.column_stack([np.full(int(has3d.sum()), len(result.matched) - 1),
-                                           np.flatnonzero(has3d)]))
-            tb = time.perf_counter()
-            pnp = solve_pnp(np.concatenate(X_all), np.concatenate(x_all), K,
-                            (image.shape[1], image.shape[0]), self.pnp_conf)
-            tc = time.perf_counter()
-            t["match"] += 1e3 * (tb - ta)
-            t["pnp"] += 1e3 * (tc - tb)
-            if pnp.valid and not self._near_a_keyframe(pnp.T_map_cam, result.matched):
-                pnp.valid, pnp.reason = False, f"pose farther than {c['max_keyframe_distance_m']} m from the matched keyframes"
-            best = pnp
-            if pnp.valid:
-                break
-        if best is None:
-            result.reason = "no keyframe retrieved" if len(ids) == 0 else "retrieval scores below threshold"
-            return result
-        own = np.concatenate(owners)
-        for (mi, j) in own[best.inliers]:
-            result.matched[mi].inliers[j] = True
-        result.success, result.reason = best.valid, best.reason
-        result.num_inliers, result.rmse_px = best.num_inliers, best.rmse_px
-        if best.valid:
-            result.T_map_cam, result.covariance = best.T_map_cam, best.covariance
+        t["extract"] = 1e3 * (time.perf_counter() - t0)
+        query = _Query(feats, K, size)
+        result, reasons = None, []
+        if prior_T_map_cam is not None:
+            t0 = time.perf_counter()
+            result = self._track(query, np.asarray(prior_T_map_cam, np.float64))
+            t["tracking"] = 1e3 * (time.perf_counter() - t0)
+            if not result.success:
+                reasons.append(f"tracking: {result.reason}")
+        if result is None or not result.success:
+            result = self._global(query, image, t)
+            if reasons and not result.success:
+                result.reason = "; ".join(reasons + [result.reason])
+        result.num_query_keypoints, result.timings_ms = len(feats), t
         return result
 
-    # -------------------------------------------------------------- helpers
-    def _retrieve(self, image, prior) -> tuple[np.ndarray, np.ndarray]:
+    # ------------------------------------------------------------------ global relocalization
+    def _global(self, q: "_Query", image: np.ndarray, t: dict) -> LocalizationResult:
         c = self.conf
-        desc = self.global_desc(image)
-        use_prior = prior is not None and c["prior_radius_m"] > 0
-        ids, scores = self.map.retrieve(desc, c["top_k"] * (5 if use_prior else 1))
-        if use_prior:
-            near = [i for i, kf_id in enumerate(ids)
-                    if np.linalg.norm(self.map[int(kf_id)].T_world_cam[:3, 3] - prior[:3, 3])
-                    <= c["prior_radius_m"]]
-            ids, scores = ids[near], scores[near]
-        return np.asarray(ids)[: c["top_k"]], np.asarray(scores)[: c["top_k"]]
+        t0 = time.perf_counter()
+        ids, scores = self._retrieve(q, image)
+        t["retrieval"] += 1e3 * (time.perf_counter() - t0)
+        retrieved = list(zip(ids.tolist(), scores.tolist()))
+        if not len(ids):
+            return LocalizationResult(False, retrieved=retrieved, reason="no keyframe retrieved")
+        reasons, outcomes = [], []  # every verified hypothesis: a place with its evidence, accepted or not
+        candidates = [int(k) for k in ids[: int(c["max_keyframes_matched"])]]
+        sources = [("mnn", candidates)] + ([("matcher", candidates)] if c["matcher_fallback"] else [])
+        for source, kf_ids in sources:
+            if any(r.success for r in outcomes):
+                break
+            for kf_id in kf_ids:
+                if any(r.support.get(kf_id, 0) >= c["min_support_inliers"] for r in outcomes):
+                    continue  # this candidate sees a place already verified
+                t0 = time.perf_counter()
+                X, x = self._hypothesis_matches(self.map[kf_id], q, source)
+                t1 = time.perf_counter()
+                hyp = solve_pnp(X, x, q.K, q.size, self._hypothesis_conf())
+                t2 = time.perf_counter()
+                t["match"] += 1e3 * (t1 - t0)
+                t["pnp"] += 1e3 * (t2 - t1)
+                if not hyp.valid:
+                    reasons.append(f"keyframe {kf_id} ({source}): {hyp.reason}")
+                    continue
+                if any(self._same_place(hyp.T_map_cam, r.T_map_cam) for r in outcomes):
+                    continue  # a place already verified
+                result = self._verify(q, hyp.T_map_cam, "global")
+                t["verify"] += 1e3 * (time.perf_counter() - t2)
+                if result.num_inliers >= self.pnp_conf["min_inliers"]:
+                    outcomes.append(result)
+                if not result.success:
+                    reasons.append(f"keyframe {kf_id} ({source}): {result.reason}")
+        accepted = [r for r in outcomes if r.success]
+        if not accepted:
+            best = max(outcomes, key=lambda r: r.num_inliers) if outcomes else None
+            reason = "; ".join(reasons[-3:]) or "no hypothesis"
+            return LocalizationResult(False, retrieved=retrieved, reason=reason,
+                                      matched=best.matched if best else [], num_inliers=best.num_inliers if best else 0)
+        best = max(accepted, key=lambda r: r.num_inliers)
+        best.retrieved = retrieved
+        # evidence for another place counts even where that pose failed a quality check (blur, coverage...)
+        rivals = [r for r in outcomes if not self._same_place(r.T_map_cam, best.T_map_cam)]
+        if rivals:
+            rival = max(rivals, key=lambda r: r.num_inliers)
+            best.stats["rival_inliers"] = rival.num_inliers
+            if best.num_inliers < c["ambiguity_ratio"] * rival.num_inliers:
+                d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - best.T_map_cam[:3, 3]))
+                best.success, best.covariance = False, np.full((6, 6), np.nan)
+                best.reason = (f"ambiguous: two places {d:.1f} m apart fit ({best.num_inliers} and "
+                               f"{rival.num_inliers} inliers)")
+        return best
+
+    def _same_place(self, T_a: np.ndarray, T_b: np.ndarray) -> bool:
+        return (np.linalg.norm(T_a[:3, 3] - T_b[:3, 3]) <= self.conf["same_place_m"]
+                and rotation_error_deg(T_a[:3, :3], T_b[:3, :3]) <= self.conf["same_place_deg"])
+
+    def _hypothesis_matches(self, kf: MapKeyframe, q: "_Query", source: str) -> tuple[np.ndarray, np.ndarray]:
+        """2D-3D correspondences ([M x 3] map points, [M x 2] query pixels) of the query with a keyframe."""
+        if source == "mnn":
+            pts = self.map_points(kf)
+            if not len(pts):
+                return np.zeros((0, 3)), np.zeros((0, 2))
+            sim = pts.vec @ q.vec.T
+            best_q, best_p = sim.argmax(1), sim.argmax(0)
+            mutual = np.flatnonzero(best_p[best_q] == np.arange(len(pts)))
+            return pts.xyz[mutual], q.kp[best_q[mutual]]
+        m = self.matcher.match(self.keyframe_features(kf), q.feats)
+        X = kf.points3d[m.indices[:, 0]].astype(np.float64) if len(m) else np.zeros((0, 3))
+        has3d = np.all(np.isfinite(X), axis=1)
+        return X[has3d], q.kp[m.indices[has3d, 1]]
+
+    def _hypothesis_conf(self) -> dict:
+        """PnP for a hypothesis: robust, but only a proposal (``_verify`` decides)."""
+        return {**self.pnp_conf, "min_inliers": int(self.conf["hypothesis_min_inliers"]), "min_inlier_ratio": 0.0,
+                "max_rmse_px": float("inf"), "min_coverage": 0.0}
+
+    def _retrieve(self, q: "_Query", image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, k = self.conf, int(self.conf["top_k"])
+        if c["retrieval"] == "bow":
+            index = self.map.bow_index  # learns the vocabulary first when the map has none (format 1)
+            vocab = self.map.vocabulary
+            ids, scores = index.search(vocab.histogram(vocab.words(q.desc_np)), k)
+        else:
+            ids, scores = self.map.retrieve(self.global_desc(image), k)
+        ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float32)
+        if c["rerank"] and len(ids) > 1:
+            votes = self._votes([int(i) for i in ids], q)
+            order = np.argsort(-votes, kind="stable")
+            ids, scores = ids[order], votes[order].astype(np.float32)
+        return ids, scores
+
+    def _votes(self, kf_ids: list, q: "_Query") -> np.ndarray:
+        """Per keyframe, how many query descriptors have their nearest neighbour (Lowe ratio 0.9 against the
+        second nearest) among its 3D points, of all the candidates' points: one matrix product."""
+        parts = [self.map_points(self.map[k]) for k in kf_ids]
+        owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+        if len(owner) < 2:
+            return np.zeros(len(kf_ids))
+        index = faiss.IndexFlatIP(q.vec.shape[1])
+        index.add(np.ascontiguousarray(np.concatenate([p.vec for p in parts])))
+        sim, nn = index.search(np.ascontiguousarray(q.vec), 2)  # [N x 2] best, second best
+        d = np.sqrt(np.clip(2.0 - 2.0 * sim, 0.0, None))  # distances of unit vectors
+        distinct = d[:, 0] < 0.9 * d[:, 1]
+        return np.bincount(owner[nn[distinct, 0]], minlength=len(kf_ids)).astype(np.float64)
+
+    # ------------------------------------------------------------------ tracking from a prior
+    def _track(self, q: "_Query", prior: np.ndarray) -> LocalizationResult:
+        c = self.conf
+        points = self._local_points(prior)
+        if points is None:
+            return LocalizationResult(False, mode="tracking", reason="no keyframe near the prior")
+        gm = guided_matches(prior, q.K, q.size, q.kp, q.vec, points, float(c["tracking_radius_px"]),
+                            float(c["guided_min_similarity"]))
+        hyp = solve_pnp(points.xyz[gm.point], q.kp[gm.query], q.K, q.size, self._hypothesis_conf())
+        if not hyp.valid:
+            return LocalizationResult(False, mode="tracking", reason=f"{len(gm)} guided matches: {hyp.reason}")
+        result = self._verify(q, hyp.T_map_cam, "tracking")
+        if result.success:
+            dt = float(np.linalg.norm(result.T_map_cam[:3, 3] - prior[:3, 3]))
+            dr = rotation_error_deg(result.T_map_cam[:3, :3], prior[:3, :3])
+            if dt > c["max_prior_deviation_m"] or dr > c["max_prior_deviation_deg"]:
+                return LocalizationResult(False, mode="tracking",
+                                          reason=f"pose {dt:.2f} m / {dr:.1f} deg away from the prior")
+        return result
+
+    # ------------------------------------------------------------------ verification and refinement
+    def _verify(self, q: "_Query", T0: np.ndarray, mode: str) -> LocalizationResult:
+        """Guided matches around pose T0 from the nearby keyframes, refinement, acceptance checks."""
+        c, pc = self.conf, self.pnp_conf
+        points = self._local_points(T0)
+        if points is None:
+            return LocalizationResult(False, mode=mode, reason="no keyframe sees the hypothesis")
+        T = T0
+        for radius in (float(c["guided_radius_px"]),) + (float(c["refine_radius_px"]),) * int(c["refine_rounds"]):
+            gm = guided_matches(T, q.K, q.size, q.kp, q.vec, points, radius, float(c["guided_min_similarity"]))
+            X, x = points.xyz[gm.point], q.kp[gm.query]
+            if len(gm) < pc["min_inliers"]:
+                return LocalizationResult(False, mode=mode, reason=f"{len(gm)} guided matches < {pc['min_inliers']}")
+            T, inl = refine_pose(X, x, q.K, T, float(pc["ransac_threshold_px"]))
+        err = reprojection_errors(X, x, q.K, invert(T))
+        n = int(inl.sum())
+        rmse = float(np.sqrt(np.mean(err[inl] ** 2))) if n else float("nan")
+        kf_of = points.keyframe[gm.point]
+        support = {int(k): int(v) for k, v in zip(*np.unique(kf_of[inl], return_counts=True))}
+        strong = sorted((k for k, v in support.items() if v >= c["min_support_inliers"]), key=lambda k: -support[k])
+        needed = min(int(c["min_keyframe_support"]), len(np.unique(points.keyframe)))
+        cov = pose_covariance(T, X[inl], x[inl], q.K, max(rmse, float(pc["pixel_sigma_px"]))) if n >= 6 else None
+        pos_sigma = float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))) if (
+            cov is not None and np.all(np.isfinite(cov))) else float("inf")
+        out = LocalizationResult(False, T, num_inliers=n, rmse_px=rmse, mode=mode, support=support,
+                                 stats={"guided": len(gm), "projected": gm.projected, "position_sigma_m": pos_sigma,
+                                        "supporting_keyframes": len(strong)})
+        if n < pc["min_inliers"]:
+            out.reason = f"{n} inliers < {pc['min_inliers']}"
+        elif n / max(len(gm), 1) < pc["min_inlier_ratio"]:
+            out.reason = f"inlier ratio {n / len(gm):.2f} < {pc['min_inlier_ratio']}"
+        elif rmse > pc["max_rmse_px"]:
+            out.reason = f"inlier RMSE {rmse:.2f} px > {pc['max_rmse_px']}"
+        elif coverage(x[inl], *q.size) < pc["min_coverage"]:
+            out.reason = f"inliers cover {coverage(x[inl], *q.size):.3f} of the image < {pc['min_coverage']}"
+        elif len(strong) < needed:
+            out.reason = (f"supported by {len(strong)} keyframe(s) with >= {c['min_support_inliers']} inliers, "
+                          f"{needed} needed")
+        elif min(np.linalg.norm(self.map[k].T_world_cam[:3, 3] - T[:3, 3]) for k in strong) \
+                > c["max_keyframe_distance_m"]:
+            out.reason = f"pose farther than {c['max_keyframe_distance_m']} m from its supporting keyframes"
+        elif self._implausible(T, strong):
+            out.reason = self._implausible(T, strong)
+        elif pos_sigma > c["max_position_sigma_m"]:
+            out.reason = f"weak geometry: position sigma {pos_sigma:.2f} m > {c['max_position_sigma_m']}"
+        else:
+            out.success, out.covariance, out.reason = True, cov, f"localized with {n} inliers"
+        out.matched = self._keyframe_matches(q, points, gm, inl, strong or list(support))
+        return out
+
+    def _implausible(self, T: np.ndarray, kf_ids: list) -> str:
+        """Why a pose is implausible for a camera mounted like the keyframes' (height, tilt), or ""."""
+        c = self.conf
+        poses = [self.map[k].T_world_cam for k in kf_ids]
+        if c["max_height_change_m"] > 0:
+            dz = abs(T[2, 3] - float(np.median([P[2, 3] for P in poses])))
+            if dz > c["max_height_change_m"]:
+                return f"implausible: camera {dz:.2f} m higher or lower than its keyframes"
+        if c["max_tilt_change_deg"] > 0:
+            g = T[2, :3]  # the map's z axis in camera coordinates (third row of R_map_cam)
+            g_kf = np.median([P[2, :3] for P in poses], axis=0)
+            cos = float(g @ g_kf) / max(float(np.linalg.norm(g_kf)), 1e-9)
+            tilt = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+            if tilt > c["max_tilt_change_deg"]:
+                return f"implausible: camera tilted {tilt:.0f} deg from its keyframes"
+        return ""
+
+    def _keyframe_matches(self, q, points: MapPoints, gm, inl: np.ndarray, kf_ids: list) -> list:
+        out = []
+        for k in kf_ids:
+            sel = points.keyframe[gm.point] == k
+            kf = self.map[k]
+            kf_idx, q_idx = points.index[gm.point[sel]], gm.query[sel]
+            m = Matches(np.column_stack([kf_idx, q_idx]), np.clip(gm.similarity[sel], 0.0, 1.0))
+            out.append(KeyframeMatch(k, m, kf.keypoints[kf_idx].astype(np.float64), q.kp[q_idx], inl[sel]))
+        return out
+
+    # ------------------------------------------------------------------ map access
+    def _local_points(self, T_map_cam: np.ndarray) -> Optional[MapPoints]:
+        """Map points of the keyframes that see most of the view of pose T_map_cam (at most guided_keyframes)."""
+        c = self.conf
+        near = np.linalg.norm(self._kf_pos - T_map_cam[:3, 3], axis=1) <= c["max_keyframe_distance_m"]
+        view = T_map_cam[:3, 2]
+        candidates = []
+        for kf_id in self._kf_ids[near]:
+            kf = self.map[int(kf_id)]
+            if float(kf.T_world_cam[:3, 2] @ view) < 0.0:  # looking the other way
+                continue
+            candidates.append((int(kf_id), float(kf.T_world_cam[:3, 2] @ view)
+                               - np.linalg.norm(kf.T_world_cam[:3, 3] - T_map_cam[:3, 3]) / 2.0))
+        if not candidates:
+            return None
+        candidates.sort(key=lambda a: -a[1])
+        parts = [self.map_points(self.map[k]) for k, _ in candidates[: int(c["guided_keyframes"])]]
+        parts = [p for p in parts if len(p)]
+        return MapPoints.concat(parts) if parts else None
 
     def keyframe_features(self, kf: MapKeyframe) -> Features:
         """A keyframe's stored features on the matcher's device, cached (LRU)."""
-        f = self._cache.get(kf.id)
+        f = self._features.get(kf.id)
         if f is None:
-            f = self._cache[kf.id] = kf.features(self.matcher.device)
-            while len(self._cache) > self.conf["feature_cache"]:
-                self._cache.popitem(last=False)
+            f = self._features[kf.id] = kf.features(self.matcher.device)
+            while len(self._features) > int(self.conf["feature_cache"]):
+                self._features.popitem(last=False)
         else:
-            self._cache.move_to_end(kf.id)
+            self._features.move_to_end(kf.id)
         return f
 
-    def _near_a_keyframe(self, T_map_cam: np.ndarray, matched: list) -> bool:
-        limit = self.conf["max_keyframe_distance_m"]
-        return any(np.linalg.norm(self.map[m.keyframe_id].T_world_cam[:3, 3] - T_map_cam[:3, 3]) <= limit
-                   for m in matched)
+    def map_points(self, kf: MapKeyframe) -> MapPoints:
+        """The keyframe's keypoints with 3D points (xyz, similarity vectors of their descriptors), cached."""
+        pts = self._points.get(kf.id)
+        if pts is None:
+            idx = np.flatnonzero(np.all(np.isfinite(kf.points3d), axis=1))
+            pts = self._points[kf.id] = MapPoints(kf.points3d[idx].astype(np.float64),
+                                                  similarity_vectors(kf.descriptors[idx]),
+                                                  np.full(len(idx), kf.id, np.int64), idx.astype(np.int64),
+                                                  np.repeat(kf.T_world_cam[None, :3, 3], len(idx), axis=0))
+        return pts
+
+
+class _Query:
+    """The query's features in the forms the steps need."""
+
+    def __init__(self, feats: Features, K: np.ndarray, size: tuple):
+        self.feats, self.K, self.size = feats, K, size
+        self.kp = feats.keypoints.detach().cpu().numpy().astype(np.float64)
+        self.desc_np = feats.descriptors.detach().cpu().numpy()
+        self.vec = similarity_vectors(self.desc_np)
+
+
+def refine_pose(X: np.ndarray, x: np.ndarray, K: np.ndarray, T_map_cam: np.ndarray, threshold_px: float,
+                rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt on the 2D-3D correspondences within ``threshold_px`` of the current pose, repeated
+    ``rounds`` times (the inlier set follows the pose). Returns (T_map_cam, inliers [N] bool)."""
+    T = np.asarray(T_map_cam, np.float64)
+    inl = np.zeros(len(X), bool)
+    for _ in range(rounds):
+        inl = reprojection_errors(X, x, K, invert(T)) < threshold_px
+        if inl.sum() < 6:
+            break
+        T_cm = invert(T)
+        rvec, tvec = cv2.Rodrigues(T_cm[:3, :3])[0], T_cm[:3, 3].reshape(3, 1).copy()
+        rvec, tvec = cv2.solvePnPRefineLM(np.ascontiguousarray(X[inl]), np.ascontiguousarray(x[inl]), K, None,
+                                          rvec, tvec)
+        T = invert(make_T(cv2.Rodrigues(rvec)[0], tvec))
+    inl = reprojection_errors(X, x, K, invert(T)) < threshold_px
+    return T, inl
+
+
+__all__ = ["KeyframeMatch", "LocalizationResult", "Localizer", "PnPResult", "RETRIEVAL_METHODS",
+           "default_localizer_conf", "refine_pose"]

@@ -1,9 +1,14 @@
 """Build a relocalization map from posed frames (offline mapping; progress reporting is the caller's).
 
-Keyframe selection: a frame becomes a keyframe when it is farther than ``min_translation_m`` OR turned more
-than ``min_rotation_deg`` from EVERY existing keyframe (the first frame always is). Comparing with all
+Keyframe selection by covisibility (``selection: overlap``): a frame becomes a keyframe when no existing
+keyframe shares ``min_overlap`` of its view, i.e. when less than that share of every nearby keyframe's 3D
+points would be seen by the frame as the keyframe saw them (in the image, viewing ray turned less than 30 deg,
+distance within a factor 1.4). A map thus gets keyframes where the view changes, however slowly or quickly
+the camera moves: a short recording keeps enough of them, a long one does not pile them up. Comparing with all
 keyframes, not only the last, keeps revisited places (loops, back-and-forth paths) from adding near
-duplicates, so the map grows with the explored space, not with the recording time.
+duplicates. Keyframes without enough 3D points yet (triangulation) are compared by pose distance instead, as
+is everything with ``selection: distance``: farther than ``min_translation_m`` or turned more than
+``min_rotation_deg`` from every keyframe. The first frame always is a keyframe.
 
 3D points of a keyframe's keypoints (map frame, NaN where unknown):
 - with depth: back-projection with K and T_world_cam; the depth at a sub-pixel keypoint is the bilinear
@@ -42,6 +47,23 @@ def backproject_keypoints(keypoints: np.ndarray, depth: np.ndarray, K: np.ndarra
     ok = np.isfinite(z)
     out[ok] = transform_points(T_world_cam, backproject(kp[ok], z[ok], check_K(K)))
     return out
+
+
+def view_overlap(X: np.ndarray, T_world_kf: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray,
+                 size: tuple, max_angle_deg: float = 30.0, max_scale: float = 1.4) -> float:
+    """Share of a keyframe's 3D points X [N x 3] (world) that a camera at T_world_cam sees as the keyframe did:
+    in its image (size = (width, height)), viewing ray turned by less than max_angle_deg, distance within a factor
+    max_scale of the keyframe's."""
+    if not len(X):
+        return 0.0
+    uv, z = project(transform_points(invert(T_world_cam), X), K)
+    inside = (z > 0.05) & (uv[:, 0] >= 0) & (uv[:, 0] < size[0]) & (uv[:, 1] >= 0) & (uv[:, 1] < size[1])
+    ray_kf, ray_cam = X - T_world_kf[:3, 3], X - T_world_cam[:3, 3]
+    d_kf, d_cam = np.linalg.norm(ray_kf, axis=1), np.linalg.norm(ray_cam, axis=1)
+    cos = np.sum(ray_kf * ray_cam, axis=1) / np.maximum(d_kf * d_cam, 1e-12)
+    ratio = d_cam / np.maximum(d_kf, 1e-12)
+    same = inside & (cos >= np.cos(np.radians(max_angle_deg))) & (ratio <= max_scale) & (ratio >= 1.0 / max_scale)
+    return float(np.mean(same))
 
 
 def triangulate(pts_a: np.ndarray, pts_b: np.ndarray, K_a: np.ndarray, K_b: np.ndarray, T_world_a: np.ndarray,
@@ -89,7 +111,10 @@ class MapBuilder:
     """
 
     default_conf = {
-        "min_translation_m": 0.25,  # new keyframe when farther than this from every keyframe [m] ...
+        "selection": "overlap",  # overlap: by covisibility with the keyframes; distance: by pose distance
+        "min_overlap": 0.8,  # overlap: new keyframe when no keyframe shares this much of the view (0-1) ...
+        "overlap_max_angle_deg": 15.0,  # ... seeing a point counts when its viewing ray turned less than this [deg]
+        "min_translation_m": 0.25,  # distance: new keyframe when farther than this from every keyframe [m] ...
         "min_rotation_deg": 10.0,  # ... or turned more than this from every keyframe [deg]
         "min_depth_m": 0.05,  # depth / triangulated depth below this is invalid [m]
         "max_depth_m": 50.0,  # depth / triangulated depth above this is invalid [m]
@@ -108,6 +133,8 @@ class MapBuilder:
         self.conf = c = {**self.default_conf, **(conf or {})}
         if c["min_translation_m"] < 0 or c["min_rotation_deg"] < 0:
             raise ValueError("min_translation_m and min_rotation_deg must be >= 0")
+        if c["selection"] not in ("overlap", "distance") or not 0.0 <= float(c["min_overlap"]) <= 1.0:
+            raise ValueError("selection must be 'overlap' or 'distance' and min_overlap in [0, 1]")
         self.matcher, self.global_desc = matcher, global_desc
         self.map: Optional[Map] = None
         self._positions = np.zeros((0, 3))
@@ -120,11 +147,30 @@ class MapBuilder:
         cos = (np.einsum("kij,ij->k", self._rotations, T[:3, :3]) - 1.0) / 2.0  # trace(R_k^T R) = sum(R_k * R)
         return dt, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
-    def _is_new_keyframe(self, T: np.ndarray) -> bool:
+    def _is_new_keyframe(self, T: np.ndarray, K: np.ndarray, size: tuple) -> bool:
         if not len(self._positions):
             return True
+        c = self.conf
         dt, dr = self._pose_distances(T)
-        return not np.any((dt <= self.conf["min_translation_m"]) & (dr <= self.conf["min_rotation_deg"]))
+        close = (dt <= c["min_translation_m"]) & (dr <= c["min_rotation_deg"])
+        if c["selection"] == "distance":
+            return not np.any(close)
+        keyframes = list(self.map)  # insertion order, as _positions
+        for i in np.argsort(dt, kind="stable")[:20]:  # the 20 nearest keyframes
+            if dt[i] > 10.0 or dr[i] > 90.0:
+                continue
+            kf = keyframes[i]
+            X = self._sample_points(kf)
+            share = float(close[i]) if len(X) < 20 else view_overlap(X, kf.T_world_cam, T, K, size,
+                                                                     float(c["overlap_max_angle_deg"]))
+            if share >= c["min_overlap"]:
+                return False
+        return True
+
+    def _sample_points(self, kf: MapKeyframe) -> np.ndarray:
+        """Up to 300 of the keyframe's 3D points (a fixed subset: the overlap estimate needs no more)."""
+        X = kf.points3d[np.all(np.isfinite(kf.points3d), axis=1)].astype(np.float64)
+        return X[:: max(1, len(X) // 300)]
 
     def _nearest_keyframes(self, T: np.ndarray, k: int) -> list[int]:
         """Ids of the k keyframes nearest to pose T in translation / min_translation + rotation / min_rotation."""
@@ -145,7 +191,7 @@ class MapBuilder:
             if not np.issubdtype(depth.dtype, np.floating):
                 raise ValueError(f"depth must be float metres, got {depth.dtype} (convert 16UC1 millimetres first)")
         self.stats["frames"] += 1
-        if not self._is_new_keyframe(T):
+        if not self._is_new_keyframe(T, K, (image.shape[1], image.shape[0])):
             return False
         feats = self.matcher.extract(image)
         kps = feats.keypoints.detach().cpu().numpy()
