@@ -1,10 +1,17 @@
-"""match_ros_eval_reloc: relocalization accuracy against ground truth, through the real node.
+"""match_ros_eval_reloc: relocalization accuracy against ground truth, on any pair of bags or a rendered scene.
 
-Builds (or reuses) a map from a mapping bag, replays a query bag (different
-trajectory, changed lighting, odometry on /tf in an `odom` frame offset from
-`map`) through the relocalizer node in a real ROS 2 graph on loopback, and
-writes a report: recall at (5 cm, 2 deg), (25 cm, 5 deg), (1 m, 10 deg), median
-errors, wrong poses (> 1 m), map->odom error, latency per query, plots.
+    match_ros_eval_reloc --map-bag MAP --query-bag QUERY [--gt-topic T] [--depth-topic T] --matcher M --json OUT
+    match_ros_eval_reloc --scene office [--query classic] --matcher xfeat_lighterglue [--node]
+
+Builds the map from the mapping bag (depth when it has some, triangulation otherwise), then relocalizes EVERY
+query frame offline through the core localizer (none dropped): globally (--mode global, each frame alone) or as a
+robot would (--mode continuous: after a fix, the last pose moved by the odometry on /tf is the prior; global
+search when tracking fails). The ground truth is a PoseStamped topic of the camera in the map frame (--gt-topic,
+found automatically) or /tf map -> camera. With --node the query bag is also replayed in real time through the
+relocalizer node process (a real ROS 2 graph on loopback), which answers what it can keep up with.
+The JSON report (also printed) has recall_5cm_2deg, recall_25cm_5deg, recall_1m_10deg, wrong_poses (> 1 m or
+> 10 deg), no_pose, median_t_m, median_r_deg, ms_per_query_median, ms_per_query_p95, retrieval_hit_at_1/3/10,
+nees_mean and within_3sigma (covariance honesty); plots go beside it.
 """
 from __future__ import annotations
 
@@ -12,88 +19,90 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
+from match_ros.core.geometry.transforms import invert
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
+from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, plot_report, score
+from match_ros.evaluation.reloc_scenes import (QUERY_KINDS, T_MAP_ODOM, make_query_sequence, scene_bags,  # noqa: F401
+                                               write_query_bag)
 
-THRESHOLDS = ((0.05, 2.0), (0.25, 5.0), (1.0, 10.0))
-# query trajectories leave the mapping path by this offset in the map frame [m]: other viewpoints
-QUERY_OFFSET_M = {"room": (0.2, -0.15, 0.15), "corridor": (0.0, 0.3, -0.1), "facade": (1.0, 0.0, -0.2)}
-T_MAP_ODOM = make_T(np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), [1.5, -0.7, 0.0])
-
-
-@dataclass
-class RelocRun:
-    queries: list = field(default_factory=list)     # [(stamp_ns, accepted, message, timings dict)]
-    poses: list = field(default_factory=list)       # [(stamp_ns, T_map_cam, covariance 6x6)]
-    map_odom: list = field(default_factory=list)    # [(stamp_ns, T_map_odom)]
-    node_log: str = ""
-
-    def score(self, sequence) -> dict:
-        idx = {s: i for i, s in enumerate(sequence.stamps_ns)}
-        errs = []
-        for stamp, T, _ in self.poses:
-            T_gt = sequence.poses[idx[stamp]][1]
-            errs.append((stamp, float(np.linalg.norm(T[:3, 3] - T_gt[:3, 3])), rotation_error_deg(T[:3, :3], T_gt[:3, :3])))
-        n = max(len(self.queries), 1)
-        e = np.array([(t, r) for _, t, r in errs]).reshape(-1, 2)
-        out = {"queries": len(self.queries), "poses": len(self.poses),
-               "rejected": sum(1 for q in self.queries if not q[1])}
-        for t, r in THRESHOLDS:
-            out[f"recall@{t * 100:g}cm,{r:g}deg"] = float(np.sum((e[:, 0] < t) & (e[:, 1] < r)) / n)
-        out["median_trans_m"] = float(np.median(e[:, 0])) if len(e) else float("nan")
-        out["median_rot_deg"] = float(np.median(e[:, 1])) if len(e) else float("nan")
-        out["wrong_poses_over_1m"] = int(np.sum(e[:, 0] > 1.0))
-        mo = [np.linalg.norm(T[:3, 3] - T_MAP_ODOM[:3, 3]) for _, T in self.map_odom]
-        out["map_odom_tf"] = len(mo)
-        out["map_odom_median_err_m"] = float(np.median(mo)) if mo else float("nan")
-        total = [sum(q[3].get(k, 0.0) for k in ("retrieval_ms", "extract_ms", "match_ms", "pnp_ms"))
-                 for q in self.queries if q[3]]
-        for k in ("retrieval_ms", "extract_ms", "match_ms", "pnp_ms"):
-            v = [q[3][k] for q in self.queries if k in q[3]]
-            out[f"{k}_median"] = float(np.median(v)) if v else float("nan")
-        out["query_ms_median"] = float(np.median(total)) if total else float("nan")
-        out["query_ms_p95"] = float(np.percentile(total, 95)) if total else float("nan")
-        out["errors"] = errs
-        return out
+MODES = ("global", "continuous")
 
 
-def make_query_sequence(scene: str, n_frames: int, seed: int = 1):
-    """A query sequence over the mapped scene (scene_seed 0): another trajectory seed, changed
-    lighting, and the camera path moved off the mapping path by QUERY_OFFSET_M[scene]."""
-    from match_ros.sim import Sequence, make_sequence
+def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: str = "global", stride: int = 1,
+                localizer_conf: dict | None = None, pnp_conf: dict | None = None, gt_topic: str = "auto",
+                image_topic: str = "auto", info_topic: str = "auto", device: str = "auto",
+                progress: bool = True) -> list:
+    """Relocalize every ``stride``-th query frame with a ground-truth pose; returns [QueryRecord]."""
+    from tqdm import tqdm
 
-    base = make_sequence(scene, n_frames=n_frames, seed=seed, scene_seed=0, photometric=True)
-    shift = make_T(np.eye(3), QUERY_OFFSET_M[scene])
-    return Sequence(base.scene, base.camera, [(s, shift @ T) for s, T in base.poses],
-                    gain=base.gain, gamma=base.gamma, seed=seed)
+    from match_ros.core.device import resolve_device
+    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.relocalization.global_desc import GlobalDescriptor
+    from match_ros.core.relocalization.localizer import Localizer
+    from match_ros.core.relocalization.mapstore import Map
+    from match_ros.tools.bagframes import BagFrames
 
-
-def write_query_bag(path, sequence, storage="sqlite3"):
-    """Query bag: images, camera_info, /tf odom -> camera (odom offset from map by T_MAP_ODOM), GT pose in map."""
-    from match_ros.tools.bag_write import BagLayout, write_sequence_bag
-
-    write_sequence_bag(path, sequence, storage=storage, layout=BagLayout(tf_frame="odom", T_tf_map=invert(T_MAP_ODOM)))
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    m = Map.load(map_path)
+    dev = resolve_device(device)
+    conf = dict(localizer_conf or {})
+    gd = GlobalDescriptor(device=dev) if conf.get("retrieval") == "global" else None
+    max_kp = int(m.matcher_conf.get("max_keypoints", 1024))
+    loc = Localizer(m, build_matcher(m.matcher_name, {"max_keypoints": max_kp}, dev), gd, conf, pnp_conf)
+    frames = BagFrames(query_bag, image_topic, info_topic, "", gt_topic)
+    records, T_map_odom, last = [], None, None
+    for i, f in enumerate(tqdm(frames, desc=f"queries ({mode})", unit="frame", disable=not progress)):
+        if i % stride or f.T_map_cam is None:
+            continue
+        prior = None
+        if mode == "continuous":
+            if T_map_odom is not None and f.T_odom_cam is not None:
+                prior = T_map_odom @ f.T_odom_cam  # the last fix, moved by odometry
+            elif last is not None:
+                prior = last  # no odometry: the last fix
+        t0 = time.perf_counter()
+        r = loc.localize(f.image, f.K, prior)
+        ms = 1e3 * (time.perf_counter() - t0)
+        size = (f.image.shape[1], f.image.shape[0])
+        hits = [keyframe_sees_view(m[k], f.T_map_cam, f.K, size) for k, _ in r.retrieved[:10]]
+        records.append(QueryRecord(f.stamp_ns, f.T_map_cam, r.T_map_cam if r.success else None,
+                                   r.covariance if r.success else None, ms, r.reason, r.mode, hits,
+                                   dict(r.timings_ms)))
+        if r.success:
+            last = r.T_map_cam
+            if f.T_odom_cam is not None:
+                T_map_odom = r.T_map_cam @ invert(f.T_odom_cam)
+        else:
+            last = None  # without odometry a failed frame leaves no prior; with it, the odometry prior stays
+    return records
 
 
 def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain_id=None, startup_timeout=90.0,
-                          log_path=None, topics=("/camera/image_raw", "/camera/camera_info", "/tf")) -> RelocRun:
+                          log_path=None, topics=("/camera/image_raw", "/camera/camera_info", "/tf"),
+                          gt_topic: str = "/ground_truth/pose") -> tuple:
+    """Replay ``query_bag`` through the relocalizer node process. Returns (records, map_odom, node_log) with
+    records for the frames the node answered ([QueryRecord], ground truth from ``gt_topic`` in the bag) and
+    map_odom the map -> odom transforms it broadcast [(stamp_ns, T)]."""
     confine_to_loopback(domain_id)
     import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from tf2_msgs.msg import TFMessage
 
-    from match_ros.ros.conversions import pose_to_matrix, stamp_to_ns, transform_to_matrix
+    from match_ros.ros.codec import pose_to_matrix, stamp_to_ns, transform_to_matrix
     from match_ros.tools.bag_play import BagPlayer
+    from match_ros.tools.bagio import read_topic
 
-    run = RelocRun()
+    gt = {stamp_to_ns(msg.header.stamp): pose_to_matrix(msg.pose) for _, msg in read_topic(query_bag, gt_topic)}
+    statuses, poses, map_odom = {}, {}, []
     params = {"map_path": str(map_path), "image_qos": "reliable", "use_sim_time": True, "base_frame": "",
               "odom_frame": "odom", **params}
     ctx = rclpy.Context()
@@ -105,23 +114,24 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
 
     def on_status(m):
         st = m.status[0]
-        vals = {kv.key: float(kv.value) for kv in st.values if kv.key.endswith("_ms")}
-        run.queries.append((stamp_to_ns(m.header.stamp), st.level == DiagnosticStatus.OK, st.message, vals))
+        vals = {kv.key: kv.value for kv in st.values}
+        statuses[stamp_to_ns(m.header.stamp)] = (st.message, vals)
+
+    def on_pose(m):
+        poses[stamp_to_ns(m.header.stamp)] = (pose_to_matrix(m.pose.pose), np.array(m.pose.covariance).reshape(6, 6))
 
     def on_tf(m):
-        run.map_odom.extend((stamp_to_ns(t.header.stamp), transform_to_matrix(t.transform))
-                            for t in m.transforms if t.header.frame_id == "map" and t.child_frame_id == "odom")
+        map_odom.extend((stamp_to_ns(t.header.stamp), transform_to_matrix(t.transform))
+                        for t in m.transforms if t.header.frame_id == "map" and t.child_frame_id == "odom")
 
     node.create_subscription(DiagnosticArray, "/relocalizer/status", on_status, reliable)
-    node.create_subscription(PoseWithCovarianceStamped, "/relocalizer/pose", lambda m: run.poses.append(
-        (stamp_to_ns(m.header.stamp), pose_to_matrix(m.pose.pose), np.array(m.pose.covariance).reshape(6, 6))), reliable)
+    node.create_subscription(PoseWithCovarianceStamped, "/relocalizer/pose", on_pose, reliable)
     node.create_subscription(TFMessage, "/tf", on_tf, QoSProfile(depth=500))
     try:
         player = BagPlayer(node, query_bag, rate=rate, topics=list(topics))
-        remaps = {"image": "/camera/image_raw", "camera_info": "/camera/camera_info", "pose": "/relocalizer/pose",
-                  "status": "/relocalizer/status", "correspondences": "/relocalizer/correspondences"}
+        remaps = {"image": topics[0], "camera_info": topics[1]}
         with NodeProcess("match_ros.nodes.relocalizer", params, remaps, log_path=log_path) as proc:
-            pub = player.publishers["/camera/image_raw"]
+            pub = player.publishers[topics[0]]
             if not spin_until(node, lambda: not proc.alive() or (pub.get_subscription_count() > 0
                               and node.count_publishers("/relocalizer/status") > 0), startup_timeout, executor=ex) \
                     or not proc.alive():
@@ -131,97 +141,99 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
             while thread.is_alive():
                 ex.spin_once(timeout_sec=0.05)
             n_before = -1
-            while len(run.queries) != n_before:  # until the node has answered its last query
-                n_before = len(run.queries)
-                spin_until(node, lambda: len(run.queries) > n_before, 3.0, executor=ex)
-            run.node_log = proc.log()
+            while len(statuses) != n_before:  # until the node has answered its last query
+                n_before = len(statuses)
+                spin_until(node, lambda: len(statuses) > n_before, 3.0, executor=ex)
+            node_log = proc.log()
         player.close()
     finally:
         ex.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
-    return run
-
-
-def plot_report(out_dir: Path, sequence, run: RelocRun, score: dict, map_positions: np.ndarray, title: str) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    gt = np.array([T[:3, 3] for _, T in sequence.poses])
-    est = np.array([T[:3, 3] for _, T, _ in run.poses]).reshape(-1, 3)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.plot(gt[:, 0], gt[:, 1], "-", color="0.6", label="query ground truth")
-    ax.scatter(map_positions[:, 0], map_positions[:, 1], marker="^", s=25, color="tab:green", label="map keyframes")
-    ax.scatter(est[:, 0], est[:, 1], s=12, color="tab:red", label="relocalized")
-    ax.set_aspect("equal")
-    ax.set_xlabel("x [m] (map)")
-    ax.set_ylabel("y [m] (map)")
-    ax.set_title(f"{title}: trajectory (top view)")
-    ax.legend(loc="best", fontsize=8)
-    p1 = out_dir / "trajectory.png"
-    fig.savefig(p1, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    t0 = sequence.stamps_ns[0]
-    e = score["errors"]
-    fig, ax = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    ts = [(s - t0) * 1e-9 for s, _, _ in e]
-    ax[0].semilogy(ts, [max(x, 1e-4) for _, x, _ in e], ".", color="tab:blue")
-    ax[0].axhline(0.05, ls="--", color="0.5")
-    ax[0].set_ylabel("translation error [m]")
-    ax[1].semilogy(ts, [max(x, 1e-3) for _, _, x in e], ".", color="tab:orange")
-    ax[1].axhline(2.0, ls="--", color="0.5")
-    ax[1].set_ylabel("rotation error [deg]")
-    ax[1].set_xlabel("time [s]")
-    ax[0].set_title(f"{title}: error against ground truth")
-    p2 = out_dir / "errors.png"
-    fig.savefig(p2, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [p1, p2]
+    records = []
+    for stamp, (message, vals) in sorted(statuses.items()):
+        if stamp not in gt:
+            continue
+        T, cov = poses.get(stamp, (None, None))
+        ms = float(vals.get("query_ms", "nan"))
+        records.append(QueryRecord(stamp, gt[stamp], T, cov, ms, message, vals.get("mode", "")))
+    return records, map_odom, node_log
 
 
 def main(argv=None) -> int:
     from match_ros.core.features.matcher import available_matchers
+    from match_ros.sim import SCENES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scene", default="room", help="rendered scene (room, corridor, facade)")
-    ap.add_argument("--matcher", default="orb_teblid", choices=available_matchers(), help="backend")
-    ap.add_argument("--map-frames", type=int, default=180, help="frames of the mapping trajectory")
-    ap.add_argument("--query-frames", type=int, default=90, help="frames of the query trajectory (30 Hz)")
-    ap.add_argument("--rate-hz", type=float, default=5.0, help="relocalizer query rate")
-    ap.add_argument("--no-depth", action="store_true", help="triangulate the map instead of using depth")
-    ap.add_argument("--out", default="build/eval_reloc", help="output folder (bags, map, report, plots)")
-    ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: environment or 57)")
+    src = ap.add_argument_group("data: a rendered scene, or a mapping bag and a query bag")
+    src.add_argument("--scene", choices=SCENES, help="render this scene's mapping and query bags (cached in --out)")
+    src.add_argument("--query", choices=QUERY_KINDS, default="changed_day", help="query run of --scene")
+    src.add_argument("--map-frames", type=int, default=300, help="frames of the rendered mapping run")
+    src.add_argument("--query-frames", type=int, default=300, help="frames of the rendered query run (30 Hz)")
+    src.add_argument("--map-bag", help="bag with images, camera_info, camera poses in the map frame, maybe depth")
+    src.add_argument("--query-bag", help="bag with images, camera_info and the ground-truth pose")
+    src.add_argument("--gt-topic", default="auto", help="PoseStamped ground truth of the query camera in the map "
+                     "frame (default: found; else /tf map -> camera)")
+    src.add_argument("--depth-topic", default="auto", help="depth topic of the mapping bag (default: found)")
+    ap.add_argument("--matcher", default="xfeat_lighterglue", choices=available_matchers(), help="local features")
+    ap.add_argument("--mode", choices=MODES, default="global", help="each frame alone, or tracking with odometry")
+    ap.add_argument("--stride", type=int, default=1, help="relocalize every n-th query frame (default: all)")
+    ap.add_argument("--top-k", type=int, default=None, help="keyframes retrieved per query (localizer top_k)")
+    ap.add_argument("--retrieval", choices=("bow", "global"), default=None, help="retrieval method")
+    ap.add_argument("--node", action="store_true", help="also replay the query bag through the relocalizer node")
+    ap.add_argument("--out", default="build/eval_reloc", help="output folder (bags, maps, report, plots)")
+    ap.add_argument("--json", default=None, help="write the report here too")
+    ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for --node (default: env or 57)")
     args = ap.parse_args(argv)
-    confine_to_loopback(args.domain_id)
-    from match_ros.sim import make_sequence
-    from match_ros.tools.bag_write import write_sequence_bag
+    if bool(args.scene) == bool(args.map_bag or args.query_bag) or (not args.scene and not (
+            args.map_bag and args.query_bag)):
+        ap.error("give --scene, or both --map-bag and --query-bag")
+    from match_ros.tools.bagio import BagError
     from match_ros.tools.build_map import build_map_from_bag
 
-    out = Path(args.out) / f"{args.scene}_{args.matcher}{'_tri' if args.no_depth else ''}"
-    out.mkdir(parents=True, exist_ok=True)
-    map_seq = make_sequence(args.scene, n_frames=args.map_frames, seed=0)
-    query_seq = make_query_sequence(args.scene, args.query_frames)
-    map_bag, query_bag, map_path = out / "map_bag", out / "query_bag", out / "map.db"
-    if not map_bag.exists():
-        write_sequence_bag(map_bag, map_seq, with_depth=True, progress=True)
-    if not query_bag.exists():
-        write_query_bag(query_bag, query_seq)
-    summary = build_map_from_bag(map_bag, map_path, args.matcher, use_depth=not args.no_depth)
-    print(f"map: {summary['keyframes']} keyframes, {summary['points3d']} points, {summary['bytes'] / 1e6:.1f} MB")
-    t0 = time.monotonic()
-    run = replay_relocalization(map_path, query_bag, {"matcher": args.matcher, "rate_hz": args.rate_hz},
-                                log_path=out / "relocalizer.log")
-    score = run.score(query_seq)
+    out = Path(args.out)
+    if args.scene:
+        map_bag, query_bag = scene_bags(out / "bags", args.scene, args.query, args.map_frames, args.query_frames)
+        name = f"{args.scene}_{args.query}_{args.matcher}_{args.mode}"
+    else:
+        map_bag, query_bag = Path(args.map_bag), Path(args.query_bag)
+        name = f"{map_bag.name}_{query_bag.name}_{args.matcher}_{args.mode}"
+    out_dir = out / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    conf = {k: v for k, v in (("top_k", args.top_k), ("retrieval", args.retrieval)) if v is not None}
+    try:
+        map_path = out / "maps" / f"{map_bag.name}_{args.matcher}.db"
+        map_path.parent.mkdir(parents=True, exist_ok=True)
+        if not map_path.exists():
+            summary = build_map_from_bag(map_bag, map_path, args.matcher, depth_topic=args.depth_topic)
+            print(f"map: {summary['keyframes']} keyframes, {summary['points3d']} points, "
+                  f"{summary['bytes'] / 1e6:.1f} MB")
+        records = run_offline(map_path, query_bag, args.matcher, args.mode, args.stride, conf, gt_topic=args.gt_topic)
+    except (BagError, ValueError, OSError) as e:
+        print(f"match_ros_eval_reloc: error: {e}", file=sys.stderr)
+        return 2
+    if not records:
+        print("match_ros_eval_reloc: error: no query frame has a ground-truth pose", file=sys.stderr)
+        return 2
     from match_ros.core.relocalization.mapstore import Map
 
-    kf_pos = np.array([kf.T_world_cam[:3, 3] for kf in Map.load(map_path)])
-    plots = plot_report(out, query_seq, run, score, kf_pos, f"{args.scene} / {args.matcher}")
-    report = {k: v for k, v in score.items() if k != "errors"}
-    report.update(scene=args.scene, matcher=args.matcher, map=summary, wall_s=time.monotonic() - t0)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    m = Map.load(map_path)
+    report = {"offline": score(records), "scene": args.scene, "query": args.query if args.scene else None,
+              "map_bag": str(map_bag), "query_bag": str(query_bag), "matcher": args.matcher, "mode": args.mode,
+              "keyframes": len(m), "localizer": conf}
+    kf_pos = np.array([kf.T_world_cam[:3, 3] for kf in m])
+    plots = plot_report(out_dir, records, kf_pos, f"{name} (offline)")
+    if args.node:
+        node_records, _, log = replay_relocalization(map_path, query_bag, {"matcher": args.matcher, **{
+            f"localizer.{k}": v for k, v in conf.items()}}, domain_id=args.domain_id, log_path=out_dir / "node.log")
+        report["node"] = {**score(node_records), "frames": len(records) * args.stride}
+    (out_dir / "records.json").write_text(json.dumps([
+        {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(r).items()} for r in records]))
+    text = json.dumps(report, indent=2)
+    (out_dir / "report.json").write_text(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
     print("plots:", *map(str, plots))
     return 0
 

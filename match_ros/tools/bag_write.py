@@ -40,7 +40,7 @@ class BagLayout:
     T_tf_map: Optional[np.ndarray] = None  # [4 x 4] pose of map_frame in tf_frame (None: identity)
 
 
-def _frame_message(ts, key: str, frame, camera, layout: BagLayout):
+def _frame_message(ts, key: str, frame, camera, layout: BagLayout, T_tf_cam=None):
     t, fid = frame.stamp_ns, layout.camera_frame
     if key == "image":
         return image_msg(ts, frame.rgb, t, fid)
@@ -52,13 +52,18 @@ def _frame_message(ts, key: str, frame, camera, layout: BagLayout):
         return image_msg(ts, frame.depth, t, fid)
     if key == "pose":
         return pose_stamped_msg(ts, frame.T_world_cam, t, layout.map_frame)
-    T = frame.T_world_cam if layout.T_tf_map is None else layout.T_tf_map @ frame.T_world_cam
-    return tf_msg(ts, T, t, layout.tf_frame or layout.map_frame, fid)
+    if T_tf_cam is None:
+        T_tf_cam = frame.T_world_cam if layout.T_tf_map is None else layout.T_tf_map @ frame.T_world_cam
+    return tf_msg(ts, T_tf_cam, t, layout.tf_frame or layout.map_frame, fid)
 
 
 def write_sequence_bag(path, sequence, *, storage: str = "sqlite3", with_depth: bool = False,
-                       layout: BagLayout = BagLayout(), typestore=None, progress: bool = False) -> dict:
+                       layout: BagLayout = BagLayout(), typestore=None, progress: bool = False,
+                       tf_poses: Optional[list] = None) -> dict:
     """Write ``sequence`` (camera, len(), seq[i] -> Frame) into a new bag folder ``path``.
+
+    tf_poses: one [4 x 4] per frame, the camera pose the /tf message carries (e.g. drifting odometry);
+    None: the ground truth (moved by layout.T_tf_map).
 
     Returns {topic: message count}. Raises BagError when the bag cannot be created, ValueError
     when depth is asked for but the sequence has none. On failure the partial bag is removed.
@@ -82,9 +87,12 @@ def write_sequence_bag(path, sequence, *, storage: str = "sqlite3", with_depth: 
     try:
         conns = {key: writer.add_connection(topic, msgtype, typestore=ts, offered_qos_profiles=[profile])
                  for key, (topic, msgtype, profile) in wanted.items() if topic}
-        for frame in tqdm(sequence, total=len(sequence), desc="bag", unit="frame", disable=not progress):
+        if tf_poses is not None and len(tf_poses) != len(sequence):
+            raise ValueError(f"{len(tf_poses)} tf poses for {len(sequence)} frames")
+        for i, frame in enumerate(tqdm(sequence, total=len(sequence), desc="bag", unit="frame", disable=not progress)):
             for key, c in conns.items():
-                msg = _frame_message(ts, key, frame, sequence.camera, layout)
+                msg = _frame_message(ts, key, frame, sequence.camera, layout,
+                                     None if tf_poses is None else tf_poses[i])
                 writer.write(c, frame.stamp_ns, ts.serialize_cdr(msg, c.msgtype))
     except BaseException:
         try:

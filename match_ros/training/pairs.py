@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from match_ros.core.config import merge_conf
 from match_ros.core.geometry.camera import backproject, depth_at, project, transform_points
 
 UNMATCHED = -1
@@ -83,7 +84,7 @@ def _apply_h(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def homography_pair(photo: np.ndarray, rng: np.random.Generator, conf: Optional[dict] = None,
                     source: str = "") -> Pair:
     """A pair from one photo: view 0 a mildly rotated crop, view 1 rotated, zoomed and in perspective."""
-    c = {**default_homography_conf, **(conf or {})}
+    c = merge_conf(default_homography_conf, conf, "homography pair")
     w, h = (int(v) for v in c["size"])
     ph, pw = photo.shape[:2]
     centre = np.array([pw, ph]) / 2 + rng.uniform(-0.15, 0.15, 2) * np.array([pw, ph])

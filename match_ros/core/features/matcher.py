@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
+from match_ros.core.config import merge_conf
 from match_ros.core.features.types import Features, Matches
 
 # name -> "module:Class"; the class's ``name`` attribute is the same name
@@ -37,11 +38,7 @@ class Matcher(ABC):
     default_conf: dict = {}
 
     def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
-        unknown = set(conf or {}) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown configuration keys {sorted(unknown)}; "
-                             f"known: {sorted(self.default_conf)}")
-        self.conf = {**self.default_conf, **(conf or {})}
+        self.conf = merge_conf(self.default_conf, conf, self.name)
         self.device = torch.device(device)
 
     @abstractmethod

@@ -10,19 +10,21 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.camera import project, transform_points
 from match_ros.core.geometry.transforms import invert, make_T
 
-default_pnp_conf = {
-    "ransac_threshold_px": 3.0,     # reprojection error of a PnP inlier [px]
-    "confidence": 0.9999,           # RANSAC confidence
-    "max_iterations": 5000,         # RANSAC iteration cap
-    "min_inliers": 40,              # fewer inliers -> rejected
-    "min_inlier_ratio": 0.15,       # inliers / 2D-3D correspondences below this -> rejected
-    "max_rmse_px": 2.5,             # inlier reprojection RMSE above this -> rejected [px]
-    "min_coverage": 0.04,           # inliers' bounding box / image area below this -> rejected
-    "pixel_sigma_px": 1.0,          # floor of the measurement noise used for the covariance [px]
+pnp_spec = {
+    "ransac_threshold_px": Param(3.0, "Reprojection error of a PnP inlier", "px", 0.1, 100.0),
+    "confidence": Param(0.9999, "RANSAC confidence", min=0.5, max=0.999999),
+    "max_iterations": Param(5000, "RANSAC iteration cap", min=1, max=1000000),
+    "min_inliers": Param(40, "Fewer inliers: rejected", min=6, max=100000),
+    "min_inlier_ratio": Param(0.15, "Inliers / 2D-3D correspondences below this: rejected", min=0.0, max=1.0),
+    "max_rmse_px": Param(2.5, "Inlier reprojection RMSE above this: rejected", "px", 0.1, 100.0),
+    "min_coverage": Param(0.04, "Inliers' bounding box / image area below this: rejected", min=0.0, max=1.0),
+    "pixel_sigma_px": Param(1.0, "Floor of the pixel noise the covariance assumes", "px", 0.01, 100.0),
 }
+default_pnp_conf = defaults(pnp_spec)
 
 
 @dataclass
@@ -43,7 +45,7 @@ def solve_pnp(X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray, image_size: t
               conf: dict | None = None) -> PnPResult:
     """Robust camera pose from [N x 3] map points and their [N x 2] pixels in an image of
     image_size (width, height): USAC PnP, Levenberg-Marquardt refinement on the inliers, checks."""
-    c = {**default_pnp_conf, **(conf or {})}
+    c = make_conf(pnp_spec, conf, "PnP")
     X_map = np.ascontiguousarray(X_map, np.float64).reshape(-1, 3)
     x_img = np.ascontiguousarray(x_img, np.float64).reshape(-1, 2)
     if len(X_map) != len(x_img):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.camera import backproject, check_K, depth_at, normalize_points
 from match_ros.core.geometry.transforms import invert
 
@@ -34,13 +35,14 @@ class RelativePose:
     reason: str = ""
 
 
-default_pose_conf = {
-    "ransac_threshold_px": 1.0,   # max epipolar / reprojection error of an inlier [px]
-    "confidence": 0.999,          # RANSAC confidence
-    "max_iterations": 2000,       # RANSAC iteration cap
-    "min_inliers": 15,            # fewer inliers -> no pose
-    "min_depth_m": 0.05,          # reference depths below this are treated as invalid [m]
+pose_spec = {
+    "ransac_threshold_px": Param(1.0, "Largest epipolar / reprojection error of an inlier", "px", 0.01, 100.0),
+    "confidence": Param(0.999, "RANSAC confidence", min=0.5, max=0.999999),
+    "max_iterations": Param(2000, "RANSAC iteration cap", min=1, max=1000000),
+    "min_inliers": Param(15, "Fewer inliers give no pose", min=5, max=100000),
+    "min_depth_m": Param(0.05, "Reference depths below this are invalid", "m", 0.0, 1000.0),
 }
+default_pose_conf = defaults(pose_spec)
 
 
 def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np.ndarray,
@@ -55,7 +57,7 @@ def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np
                         metric pose (scale_known=True), else the essential matrix
                         gives a unit-length translation.
     """
-    c = {**default_pose_conf, **(conf or {})}
+    c = make_conf(pose_spec, conf, "two-view geometry")
     pts_ref = np.asarray(pts_ref, np.float64).reshape(-1, 2)
     pts_query = np.asarray(pts_query, np.float64).reshape(-1, 2)
     if pts_ref.shape != pts_query.shape:

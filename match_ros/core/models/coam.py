@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from match_ros.core.config import merge_conf
 from match_ros.core.models.blocks import FusedCrossBlock
 
 default_conf = {
@@ -37,7 +38,7 @@ default_conf = {
 class CoAMNet(nn.Module):
     def __init__(self, conf: dict | None = None):
         super().__init__()
-        self.conf = c = {**default_conf, **(conf or {})}
+        self.conf = c = merge_conf(default_conf, conf, "CoAM")
         d, heads = int(c["dim"]), int(c["num_heads"])
         self.input_proj = nn.Linear(int(c["input_dim"]), d)
         self.coattn = nn.ModuleList(FusedCrossBlock(d, heads) for _ in range(int(c["n_layers"])))

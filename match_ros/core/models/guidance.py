@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from match_ros.core.config import merge_conf
 from match_ros.core.models.mobilenet import MobileNetV2Backbone
 
 
@@ -17,7 +18,7 @@ class Guidance:
     }
 
     def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
-        c = {**self.default_conf, **(conf or {})}
+        c = merge_conf(self.default_conf, conf, "guidance")
         self._net = MobileNetV2Backbone(int(c["layer"]), int(c["short_side"]), c["weights"], device)
         self.dim = self._net.dim
         self.conf = c

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from match_ros.core.config import merge_conf
 from match_ros.core.models.blocks import FusedCrossBlock
 
 default_conf = {
@@ -61,7 +62,7 @@ class OmniGlueNet(nn.Module):
         super().__init__()
         from kornia.feature.lightglue import LearnableFourierPositionalEncoding, MatchAssignment, SelfBlock
 
-        self.conf = c = {**default_conf, **(conf or {})}
+        self.conf = c = merge_conf(default_conf, conf, "OmniGlue")
         d, heads = int(c["dim"]), int(c["num_heads"])
         self.input_proj = nn.Linear(int(c["input_dim"]), d)
         self.guide_proj = nn.Linear(int(c["guide_dim"]), d) if c["fuse_guidance"] else None

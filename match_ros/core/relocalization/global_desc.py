@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from match_ros.core.config import merge_conf
 from match_ros.core.models.mobilenet import WEIGHTS_FILE, MobileNetV2Backbone
 
 class GlobalDescriptor:
@@ -40,11 +41,7 @@ class GlobalDescriptor:
     }
 
     def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
-        unknown = set(conf or {}) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown configuration keys {sorted(unknown)}; "
-                             f"known: {sorted(self.default_conf)}")
-        self.conf = c = {**self.default_conf, **(conf or {})}
+        self.conf = c = merge_conf(self.default_conf, conf, self.name)
         if not 1 <= int(c["layer"]) <= 18:
             raise ValueError(f"{self.name}: layer must be in [1, 18], got {c['layer']}")
         if float(c["gem_p"]) < 1.0:

@@ -25,11 +25,13 @@ from typing import Optional
 import cv2
 import faiss
 import numpy as np
+import torch
 
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
-from match_ros.core.geometry.absolute_pose import (PnPResult, coverage, default_pnp_conf, pose_covariance,
-                                                   reprojection_errors, solve_pnp)
+from match_ros.core.config import Param, defaults, make_conf
+from match_ros.core.geometry.absolute_pose import (PnPResult, coverage, pnp_spec, pose_covariance, reprojection_errors,
+                                                   solve_pnp)
 from match_ros.core.geometry.camera import check_K
 from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
 from match_ros.core.relocalization.guided import MapPoints, guided_matches, similarity_vectors
@@ -37,33 +39,49 @@ from match_ros.core.relocalization.mapstore import Map, MapKeyframe
 
 RETRIEVAL_METHODS = ("bow", "global")
 
-default_localizer_conf = {
-    "retrieval": "bow",  # bow: visual words of the map's own features; global: MobileNetV2-GeM descriptor
-    "top_k": 10,  # keyframes retrieved per query
-    "rerank": True,  # re-rank the retrieved keyframes by nearest-neighbour votes of the query's descriptors
-    "max_keyframes_matched": 3,  # candidates turned into pose hypotheses at most per query, best first
-    "matcher_fallback": True,  # when no hypothesis verifies, match the candidates with the configured matcher
-    "ambiguity_ratio": 1.25,  # a pose needs this many times the inliers of a verified pose elsewhere
-    "same_place_m": 0.5,  # verified poses closer than this (and same_place_deg) are the same place [m]
-    "same_place_deg": 10.0,  # ... [deg]
-    "hypothesis_min_inliers": 12,  # PnP inliers a matched keyframe needs to propose a pose for verification
-    "guided_keyframes": 8,  # keyframes around a pose whose 3D points verify and refine it
-    "guided_radius_px": 8.0,  # search radius of a projected map point around a hypothesis [px]
-    "refine_radius_px": 4.0,  # search radius of the final refinement [px] ...
-    "refine_rounds": 1,  # ... and how many times matching and refinement are repeated with it
-    "guided_min_similarity": 0.6,  # descriptor similarity (cosine, or 1 - 2 Hamming / bits) of a guided match
-    "min_keyframe_support": 2,  # an accepted pose has inliers from this many keyframes (all, in smaller maps) ...
-    "min_support_inliers": 10,  # ... each with at least this many
-    "tracking_radius_px": 40.0,  # search radius around the projections from a prior pose [px]
-    "max_prior_deviation_m": 0.5,  # a tracked pose farther than this from its prior is rejected [m] ...
-    "max_prior_deviation_deg": 10.0,  # ... or turned more than this [deg]
-    "max_keyframe_distance_m": 5.0,  # the solved camera must lie this close to a supporting keyframe [m]
-    "max_position_sigma_m": 0.25,  # poses whose 1-sigma position uncertainty is larger are rejected [m]
-    # plausibility for a camera on a ground robot, in a gravity-aligned map (z up, REP 103/105); 0 disables:
-    "max_height_change_m": 1.0,  # camera height must lie this close to its supporting keyframes' [m] ...
-    "max_tilt_change_deg": 30.0,  # ... and its tilt (gravity in the camera frame) this close to theirs [deg]
-    "feature_cache": 64,  # keyframes whose features stay prepared on the matcher's device
+localizer_spec = {
+    "retrieval": Param("bow", "Retrieval: bow (visual words of the map's own features) or global (MobileNetV2-GeM)",
+                       choices=RETRIEVAL_METHODS),
+    "top_k": Param(10, "Keyframes retrieved per query", min=1, max=200),
+    "rerank": Param(True, "Re-rank the retrieved keyframes by nearest-neighbour votes of the query's descriptors"),
+    "max_keyframes_matched": Param(3, "Candidates turned into pose hypotheses per query at most, best first",
+                                   min=1, max=50),
+    "matcher_fallback": Param(True, "When no hypothesis verifies, match the candidates with the configured matcher"),
+    "ambiguity_ratio": Param(1.25, "A pose needs this many times the inliers of a verified pose elsewhere",
+                             min=1.0, max=10.0),
+    "same_place_m": Param(0.5, "Verified poses closer than this (and same_place_deg) are one place", "m", 0.0, 100.0),
+    "same_place_deg": Param(10.0, "... and turned less than this", "deg", 0.0, 180.0),
+    "hypothesis_min_inliers": Param(12, "PnP inliers a candidate needs to propose a pose for verification",
+                                    min=6, max=10000),
+    "guided_keyframes": Param(8, "Keyframes around a pose whose 3D points verify and refine it", min=1, max=100),
+    "guided_radius_px": Param(8.0, "Search radius of a projected map point around a hypothesis", "px", 0.5, 200.0),
+    "refine_radius_px": Param(4.0, "Search radius of the final refinement", "px", 0.5, 200.0),
+    "refine_rounds": Param(1, "Times matching and refinement are repeated with refine_radius_px", min=1, max=10),
+    "guided_min_similarity": Param(0.6, "Descriptor similarity of a guided match (cosine, or 1 - 2 Hamming / bits)",
+                                   min=-1.0, max=1.0),
+    "min_keyframe_support": Param(2, "An accepted pose has inliers from this many keyframes (fewer in smaller maps)",
+                                  min=1, max=100),
+    "min_support_inliers": Param(10, "... each with at least this many", min=1, max=10000),
+    "tracking_radius_px": Param(40.0, "Search radius around the projections from a prior pose", "px", 1.0, 500.0),
+    "max_prior_deviation_m": Param(0.5, "A tracked pose farther than this from its prior is rejected", "m",
+                                   0.0, 1000.0),
+    "max_prior_deviation_deg": Param(10.0, "... or turned more than this", "deg", 0.0, 180.0),
+    "max_keyframe_distance_m": Param(5.0, "The solved camera lies this close to a supporting keyframe", "m",
+                                     0.0, 10000.0),
+    "max_position_sigma_m": Param(0.25, "Poses whose 1-sigma position uncertainty is larger are rejected", "m",
+                                  0.0, 1000.0),
+    # the first-order covariance assumes independent pixel errors; blur and map errors are not: measured on the
+    # changed-day scenes, sigma x 2.5 puts 95 % of the errors within 3 sigma (x 1: 65 %; README)
+    "covariance_scale": Param(2.5, "Factor on the pixel noise the covariance assumes", min=1.0, max=100.0),
+    # plausibility for a camera on a ground robot, in a gravity-aligned map (z up, REP 103/105); 0 disables
+    "max_height_change_m": Param(1.0, "Camera height lies this close to its supporting keyframes' (0 disables)", "m",
+                                 0.0, 1000.0),
+    "max_tilt_change_deg": Param(30.0, "Camera tilt (gravity in the camera frame) lies this close to theirs "
+                                 "(0 disables)", "deg", 0.0, 180.0),
+    "feature_cache": Param(64, "Keyframes whose features stay prepared on the matcher's device", min=1,
+                           max=100000),
 }
+default_localizer_conf = defaults(localizer_spec)
 
 
 @dataclass
@@ -99,14 +117,8 @@ class Localizer:
 
     def __init__(self, map_: Optional[Map], matcher: Matcher, global_desc=None, conf: dict | None = None,
                  pnp_conf: dict | None = None):
-        for name, given, known in (("localizer", conf, default_localizer_conf), ("PnP", pnp_conf, default_pnp_conf)):
-            unknown = set(given or {}) - set(known)
-            if unknown:
-                raise ValueError(f"unknown {name} configuration keys {sorted(unknown)}")
-        self.conf = c = {**default_localizer_conf, **(conf or {})}
-        self.pnp_conf = {**default_pnp_conf, **(pnp_conf or {})}
-        if c["retrieval"] not in RETRIEVAL_METHODS:
-            raise ValueError(f"retrieval must be one of {RETRIEVAL_METHODS}, got {c['retrieval']!r}")
+        self.conf = c = make_conf(localizer_spec, conf, "localizer")
+        self.pnp_conf = make_conf(pnp_spec, pnp_conf, "PnP")
         if c["retrieval"] == "global" and global_desc is None:
             raise ValueError("retrieval 'global' needs a global descriptor")
         self.matcher, self.global_desc = matcher, global_desc
@@ -220,8 +232,9 @@ class Localizer:
             pts = self.map_points(kf)
             if not len(pts):
                 return np.zeros((0, 3)), np.zeros((0, 2))
-            sim = pts.vec @ q.vec.T
-            best_q, best_p = sim.argmax(1), sim.argmax(0)
+            # torch, not numpy: OpenBLAS's spinning threads would slow the next frame's extraction in torch
+            sim = torch.from_numpy(pts.vec) @ torch.from_numpy(q.vec).T
+            best_q, best_p = sim.argmax(1).numpy(), sim.argmax(0).numpy()
             mutual = np.flatnonzero(best_p[best_q] == np.arange(len(pts)))
             return pts.xyz[mutual], q.kp[best_q[mutual]]
         m = self.matcher.match(self.keyframe_features(kf), q.feats)
@@ -232,7 +245,7 @@ class Localizer:
     def _hypothesis_conf(self) -> dict:
         """PnP for a hypothesis: robust, but only a proposal (``_verify`` decides)."""
         return {**self.pnp_conf, "min_inliers": int(self.conf["hypothesis_min_inliers"]), "min_inlier_ratio": 0.0,
-                "max_rmse_px": float("inf"), "min_coverage": 0.0}
+                "max_rmse_px": 100.0, "min_coverage": 0.0}
 
     def _retrieve(self, q: "_Query", image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c, k = self.conf, int(self.conf["top_k"])
@@ -304,7 +317,8 @@ class Localizer:
         support = {int(k): int(v) for k, v in zip(*np.unique(kf_of[inl], return_counts=True))}
         strong = sorted((k for k, v in support.items() if v >= c["min_support_inliers"]), key=lambda k: -support[k])
         needed = min(int(c["min_keyframe_support"]), len(np.unique(points.keyframe)))
-        cov = pose_covariance(T, X[inl], x[inl], q.K, max(rmse, float(pc["pixel_sigma_px"]))) if n >= 6 else None
+        sigma = max(rmse, float(pc["pixel_sigma_px"])) * float(c["covariance_scale"])
+        cov = pose_covariance(T, X[inl], x[inl], q.K, sigma) if n >= 6 else None
         pos_sigma = float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))) if (
             cov is not None and np.all(np.isfinite(cov))) else float("inf")
         out = LocalizationResult(False, T, num_inliers=n, rmse_px=rmse, mode=mode, support=support,
@@ -433,4 +447,4 @@ def refine_pose(X: np.ndarray, x: np.ndarray, K: np.ndarray, T_map_cam: np.ndarr
 
 
 __all__ = ["KeyframeMatch", "LocalizationResult", "Localizer", "PnPResult", "RETRIEVAL_METHODS",
-           "default_localizer_conf", "refine_pose"]
+           "default_localizer_conf", "localizer_spec", "refine_pose"]

@@ -29,6 +29,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.camera import backproject, check_K, depth_at, project, transform_points
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
@@ -102,6 +103,28 @@ def _check_pose(T) -> np.ndarray:
     return T
 
 
+mapping_spec = {
+    "selection": Param("overlap", "Keyframes by covisibility (overlap) or by pose distance (distance)",
+                       choices=("overlap", "distance")),
+    "min_overlap": Param(0.8, "overlap: new keyframe when no keyframe shares this much of the view", min=0.0,
+                         max=1.0),
+    "overlap_max_angle_deg": Param(15.0, "overlap: a point counts as seen when its viewing ray turned less than this",
+                                   "deg", 1.0, 90.0),
+    "min_translation_m": Param(0.25, "distance: new keyframe when farther than this from every keyframe ...", "m",
+                               0.0, 1000.0),
+    "min_rotation_deg": Param(10.0, "... or turned more than this from every keyframe", "deg", 0.0, 180.0),
+    "min_depth_m": Param(0.05, "Depth (measured or triangulated) below this is invalid", "m", 0.0, 1000.0),
+    "max_depth_m": Param(50.0, "Depth (measured or triangulated) above this is invalid", "m", 0.01, 100000.0),
+    "depth_max_step": Param(0.05, "Keypoints whose 4 depth neighbours differ by more (relative) get no point",
+                            min=0.0, max=10.0),
+    "triangulate": Param(True, "Without depth: triangulate against the nearest keyframes"),
+    "max_reproj_px": Param(2.0, "Triangulated points reproject within this in both views", "px", 0.1, 100.0),
+    "min_parallax_deg": Param(2.0, "... and their two viewing rays meet at this angle or more", "deg", 0.0, 90.0),
+    "triangulation_partners": Param(3, "Keyframes nearest in pose matched for triangulation", min=1, max=50),
+    "map_frame_id": Param("map", "Frame of the keyframe poses and 3D points", read_only=True),
+}
+
+
 class MapBuilder:
     """Selects keyframes from posed frames, extracts their features once and gives them 3D points.
 
@@ -110,31 +133,11 @@ class MapBuilder:
     -> True when the frame became a keyframe; build() -> Map. ``stats`` counts frames, keyframes and points.
     """
 
-    default_conf = {
-        "selection": "overlap",  # overlap: by covisibility with the keyframes; distance: by pose distance
-        "min_overlap": 0.8,  # overlap: new keyframe when no keyframe shares this much of the view (0-1) ...
-        "overlap_max_angle_deg": 15.0,  # ... seeing a point counts when its viewing ray turned less than this [deg]
-        "min_translation_m": 0.25,  # distance: new keyframe when farther than this from every keyframe [m] ...
-        "min_rotation_deg": 10.0,  # ... or turned more than this from every keyframe [deg]
-        "min_depth_m": 0.05,  # depth / triangulated depth below this is invalid [m]
-        "max_depth_m": 50.0,  # depth / triangulated depth above this is invalid [m]
-        "depth_max_step": 0.05,  # keypoints whose 4 depth neighbours differ by more (relative) stay NaN
-        "triangulate": True,  # without depth: triangulate against the nearest keyframe
-        "max_reproj_px": 2.0,  # triangulated points must reproject within this in both views [px]
-        "min_parallax_deg": 2.0,  # ... and have at least this angle between their two viewing rays [deg]
-        "triangulation_partners": 3,  # match against this many keyframes nearest in pose; largest parallax wins
-        "map_frame_id": "map",  # frame of the keyframe poses and 3D points
-    }
+    spec = mapping_spec
+    default_conf = defaults(mapping_spec)
 
     def __init__(self, matcher: Matcher, global_desc: GlobalDescriptor, conf: dict | None = None):
-        unknown = set(conf or {}) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"MapBuilder: unknown configuration keys {sorted(unknown)}")
-        self.conf = c = {**self.default_conf, **(conf or {})}
-        if c["min_translation_m"] < 0 or c["min_rotation_deg"] < 0:
-            raise ValueError("min_translation_m and min_rotation_deg must be >= 0")
-        if c["selection"] not in ("overlap", "distance") or not 0.0 <= float(c["min_overlap"]) <= 1.0:
-            raise ValueError("selection must be 'overlap' or 'distance' and min_overlap in [0, 1]")
+        self.conf = make_conf(mapping_spec, conf, "MapBuilder")
         self.matcher, self.global_desc = matcher, global_desc
         self.map: Optional[Map] = None
         self._positions = np.zeros((0, 3))

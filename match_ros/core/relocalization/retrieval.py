@@ -13,6 +13,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from match_ros.core.config import merge_conf
+
 INDEX_TYPES = ("auto", "flat", "hnsw")
 
 
@@ -37,10 +39,7 @@ class RetrievalIndex:
     }
 
     def __init__(self, dim: int, conf: dict | None = None, device: str = "cpu"):
-        unknown = set(conf or {}) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"RetrievalIndex: unknown configuration keys {sorted(unknown)}")
-        self.conf = {**self.default_conf, **(conf or {})}
+        self.conf = merge_conf(self.default_conf, conf, "RetrievalIndex")
         if self.conf["index_type"] not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {self.conf['index_type']!r}")
         if int(dim) <= 0:

@@ -18,6 +18,8 @@ import zlib
 import faiss
 import numpy as np
 
+from match_ros.core.config import merge_conf
+
 default_vocabulary_conf = {
     "num_words": 1024,  # words of a vocabulary (fewer when the map has few descriptors: >= 40 per word)
     "max_train_descriptors": 200000,  # k-means sample size (drawn uniformly from all keyframes)
@@ -67,10 +69,7 @@ class Vocabulary:
     @classmethod
     def train(cls, keyframe_descriptors: list, conf: dict | None = None) -> "Vocabulary":
         """Learn words from a list of [N_i x D] descriptor arrays, one per keyframe (idf counts keyframes)."""
-        unknown = set(conf or {}) - set(default_vocabulary_conf)
-        if unknown:
-            raise ValueError(f"unknown vocabulary configuration keys {sorted(unknown)}")
-        c = {**default_vocabulary_conf, **(conf or {})}
+        c = merge_conf(default_vocabulary_conf, conf, "vocabulary")
         arrays = [np.asarray(d) for d in keyframe_descriptors if len(d)]
         if not arrays:
             raise ValueError("no descriptors to learn a vocabulary from")

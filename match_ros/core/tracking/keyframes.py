@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-default_keyframe_conf = {
-    "min_tracked_ratio": 0.35,   # new keyframe when inliers / keyframe keypoints falls below this
-    "min_inliers": 40,           # ... or when inliers fall below this count
-    "max_parallax_deg": 8.0,     # ... or when the median parallax exceeds this [deg] (0 disables)
-    "max_interval_s": 0.0,       # ... or when the keyframe is older than this [s] (0 disables)
-    "min_interval_s": 0.0,       # never switch sooner than this after the last keyframe [s]
+from match_ros.core.config import Param, defaults, make_conf
+
+keyframe_spec = {
+    "min_tracked_ratio": Param(0.35, "New keyframe when inliers / keyframe keypoints falls below this", min=0.0,
+                               max=1.0),
+    "min_inliers": Param(40, "... or when the inliers fall below this count", min=0, max=100000),
+    "max_parallax_deg": Param(8.0, "... or when the median parallax exceeds this (0 disables)", "deg", 0.0, 180.0),
+    "max_interval_s": Param(0.0, "... or when the keyframe is older than this (0 disables)", "s", 0.0, 86400.0),
+    "min_interval_s": Param(0.0, "Never switch sooner than this after the last keyframe", "s", 0.0, 86400.0),
 }
+default_keyframe_conf = defaults(keyframe_spec)
 
 
 @dataclass
@@ -26,12 +30,7 @@ class KeyframeSelector:
     """
 
     def __init__(self, conf: dict | None = None):
-        unknown = set(conf or {}) - set(default_keyframe_conf)
-        if unknown:
-            raise ValueError(f"unknown keyframe configuration keys {sorted(unknown)}")
-        self.conf = {**default_keyframe_conf, **(conf or {})}
-        if not 0.0 <= self.conf["min_tracked_ratio"] <= 1.0:
-            raise ValueError("min_tracked_ratio must be in [0, 1]")
+        self.conf = make_conf(keyframe_spec, conf, "keyframe selection")
 
     def decide(self, num_inliers: int, num_keyframe_keypoints: int, parallax_deg: float,
                age_s: float) -> KeyframeDecision:
