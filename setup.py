@@ -22,7 +22,7 @@ setup(
     packages=find_packages(include=["match_ros", "match_ros.*"]),
     # the trained checkpoints of coam_xfeat / omniglue_xfeat and the records of how they were made;
     # the photos the scene renderer textures its planes with
-    package_data={"match_ros": ["weights/*.pt", "weights/*.json", "sim/textures/*"]},
+    package_data={"match_ros": ["weights/*.pt", "weights/*.json", "sim/textures/*", "ros/fastdds_shm.xml"]},
     python_requires=">=3.10",
     entry_points={"console_scripts": [f"match_ros_{name} = {target}" for name, target in _executables()]},
 )

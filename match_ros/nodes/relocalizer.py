@@ -1,16 +1,14 @@
-"""relocalizer node: global visual relocalization against a keyframe map (REP 105).
+"""relocalizer node: visual relocalization against a keyframe map (REP 105).
 
-Subscribes:  image, camera_info (sensor_msgs), initialpose (optional prior,
-             geometry_msgs/PoseWithCovarianceStamped in the map frame), /tf, /tf_static
-Publishes:   pose (PoseWithCovarianceStamped of base_frame in map_frame, covariance
-             from the PnP solution), correspondences (match_ros/CorrespondenceSet of the
-             best keyframe), status (diagnostic_msgs/DiagnosticArray per query, stamped
-             with the image), /tf map->odom (map->base_frame when odom_frame is empty),
-             /diagnostics (1 Hz)
-Services:    ~/relocalize, ~/save_map, ~/load_map
-Queries run in a worker thread on the newest image only (drop-oldest). A
-solution is published only when it passes every check; otherwise the status
-says why and nothing else is published.
+Subscribes:  image (or image/compressed), camera_info, initialpose (a prior in map_frame), /tf, /tf_static
+Publishes:   ~/pose (PoseWithCovarianceStamped of base_frame in map_frame), ~/correspondences (the keyframe with
+             the most inliers), ~/status (DiagnosticArray per query, stamped with the image: mode, inliers,
+             timings, or why no pose), /tf map -> odom (map -> base_frame when odom_frame is empty), /diagnostics
+Services:    ~/relocalize (a global query on the next image), ~/save_map, ~/load_map
+Continuous localization: after a fix, the map -> odom estimate moved by the odometry on /tf (odom_frame ->
+camera at the new image stamp) is the prior, and the frame is tracked against the map around it; without
+odometry the last fix is the prior; when tracking fails the query searches the whole map. Frames are processed as
+fast as they come (rate_hz 0, newest first); the status says "lost" after lost_after failures in a row.
 """
 from __future__ import annotations
 
@@ -20,235 +18,313 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from match_ros.msg import CorrespondenceSet
-from match_ros.srv import LoadMap, Relocalize, SaveMap
-
-from match_ros.core.geometry import absolute_pose
-from match_ros.core.relocalization import localizer
+from match_ros.core.config import Param, make_conf
 from match_ros.core.device import DEVICE_CHOICES, resolve_device
-from match_ros.core.relocalization.global_desc import GlobalDescriptor
-from match_ros.ros.latest import LatestSlot
-from match_ros.core.relocalization.localizer import Localizer
-from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
 from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame, pnp_spec
+from match_ros.core.geometry.transforms import invert
+from match_ros.core.relocalization.localizer import Localizer, localizer_spec
+from match_ros.core.relocalization.mapfile import check_save_path
+from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
+from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
-from match_ros.ros.params import conf_comments, declare, declare_group
-from match_ros.ros.qos import IMAGE_QOS_CHOICES, image_qos
-from match_ros.ros.spin import publish_diagnostics, run_node, start_worker, stop_worker
+from match_ros.ros.params import ParameterUpdates, declare
+from match_ros.ros.runtime import CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec, run_node
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
+from match_ros.srv import LoadMap, Relocalize, SaveMap
+
+NODE_NAME = "relocalizer"
+MAX_SERVICE_TIMEOUT_S = 10.0
+node_spec = {
+    "map_path": Param("", "Map file loaded at start and by parameter changes (empty: start without a map)"),
+    "matcher": Param("xfeat_lighterglue", "Matching backend; the map must have been built with it",
+                     choices=tuple(available_matchers()), read_only=True),
+    "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
+                    read_only=True),
+    "max_keypoints": Param(1024, "Keypoints per query image; must equal the map's", min=16, max=16384,
+                           read_only=True),
+    "mode": Param("continuous", "continuous: localize the camera stream; on_request: only on ~/relocalize",
+                  choices=("continuous", "on_request")),
+    "rate_hz": Param(0.0, "Queries per second at most in continuous mode (0: as fast as they are processed)", "Hz",
+                     0.0, 1000.0),
+    "use_odometry": Param(True, "Track from the last fix moved by odom_frame on /tf (else from the last fix)"),
+    "lost_after": Param(5, "Failed queries in a row after which the status says lost", min=1, max=100000),
+    "map_frame": Param("map", "Map frame (REP 105)"),
+    "odom_frame": Param("odom", "Odometry frame; empty: publish map -> base_frame instead of map -> odom"),
+    "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: "
+                        "the camera's own frame"),
+    "publish_tf": Param(True, "Broadcast map -> odom (or map -> base_frame)"),
+    "tf_timeout_s": Param(0.1, "Wait for odometry / base transforms at the image stamp", "s", 0.0, 5.0),
+}
+
+
+def parameter_groups() -> dict:
+    return {"": {**node_spec, **camera_input_spec}, "localizer": localizer_spec, "pnp": pnp_spec}
 
 
 class RelocalizerNode(Node):
     def __init__(self, **kwargs):
-        super().__init__("relocalizer", **kwargs)
-        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        self.map_path = d("map_path", "", "Map file to load at start (empty: start without a map).")
-        matcher = d("matcher", "orb_teblid", "Matching backend; must be the one the map was built with.",
-                    read_only=True, choices=available_matchers())
-        device = d("device", "auto", "Inference device.", read_only=True, choices=DEVICE_CHOICES)
-        max_kp = d("max_keypoints", 1024, "Keypoints per query image.", read_only=True, min_value=16)
-        qos_name = d("image_qos", "sensor_data", "QoS of image and camera_info.", read_only=True,
-                     choices=IMAGE_QOS_CHOICES)
-        self.mode = d("mode", "continuous", "continuous: relocalize images at up to rate_hz; "
-                      "on_request: only on ~/relocalize.", choices=("continuous", "on_request"))
-        self.rate_hz = d("rate_hz", 2.0, "Upper bound on queries per second in continuous mode.", min_value=0.01)
-        self.map_frame = d("map_frame", "map", "Map frame (REP 105).")
-        self.odom_frame = d("odom_frame", "odom", "Odometry frame; empty: publish map -> base_frame instead.")
-        self.base_frame = d("base_frame", "base_link", "Robot frame whose pose is published; empty: the "
-                            "camera's frame (image header frame_id).")
-        self.publish_tf = d("publish_tf", True, "Broadcast map -> odom (or map -> base_frame).")
-        self.tf_timeout_s = d("tf_timeout_s", 0.2, "Wait for odom/base transforms at the image stamp [s].",
-                              min_value=0.0)
-        loc_conf = declare_group(self, "localizer", localizer.default_localizer_conf, conf_comments(localizer.__file__))
-        pnp_conf = declare_group(self, "pnp", absolute_pose.default_pnp_conf, conf_comments(absolute_pose.__file__))
-
-        dev = resolve_device(device)
-        self.matcher = build_matcher(matcher, {"max_keypoints": max_kp}, dev)
-        self.global_desc = GlobalDescriptor(device=dev)
-        self.localizer = Localizer(None, self.matcher, self.global_desc, loc_conf, pnp_conf)
-        probe = self.matcher.extract((np.random.default_rng(0).random((480, 640)) * 255).astype(np.uint8))
-        self._matcher_identity = matcher_identity(matcher, max_kp, probe.descriptors.shape[1], probe.descriptors.dtype)
+        super().__init__(NODE_NAME, **kwargs)
+        groups = parameter_groups()
+        p = declare(self, groups[""])
+        self.p = p
+        loc_conf, pnp_conf = declare(self, localizer_spec, "localizer"), declare(self, pnp_spec, "pnp")
+        dev = resolve_device(p["device"])
+        self.matcher = build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, dev)
+        probe = self.matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
+        self.matcher.match(probe, probe)  # warm-up: the first real query is not slower
+        self._identity = matcher_identity(p["matcher"], p["max_keypoints"], probe.descriptors.shape[1],
+                                          probe.descriptors.dtype)
+        self.localizer = Localizer(None, self.matcher, None, loc_conf, pnp_conf)
         self.map = None
-        self._lock = threading.Lock()  # guards map / localizer / pending requests
-        if self.map_path:
-            self._log_outcome(*self._load(self.map_path))
-
-        self.slot: LatestSlot = LatestSlot()
-        self._K = None
-        self._prior = None
-        self._requests: list = []  # [(threading.Event, holder dict)] waiting for the next result
-        self._last_query = 0.0
-        self.counts = {"queries": 0, "accepted": 0, "rejected": 0, "errors": 0}
-        self._last_status = "no query yet"
-        qos = image_qos(qos_name)
-        self.create_subscription(Image, "image", lambda m: self.slot.put(m), qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
-        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "pose", 10)
-        self.pub_corr = self.create_publisher(CorrespondenceSet, "correspondences", 10)
-        self.pub_status = self.create_publisher(DiagnosticArray, "status", 10)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._lock = threading.Lock()  # map and localizer: the worker vs services and parameter changes
+        self.errors = ErrorLog(self)
+        self.counts = {"queries": 0, "accepted": 0, "tracked": 0, "rejected": 0}
+        self.fail_streak, self.last_status, self.T_map_odom, self.last_fix = 0, "no query yet", None, None
+        self._warned_base, self._requests, self._last_query = False, [], 0.0
+        self.rate = RateMeter()
+        if p["map_path"]:
+            ok, text = self._load(p["map_path"])
+            (self.get_logger().info if ok else self.get_logger().error)(text)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
+        self.pub_corr = self.create_publisher(CorrespondenceSet, "~/correspondences", 10)
+        self.pub_status = self.create_publisher(DiagnosticArray, "~/status", 10)
         self.tf = TfBroadcaster(self)
         self.tf_listener = TfListener(self)
-        services = ReentrantCallbackGroup()
-        self.create_service(Relocalize, "~/relocalize", self._srv_relocalize, callback_group=services)
-        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_service(LoadMap, "~/load_map", self._srv_load, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, self._publish_diagnostics)
-        self._worker = start_worker(self._work, "relocalizer_worker")
+        self.worker = Worker(self._process, self.errors, "relocalizer_worker")
+        self.input = CameraInput(self, p, self.worker.put, self.errors)
+        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
+        for srv, name, cb in ((Relocalize, "~/relocalize", self._srv_relocalize), (SaveMap, "~/save_map",
+                              self._srv_save), (LoadMap, "~/load_map", self._srv_load)):
+            self.create_service(srv, name, cb, callback_group=MutuallyExclusiveCallbackGroup())
+        self.diagnostics = Diagnostics(self, "relocalization", p["matcher"], self._diagnostic_status)
+        ParameterUpdates(self, groups, self._apply_parameters)
 
     # ------------------------------------------------------------ map
     def _load(self, path: str) -> tuple[bool, str]:
         try:
-            new_map = Map.load(path, self._matcher_identity, self.global_desc.identity)
-        except (MapError, OSError, ValueError) as e:
+            new_map = Map.load(path, self._identity)
+        except (MapError, OSError) as e:
             return False, f"map not loaded: {e}"
+        if not len(new_map):
+            return False, f"map not loaded: {path} has no keyframes"
         with self._lock:
-            self.map, self.map_path = new_map, path
-            self.localizer.set_map(new_map)
+            self.localizer.set_map(new_map)  # learns the vocabulary of a format-1 map
+            self.map, self.T_map_odom, self.last_fix = new_map, None, None
         return True, f"map {path} loaded: {len(new_map)} keyframes"
 
     def _srv_load(self, req, res):
         res.success, res.message = self._load(req.path)
         res.num_keyframes = len(self.map) if res.success else 0
-        self._log_outcome(res.success, res.message)
+        (self.get_logger().info if res.success else self.get_logger().error)(res.message)
+        if res.success:
+            self.p["map_path"] = req.path
         return res
-
-    def _log_outcome(self, ok: bool, text: str):
-        # one call site per severity: rclpy refuses to change a call site's severity
-        if ok:
-            self.get_logger().info(text)
-        else:
-            self.get_logger().error(text)
 
     def _srv_save(self, req, res):
-        path = req.path or self.map_path
-        if self.map is None or not path:
-            res.success, res.message = False, "no map loaded" if self.map is None else "no path given"
-            return res
-        try:
-            self.map.save(path)
-            res.success, res.message = True, f"saved {len(self.map)} keyframes to {path}"
-        except (ValueError, OSError) as e:  # MapError is a ValueError
-            res.success, res.message = False, f"save failed, previous file untouched: {e}"
-        self._log_outcome(res.success, res.message)
+        path = req.path or self.p["map_path"]
+        res.success, res.message = False, "no map loaded" if self.map is None else "no path given"
+        if self.map is not None and path:
+            try:
+                check_save_path(path)
+                with self._lock:
+                    self.map.save(path)
+                res.success, res.message = True, f"saved {len(self.map)} keyframes to {path}"
+            except (MapError, OSError) as e:
+                res.message = f"save failed, previous file untouched: {e}"
+        (self.get_logger().info if res.success else self.get_logger().error)(res.message)
         return res
 
-    # ------------------------------------------------------------ inputs
-    def _on_camera_info(self, msg: CameraInfo):
-        try:
-            self._K = conv.camera_matrix(msg)
-        except conv.ConversionError as e:
-            self._error(f"camera_info: {e}")
-
+    # ------------------------------------------------------------ inputs and requests
     def _on_initialpose(self, msg: PoseWithCovarianceStamped):
-        if msg.header.frame_id and msg.header.frame_id != self.map_frame:
-            self._error(f"initialpose in frame '{msg.header.frame_id}', expected '{self.map_frame}'")
+        if msg.header.frame_id and msg.header.frame_id != self.p["map_frame"]:
+            self.errors("initialpose", f"in frame '{msg.header.frame_id}', expected '{self.p['map_frame']}'")
             return
-        self._prior = conv.pose_to_matrix(msg.pose.pose)  # pose of base_frame in the map
+        self.initial_pose = conv.pose_to_matrix(msg.pose.pose)  # base_frame in the map, for the next query
         self.get_logger().info("prior pose received")
 
     def _srv_relocalize(self, req, res):
+        timeout = req.timeout_s if np.isfinite(req.timeout_s) and req.timeout_s > 0 else 2.0
+        timeout = min(float(timeout), MAX_SERVICE_TIMEOUT_S)
         done, holder = threading.Event(), {}
         with self._lock:
             self._requests.append((done, holder))
-        if not done.wait(req.timeout_s if req.timeout_s > 0 else 2.0):
-            res.success, res.message = False, "timed out waiting for an image and a solution"
+        if not done.wait(timeout):
+            with self._lock:
+                if (done, holder) in self._requests:
+                    self._requests.remove((done, holder))
+            res.success, res.message = False, f"no image and solution within {timeout:.1f} s"
             return res
-        res.success, res.message = holder["success"], holder["message"]
+        res.success, res.message = holder.get("success", False), holder.get("message", "")
         if holder.get("pose") is not None:
             res.pose, res.num_inliers = holder["pose"], holder["num_inliers"]
         return res
 
-    # ------------------------------------------------------------ worker
-    def _work(self):
-        while not self.slot.closed:
-            msg = self.slot.get(timeout=0.5)
-            if msg is None:
-                continue
-            with self._lock:
-                requests, self._requests = self._requests, []
-            due = self.mode == "continuous" and time.monotonic() - self._last_query >= 1.0 / self.rate_hz
-            if not requests and not due:
-                continue
-            self._last_query = time.monotonic()
-            holder = {"success": False, "message": "", "pose": None}
-            try:
-                self._query(msg, holder)
-            except Exception as e:  # a bad frame must not stop the node
-                holder["message"] = f"query failed: {e!r}"
-                self._error(holder["message"])
+    # ------------------------------------------------------------ queries (worker thread)
+    def _process(self, item):
+        with self._lock:
+            requests, self._requests = self._requests, []
+        p = self.p
+        due = p["mode"] == "continuous" and (p["rate_hz"] <= 0 or time.monotonic() - self._last_query >= 1.0
+                                             / p["rate_hz"])
+        if not requests and not due:
+            return
+        self._last_query = time.monotonic()
+        frame = self.input.frame(item)
+        holder = {"success": False, "message": "", "pose": None}
+        try:
+            if frame is not None:
+                self._query(frame, holder, global_only=bool(requests))
+            else:
+                holder["message"] = "the image could not be used (see /diagnostics)"
+        finally:
             for done, h in requests:
                 h.update(holder)
                 done.set()
 
-    def _query(self, msg: Image, holder: dict):
-        from match_ros.ros.relocalization import publish_result
-
-        if self.map is None:
-            holder["message"] = "no map loaded"
-        elif self._K is None:
-            holder["message"] = "no camera_info received"
-        if holder["message"]:
-            self.report_status(msg.header, DiagnosticStatus.ERROR, holder["message"], {})
+    def _query(self, frame, holder: dict, global_only: bool):
+        p, header = self.p, frame.header
+        if self.map is None or frame.K is None:
+            holder["message"] = "no map loaded" if self.map is None else "no usable camera_info"
+            self._status(header, DiagnosticStatus.ERROR, holder["message"], {})
             return
-        image = conv.image_to_numpy(msg)
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
-        camera_frame = msg.header.frame_id
-        base = self.base_frame or camera_frame
-        T_base_cam = np.eye(4) if base == camera_frame else self.lookup_tf(base, camera_frame, stamp_ns)
-        prior = None if self._prior is None or T_base_cam is None else self._prior @ T_base_cam
+        stamp = conv.stamp_to_ns(header.stamp)
+        camera = header.frame_id
+        T_base_cam = self._base_to_camera(camera, stamp)
+        prior = None if global_only else self._prior(camera, stamp, T_base_cam)
         with self._lock:
-            result = self.localizer.localize(image, self._K, prior)
+            result = self.localizer.localize(frame.image, frame.K, prior)
         self.counts["queries"] += 1
-        publish_result(self, msg.header, result, T_base_cam, holder)
+        self.rate.add(1e3 * (time.monotonic() - frame.received))
+        values = {"mode": result.mode, "inliers": result.num_inliers, "rmse_px": result.rmse_px,
+                  "query_ms": sum(result.timings_ms.values()),
+                  **{f"{k}_ms": v for k, v in result.timings_ms.items()}}
+        self._publish_correspondences(header, result)
+        if not result.success:
+            self.counts["rejected"] += 1
+            self.fail_streak += 1
+            lost = self.fail_streak >= p["lost_after"]
+            if lost:
+                self.last_fix = None
+            holder["message"] = f"{'lost' if lost else 'no pose'}: {result.reason}"
+            self._status(header, DiagnosticStatus.WARN, holder["message"], values)
+            return
+        self.fail_streak, self.last_fix = 0, result.T_map_cam
+        self.counts["accepted"] += 1
+        self.counts["tracked"] += int(result.mode == "tracking")
+        base_frame = p["base_frame"] if T_base_cam is not None and p["base_frame"] else camera
+        T_base_cam = T_base_cam if base_frame != camera else np.eye(4)
+        T_map_base = result.T_map_cam @ invert(T_base_cam)
+        cov = covariance_of_attached_frame(result.covariance, result.T_map_cam, T_map_base)
+        out = Header(stamp=header.stamp, frame_id=p["map_frame"])
+        pose = PoseWithCovarianceStamped(header=out)
+        pose.pose.pose, pose.pose.covariance = conv.matrix_to_pose(T_map_base), cov.ravel().tolist()
+        self.pub_pose.publish(pose)
+        holder.update(success=True, pose=pose, num_inliers=result.num_inliers,
+                      message=f"localized ({result.mode}) with {result.num_inliers} inliers")
+        level, text = DiagnosticStatus.OK, holder["message"]
+        T_odom_cam = self._lookup(p["odom_frame"], camera, stamp) if p["odom_frame"] else None
+        if T_odom_cam is not None:
+            self.T_map_odom = result.T_map_cam @ invert(T_odom_cam)
+        if p["publish_tf"]:
+            if not p["odom_frame"]:
+                self.tf.send([conv.matrix_to_transform(T_map_base, out, base_frame)])
+            elif T_odom_cam is None:
+                level, text = DiagnosticStatus.WARN, f"{text}; no {p['odom_frame']} transform: map->odom not sent"
+            else:
+                self.tf.send([conv.matrix_to_transform(self.T_map_odom, out, p["odom_frame"])])
+        self._status(header, level, text, values)
 
-    # ------------------------------------------------------------ outputs
-    def lookup_tf(self, target: str, source: str, stamp_ns: int):
-        """T_target_source at the image stamp, or None (logged) when TF does not have it."""
+    def _lookup(self, target: str, source: str, stamp: int):
         try:
-            return self.tf_listener.lookup(target, source, stamp_ns, timeout_s=self.tf_timeout_s)
-        except TfLookupError as e:
-            self._error(f"TF {target} <- {source}: {e}")
+            return self.tf_listener.lookup(target, source, stamp, timeout_s=self.p["tf_timeout_s"])
+        except (TfLookupError, ValueError):
             return None
 
-    def report_status(self, header: Header, level: int, message: str, values: dict):
-        self._last_status = message
+    def _base_to_camera(self, camera: str, stamp: int):
+        base = self.p["base_frame"]
+        if not base or base == camera:
+            return np.eye(4)
+        T = self._lookup(base, camera, stamp)
+        if T is None and not self._warned_base:
+            self._warned_base = True
+            self.get_logger().warning(f"no TF from base_frame '{base}' to the camera frame '{camera}': publishing the "
+                                      f"pose of '{camera}' instead (set base_frame, or publish the transform)")
+        return T
+
+    def _prior(self, camera: str, stamp: int, T_base_cam):
+        initial = getattr(self, "initial_pose", None)
+        if initial is not None:
+            self.initial_pose = None
+            return initial @ (T_base_cam if T_base_cam is not None else np.eye(4))
+        if self.last_fix is None:
+            return None
+        if self.p["use_odometry"] and self.p["odom_frame"] and self.T_map_odom is not None:
+            T_odom_cam = self._lookup(self.p["odom_frame"], camera, stamp)
+            if T_odom_cam is not None:
+                return self.T_map_odom @ T_odom_cam
+        return self.last_fix
+
+    # ------------------------------------------------------------ outputs
+    def _publish_correspondences(self, header, result):
+        if not result.matched:
+            return
+        km = result.matched[0]
+        kf = self.map[km.keyframe_id]
+        self.pub_corr.publish(conv.correspondence_message(
+            header, self.p["matcher"], km.matches, km.pts_ref, km.pts_query, km.inliers,
+            reference_stamp_ns=kf.stamp_ns, reference_frame_id=kf.frame_id, reference_id=kf.id,
+            query_id=self.counts["queries"], num_keypoints_ref=len(kf.keypoints),
+            num_keypoints_query=result.num_query_keypoints, pose_valid=result.success,
+            T_ref_query=invert(kf.T_world_cam) @ result.T_map_cam, scale_known=True,
+            num_inliers=int(km.inliers.sum())))
+
+    def _status(self, header, level: int, message: str, values: dict):
+        self.last_status = message
         st = DiagnosticStatus(name=f"{self.get_name()}: query", level=level, message=message,
                               values=[KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
                                       for k, v in values.items()])
         self.pub_status.publish(DiagnosticArray(header=header, status=[st]))
-        if level != DiagnosticStatus.OK:
-            self.get_logger().warn(message, throttle_duration_sec=2.0)
 
-    def _error(self, text: str):
-        self.counts["errors"] += 1
-        self.get_logger().error(text, throttle_duration_sec=2.0)
-
-    def _publish_diagnostics(self):
-        st = DiagnosticStatus(name=f"{self.get_name()}: relocalization", hardware_id=self.matcher.name)
+    def _diagnostic_status(self):
+        values = {**self.counts, "keyframes": len(self.map) if self.map is not None else 0,
+                  "received": self.input.received, "lost_before_node": self.input.lost,
+                  "dropped_busy": self.worker.slot.dropped, "errors": self.errors.count, **self.rate.values(),
+                  **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
         if self.map is None:
-            st.level, st.message = DiagnosticStatus.ERROR, "no map loaded"
-        else:
-            st.level, st.message = DiagnosticStatus.OK, self._last_status
-        counts = {**self.counts, "keyframes": len(self.map) if self.map is not None else 0,
-                  "received": self.slot.received, "dropped": self.slot.dropped}
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
-        publish_diagnostics(self, self.pub_diag, st)
+            return DiagnosticStatus.ERROR, "no map loaded", values
+        if self.fail_streak >= self.p["lost_after"]:
+            return DiagnosticStatus.WARN, f"lost: {self.last_status}", values
+        if self.errors.recent():
+            return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
+        return DiagnosticStatus.OK, self.last_status, values
 
-    def destroy_node(self):
-        stop_worker(self.slot, self._worker, 10.0)
-        return super().destroy_node()
+    def _apply_parameters(self, changes: dict) -> str:
+        if "" in changes and "map_path" in changes[""] and changes[""]["map_path"]:
+            ok, text = self._load(changes[""]["map_path"])
+            if not ok:
+                return text
+        self.p.update(changes.get("", {}))
+        self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
+        with self._lock:
+            if "localizer" in changes:
+                self.localizer.conf = make_conf(localizer_spec, {**self.localizer.conf, **changes["localizer"]},
+                                                "localizer")
+            if "pnp" in changes:
+                self.localizer.pnp_conf = make_conf(pnp_spec, {**self.localizer.pnp_conf, **changes["pnp"]}, "PnP")
+        return ""
+
+    def shutdown(self):
+        self.worker.stop(10.0)
 
 
 def main(args=None):
-    run_node(RelocalizerNode, threads=3, args=args)
+    run_node(RelocalizerNode, threads=4, args=args)
 
 
 if __name__ == "__main__":

@@ -60,40 +60,45 @@ def matrix_to_transform(T: np.ndarray, header, child_frame_id: str) -> Transform
     return ts
 
 
-def correspondence_set(result, header, matcher_name: str):
-    """core.frontend.TrackResult -> match_ros/CorrespondenceSet stamped with the query header."""
+def correspondence_message(header, matcher: str, matches, pts_ref: np.ndarray, pts_query: np.ndarray,
+                           inliers: np.ndarray, *, reference_stamp_ns: int, reference_frame_id: str, reference_id: int,
+                           query_id: int, num_keypoints_ref: int, num_keypoints_query: int, pose_valid: bool,
+                           T_ref_query: np.ndarray, scale_known: bool, num_inliers: int, parallax_deg: float = 0.0,
+                           is_keyframe: bool = False):
+    """match_ros/CorrespondenceSet from arrays: matches (core Matches, indices [M x 2] = (reference, query)),
+    pts_ref / pts_query [M x 2] pixels, inliers [M] bool; stamped with the query image's header."""
     from match_ros.msg import Correspondence, CorrespondenceSet
 
-    msg = CorrespondenceSet()
-    msg.header = header
-    kf = result.keyframe
-    msg.reference_stamp = ns_to_stamp(kf.stamp_ns)
-    msg.reference_frame_id = kf.frame_id
-    msg.reference_id = int(kf.id)
-    msg.query_id = int(result.query_id)
-    msg.matcher = matcher_name
-    msg.num_keypoints_ref = len(kf.features)
-    msg.num_keypoints_query = int(result.num_query_keypoints)
-    m = result.matches
-    inl = result.pose.inliers if len(result.pose.inliers) == len(m) else np.zeros(len(m), bool)
+    msg = CorrespondenceSet(header=header, reference_stamp=ns_to_stamp(reference_stamp_ns),
+                            reference_frame_id=reference_frame_id, reference_id=int(reference_id),
+                            query_id=int(query_id), matcher=matcher, num_keypoints_ref=int(num_keypoints_ref),
+                            num_keypoints_query=int(num_keypoints_query))
+    m = matches
+    inl = inliers if len(inliers) == len(m) else np.zeros(len(m), bool)
     dist = m.distinctiveness if m.distinctiveness is not None else np.full(len(m), math.nan, np.float32)
-    rows = zip(result.pts_ref.tolist(), result.pts_query.tolist(), m.indices.tolist(),
-               m.scores.tolist(), dist.tolist(), inl.tolist())
-    corr = []
-    for (xr, yr), (xq, yq), (ir, iq), s, d, ok in rows:
-        c = Correspondence()
-        c.x_ref, c.y_ref, c.x_query, c.y_query = xr, yr, xq, yq
-        c.index_ref, c.index_query, c.score, c.distinctiveness, c.inlier = ir, iq, s, d, ok
-        corr.append(c)
-    msg.correspondences = corr
-    pose = result.pose
-    msg.pose_valid = bool(pose.valid)
-    msg.relative_pose = matrix_to_pose(pose.T_ref_query)
-    msg.scale_known = bool(pose.scale_known)
-    msg.num_inliers = int(pose.num_inliers)
-    msg.parallax_deg = float(pose.parallax_deg)
-    msg.is_keyframe = bool(result.is_keyframe)
+    rows = zip(np.asarray(pts_ref).tolist(), np.asarray(pts_query).tolist(), m.indices.tolist(), m.scores.tolist(),
+               dist.tolist(), inl.tolist())
+    msg.correspondences = [Correspondence(x_ref=xr, y_ref=yr, x_query=xq, y_query=yq, index_ref=ir, index_query=iq,
+                                          score=s_, distinctiveness=d, inlier=ok)
+                           for (xr, yr), (xq, yq), (ir, iq), s_, d, ok in rows]
+    msg.pose_valid = bool(pose_valid)
+    msg.relative_pose = matrix_to_pose(T_ref_query)
+    msg.scale_known = bool(scale_known)
+    msg.num_inliers = int(num_inliers)
+    msg.parallax_deg = float(parallax_deg)
+    msg.is_keyframe = bool(is_keyframe)
     return msg
+
+
+def correspondence_set(result, header, matcher_name: str):
+    """core.tracking.TrackResult -> match_ros/CorrespondenceSet stamped with the query header."""
+    kf, pose = result.keyframe, result.pose
+    return correspondence_message(
+        header, matcher_name, result.matches, result.pts_ref, result.pts_query, pose.inliers,
+        reference_stamp_ns=kf.stamp_ns, reference_frame_id=kf.frame_id, reference_id=kf.id, query_id=result.query_id,
+        num_keypoints_ref=len(kf.features), num_keypoints_query=result.num_query_keypoints, pose_valid=pose.valid,
+        T_ref_query=pose.T_ref_query, scale_known=pose.scale_known, num_inliers=pose.num_inliers,
+        parallax_deg=pose.parallax_deg, is_keyframe=result.is_keyframe)
 
 
 def correspondence_arrays(msg) -> dict:

@@ -224,9 +224,10 @@ class Map:
                 and all(self[i].equals(other[i]) for i in self.keyframes))
 
     # ------------------------------------------------------------------ storage
-    def save(self, path: str | Path) -> None:
-        """Write the map to ``path`` atomically (``mapfile.save_map``), with its vocabulary (learnt if missing)."""
-        if len(self) and (self.vocabulary is None or any(kf.words is None for kf in self)):
+    def save(self, path: str | Path, with_vocabulary: bool = True) -> None:
+        """Write the map to ``path`` atomically (``mapfile.save_map``), with its vocabulary (learnt first if missing)
+        or, ``with_vocabulary=False``, without a new one (quick: a localizer learns it when it loads the map)."""
+        if with_vocabulary and len(self) and (self.vocabulary is None or any(kf.words is None for kf in self)):
             self.build_vocabulary()
         save_map(self, path)
 

@@ -1,0 +1,401 @@
+"""The runtime the three nodes share: camera input, worker thread, error accounting, diagnostics, shutdown.
+
+- ``CameraInput(node, conf, on_frame)``: subscribes to ``image`` (sensor_msgs/Image, or CompressedImage on
+  ``image/compressed`` with ``image_transport: compressed``), ``camera_info`` and optionally ``depth``; checks what
+  arrives (encoding, sizes, camera matrix plausibility, camera_info for another image size, depth range) and
+  downscales images above ``max_image_pixels`` (the camera matrix with them); counts frames the middleware lost
+  before the node (QoS ``message_lost`` events and gaps in the publishers' sequence numbers).
+- ``Worker``: the newest frame only (drop-oldest slot) handed to one processing thread; the executor never waits.
+- ``ErrorLog``: errors counted by kind, logged at most every 2 s per kind, the recent ones kept for diagnostics.
+- ``Diagnostics``: /diagnostics at 1 Hz with levels that recover (WARN while errors or frame loss are recent).
+- ``run_node``: init, spin, and one shutdown path for Ctrl-C, SIGTERM and external shutdown that runs the node's
+  ``shutdown()`` (e.g. saving a map) once, ignoring the second SIGINT ``ros2 launch`` forwards.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from match_ros.core.config import Param
+from match_ros.ros import codec
+from match_ros.ros.latest import LatestSlot
+
+IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
+
+camera_input_spec = {
+    "image_qos": Param("sensor_data", "QoS of image, camera_info and depth: sensor_data (best effort, keep last 5: "
+                       "receives from any publisher) or reliable", choices=IMAGE_QOS_CHOICES, read_only=True),
+    "image_transport": Param("raw", "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage "
+                             "(jpeg, png) on 'image/compressed'", choices=("raw", "compressed"), read_only=True),
+    "max_image_pixels": Param(1_500_000, "Larger images are downscaled to this many pixels (the camera matrix with "
+                              "them)", "px", 4096, 100_000_000),
+    "min_depth_m": Param(0.05, "Depth below this is invalid", "m", 0.0, 1000.0),
+    "max_depth_m": Param(50.0, "Depth above this is invalid", "m", 0.01, 100000.0),
+    "depth_wait_s": Param(0.2, "How long a frame waits for the depth image with its stamp", "s", 0.0, 10.0),
+}
+
+
+def image_qos(name: str):
+    """'sensor_data' (best effort, keep last 5) or 'reliable' (keep last 5)."""
+    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    if name == "reliable":
+        return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                          durability=QoSDurabilityPolicy.VOLATILE)
+    raise ValueError(f"unknown image QoS '{name}', expected one of {IMAGE_QOS_CHOICES}")
+
+
+@dataclass
+class CameraFrame:
+    """A checked camera frame: header (stamp and frame_id of the input), image [H x W (x 3)] uint8 RGB, K [3 x 3]
+    (None: no usable calibration), depth [H x W] float32 m (None), scale applied to the input, arrival time."""
+
+    header: object
+    image: np.ndarray
+    K: Optional[np.ndarray]
+    depth: Optional[np.ndarray]
+    scale: float
+    received: float
+
+
+def check_camera_matrix(K: np.ndarray, width: int, height: int) -> str:
+    """Why a camera matrix cannot belong to a width x height camera ("" when plausible)."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if not (0 <= cx <= width and 0 <= cy <= height):
+        return f"principal point ({cx:.1f}, {cy:.1f}) outside the {width}x{height} image"
+    if not 0.5 <= fx / fy <= 2.0:
+        return f"focal lengths fx={fx:.1f}, fy={fy:.1f} differ too much"
+    fov = 2.0 * np.degrees(np.arctan(width / (2.0 * fx)))
+    if not 1.0 <= fov <= 170.0:
+        return f"focal length fx={fx:.3g} gives a {fov:.3g} deg field of view for a {width} px wide image"
+    return ""
+
+
+class ErrorLog:
+    """Errors counted by kind (digits ignored), each kind logged at most every ``period_s``."""
+
+    def __init__(self, node, period_s: float = 2.0, recent_s: float = 10.0):
+        self.node, self.period_s, self.recent_s = node, period_s, recent_s
+        self.count, self.by_kind, self.last = 0, {}, ""
+        self._logged_at: dict = {}
+        self._times: deque = deque(maxlen=1000)
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.count += 1
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+            self.last = f"{kind}: {text}"
+            self._times.append(now)
+            key = kind + re.sub(r"[0-9.]+", "#", text)
+            if now - self._logged_at.get(key, -1e9) < self.period_s:
+                return
+            self._logged_at[key] = now
+        self.node.get_logger().error(f"{kind}: {text}")
+
+    def recent(self) -> int:
+        """Errors within the last ``recent_s`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for t in self._times if now - t <= self.recent_s)
+
+
+class CameraInput:
+    """Image (+ camera_info, + depth) input of a node (module docstring); ``on_frame(CameraFrame)`` is called in
+    the subscription callback, so it must be quick (hand the frame to a ``Worker``)."""
+
+    def __init__(self, node, conf: dict, on_frame: Callable, errors: ErrorLog, use_depth: bool = False):
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+        self.node, self.conf, self.on_frame, self.errors = node, dict(conf), on_frame, errors
+        self.use_depth = use_depth
+        self.K, self.info_size = None, None
+        self.received, self.lost_events, self.lost_gaps = 0, 0, 0
+        self._said: set = set()
+        self._last_seq: dict = {}
+        self._depths: deque = deque(maxlen=8)
+        self._depth_cond = threading.Condition()
+        qos = image_qos(conf["image_qos"])
+        events = self._loss_events()
+        compressed = conf["image_transport"] == "compressed"
+        image_type, topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
+        node.create_subscription(image_type, topic, self._image_callback(), qos, event_callbacks=events)
+        node.create_subscription(CameraInfo, "camera_info", self._on_info, qos)
+        if use_depth:
+            node.create_subscription(Image, "depth", self._on_depth, qos)
+
+    # ------------------------------------------------------------------ frame loss before the node
+    def _loss_events(self):
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks
+        except ImportError:  # Humble
+            from rclpy.qos_event import SubscriptionEventCallbacks
+
+        def lost(info):
+            self.lost_events += int(info.total_count_change)
+
+        return SubscriptionEventCallbacks(message_lost=lost)
+
+    def _image_callback(self):
+        from rclpy.subscription import Subscription
+
+        if not hasattr(Subscription, "CallbackType"):  # Humble: no message info in Python callbacks
+            return self._on_image
+
+        def with_info(msg, info):
+            info = dict(info) if not isinstance(info, dict) else info
+            seq = int(info.get("publication_sequence_number", 0) or 0)
+            gid = bytes(info.get("publisher_gid", {}).get("data", b"")) if isinstance(
+                info.get("publisher_gid"), dict) else str(info.get("publisher_gid", ""))
+            last = self._last_seq.get(gid)
+            if seq and last is not None and seq > last + 1:
+                self.lost_gaps += seq - last - 1
+            if seq:
+                self._last_seq[gid] = seq
+            self._on_image(msg)
+
+        return with_info
+
+    @property
+    def lost(self) -> int:
+        """Frames lost between the publishers and this node (the larger of the two counts)."""
+        return max(self.lost_events, self.lost_gaps)
+
+    # ------------------------------------------------------------------ inputs
+    def _once(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.node.get_logger().warning(text)
+
+    def _on_info(self, msg) -> None:
+        try:
+            K = codec.camera_matrix(msg)
+        except codec.ConversionError as e:
+            self.errors("camera_info", str(e))
+            return
+        self.K, self.info_size = K, (int(msg.width), int(msg.height))
+
+    def _on_depth(self, msg) -> None:
+        with self._depth_cond:
+            self._depths.append((codec.stamp_to_ns(msg.header.stamp), msg))
+            self._depth_cond.notify_all()
+
+    def _on_image(self, msg) -> None:
+        self.received += 1
+        try:
+            image = codec.compressed_to_numpy(msg) if hasattr(msg, "format") else codec.image_to_numpy(msg)
+        except codec.ConversionError as e:
+            self.errors("image", str(e))
+            return
+        self.on_frame((time.monotonic(), msg.header, image))
+
+    def frame(self, item) -> Optional[CameraFrame]:
+        """Turn a received (time, header, image) into a checked CameraFrame (in the worker thread)."""
+        received, header, image = item
+        h, w = image.shape[:2]
+        if min(h, w) < 16:
+            self.errors("image", f"image too small: {w}x{h}")
+            return None
+        K = self.K
+        if K is not None and self.info_size and all(self.info_size) and self.info_size != (w, h):
+            self.errors("camera_info", f"camera_info is for {self.info_size[0]}x{self.info_size[1]} images, the "
+                        f"image is {w}x{h}: no pose from this frame")
+            K = None
+        if K is not None:
+            why = check_camera_matrix(K, w, h)
+            if why:
+                self.errors("camera_info", f"implausible camera matrix: {why}")
+                K = None
+        depth = self._depth_for(codec.stamp_to_ns(header.stamp), (h, w)) if self.use_depth else None
+        scale = 1.0
+        if w * h > self.conf["max_image_pixels"]:
+            scale = float(np.sqrt(self.conf["max_image_pixels"] / (w * h)))
+            size = (max(16, int(w * scale)), max(16, int(h * scale)))
+            self._once("downscale", f"images of {w}x{h} are downscaled to {size[0]}x{size[1]} (max_image_pixels)")
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if depth is not None:
+                depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+            sx, sy = size[0] / w, size[1] / h
+            if K is not None:
+                K = K.copy()
+                K[0, 0], K[0, 2] = K[0, 0] * sx, (K[0, 2] + 0.5) * sx - 0.5
+                K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
+        return CameraFrame(header, image, K, depth, scale, received)
+
+    def _depth_for(self, stamp_ns: int, shape: tuple) -> Optional[np.ndarray]:
+        deadline = time.monotonic() + self.conf["depth_wait_s"]
+        with self._depth_cond:
+            while True:
+                msg = next((m for s, m in reversed(self._depths) if s == stamp_ns), None)
+                left = deadline - time.monotonic()
+                if msg is not None or left <= 0:
+                    break
+                self._depth_cond.wait(left)
+        if msg is None:
+            self.errors("depth", "no depth image with the image's stamp: this frame has no depth")
+            return None
+        try:
+            depth = codec.depth_to_numpy(msg)
+        except codec.ConversionError as e:
+            self.errors("depth", str(e))
+            return None
+        if depth.shape != shape:
+            self.errors("depth", f"depth is {depth.shape[1]}x{depth.shape[0]}, the image {shape[1]}x{shape[0]}")
+            return None
+        bad = (depth != 0) & ((depth < self.conf["min_depth_m"]) | (depth > self.conf["max_depth_m"]))
+        if bad.any():
+            self._once("depth_range", f"depth values outside [{self.conf['min_depth_m']}, {self.conf['max_depth_m']}] "
+                       "m are treated as invalid")
+            depth = np.where(bad, 0.0, depth).astype(np.float32)
+        return depth
+
+
+class Worker:
+    """One processing thread fed by a drop-oldest slot: ``put`` never blocks, ``process(item)`` runs in order;
+    an exception in ``process`` is counted by ``errors`` and the thread goes on."""
+
+    def __init__(self, process: Callable, errors: ErrorLog, name: str):
+        self.slot: LatestSlot = LatestSlot()
+        self.process, self.errors = process, errors
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item) -> None:
+        self.slot.put(item)
+
+    def _run(self) -> None:
+        while not self.slot.closed:
+            item = self.slot.get(timeout=0.5)
+            if item is None:
+                continue
+            self.busy = True
+            try:
+                self.process(item)
+            except Exception as e:  # a bad frame must never stop the node
+                self.errors("processing", f"frame skipped: {e!r}")
+            finally:
+                self.busy = False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.slot.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+
+
+class Diagnostics:
+    """/diagnostics at 1 Hz: ``status()`` returns (level, message, values); ERROR/WARN/OK recover by themselves."""
+
+    def __init__(self, node, name: str, hardware_id: str, status: Callable):
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.node, self.name, self.hardware_id, self.status = node, name, hardware_id, status
+        self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        node.create_timer(1.0, self.publish)
+
+    def publish(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        level, message, values = self.status()
+        st = DiagnosticStatus(name=f"{self.node.get_name()}: {self.name}", hardware_id=self.hardware_id,
+                              level=level, message=message,
+                              values=[KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
+                                      for k, v in values.items()])
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.pub.publish(msg)
+
+
+class RateMeter:
+    """Rate [Hz] and latency percentiles over the last ``window`` events."""
+
+    def __init__(self, window: int = 300):
+        self.times: deque = deque(maxlen=window)
+        self.latencies_ms: deque = deque(maxlen=window)
+
+    def add(self, latency_ms: float) -> None:
+        self.times.append(time.monotonic())
+        self.latencies_ms.append(latency_ms)
+
+    def values(self) -> dict:
+        t = list(self.times)
+        rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        if time.monotonic() - (t[-1] if t else 0.0) > 5.0:
+            rate = 0.0
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {"rate_hz": rate, "latency_p50_ms": float(np.percentile(lat, 50)),
+                "latency_p95_ms": float(np.percentile(lat, 95))}
+
+
+def fastdds_profile() -> Optional[Path]:
+    """The shipped Fast DDS profile (16 MB shared-memory segment), beside this module or in share/match_ros."""
+    here = Path(__file__).resolve().parent / "fastdds_shm.xml"
+    return here if here.is_file() else None
+
+
+def use_fastdds_profile() -> Optional[str]:
+    """Point Fast DDS at the shipped profile unless the user chose one: FASTRTPS_DEFAULT_PROFILES_FILE for Fast DDS
+    2 (Humble, Jazzy: ROS_DISTRO says so), FASTDDS_DEFAULT_PROFILES_FILE for Fast DDS 3 (Kilted and the pip wheels).
+    Returns the variable set, or None."""
+    profile = fastdds_profile()
+    if profile is None or os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get(
+            "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        return None
+    name = ("FASTRTPS_DEFAULT_PROFILES_FILE" if os.environ.get("ROS_DISTRO", "") in ("humble", "iron", "jazzy")
+            else "FASTDDS_DEFAULT_PROFILES_FILE")
+    os.environ[name] = str(profile)
+    return name
+
+
+def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
+    """Create the node, spin it, and shut down once: the first SIGINT / SIGTERM (or an external shutdown) ends
+    the spin, the node's ``shutdown()`` runs (a map save finishes), later signals are ignored meanwhile."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    use_fastdds_profile()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stopping = threading.Event()
+    node = executor = None
+
+    def on_signal(signum, _frame):
+        if stopping.is_set():
+            return  # already shutting down: e.g. the SIGINT `ros2 launch` forwards after the terminal's
+        stopping.set()
+        if executor is not None:
+            threading.Thread(target=executor.shutdown, kwargs={"timeout_sec": 0.1}, daemon=True).start()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stopping.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stopping.set()
+        if node is not None:
+            try:
+                if hasattr(node, "shutdown"):
+                    node.shutdown()
+            finally:
+                node.destroy_node()
+        rclpy.try_shutdown()
+        for s, h in previous.items():
+            signal.signal(s, h)
