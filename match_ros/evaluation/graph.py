@@ -30,12 +30,13 @@ def confine_to_loopback(domain_id: int | None = None) -> dict:
 class NodeProcess:
     """A node in its own process: ``python -m module --ros-args ...``, output to a log file.
 
-    params: {name: value}; remaps: {from: to}. Used as a context manager; on exit the
-    process gets SIGINT (clean shutdown), then SIGKILL if it does not exit.
+    params: {name: value}; remaps: {from: to}; preexec: called in the child before the node starts (e.g. resource
+    limits). Used as a context manager; on exit the process gets SIGINT (clean shutdown), then SIGKILL if it does
+    not exit.
     """
 
     def __init__(self, module: str, params: dict | None = None, remaps: dict | None = None,
-                 name: str | None = None, log_path: str | Path | None = None):
+                 name: str | None = None, log_path: str | Path | None = None, preexec=None):
         args = [sys.executable, "-m", module, "--ros-args"]
         for k, v in (params or {}).items():
             args += ["-p", f"{k}:={_param_text(v)}"]
@@ -43,14 +44,15 @@ class NodeProcess:
             args += ["-r", f"{k}:={v}"]
         if name:
             args += ["-r", f"__node:={name}"]
-        self.args = args
+        self.args, self.preexec = args, preexec
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="match_ros_", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "NodeProcess":
         confine_to_loopback()
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                     preexec_fn=self.preexec)
         return self
 
     def __exit__(self, *exc):

@@ -28,7 +28,8 @@ from match_ros.core.relocalization.mapping import MapBuilder, mapping_spec
 from match_ros.core.relocalization.mapstore import MapError
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, run_node
+from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, log_outcome,
+                                   run_node, steady_clock)
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import SaveMap
 
@@ -77,7 +78,7 @@ class MapBuilderNode(Node):
         self.worker = Worker(self._process, self.errors, "map_builder_worker")
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
         self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
         self.diagnostics = Diagnostics(self, "mapping", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)
 
@@ -136,7 +137,7 @@ class MapBuilderNode(Node):
 
     def _srv_save(self, req, res):
         res.success, res.message = self.save(req.path or self.p["map_path"])
-        (self.get_logger().info if res.success else self.get_logger().error)(res.message)
+        log_outcome(self, res.success, res.message)
         return res
 
     def _autosave(self):
@@ -145,7 +146,7 @@ class MapBuilderNode(Node):
         if period > 0 and self.p["map_path"] and n > self._saved_keyframes \
                 and time.monotonic() - self._last_save >= period:
             ok, text = self.save(self.p["map_path"], with_vocabulary=False)
-            (self.get_logger().info if ok else self.get_logger().error)(f"autosave: {text}")
+            log_outcome(self, ok, f"autosave: {text}")
 
     def _diagnostic_status(self):
         values = {**self.builder.stats, "received": self.input.received, "lost_before_node": self.input.lost,

@@ -33,7 +33,8 @@ from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identi
 from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec, run_node
+from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
+                                   log_outcome, run_node)
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import LoadMap, Relocalize, SaveMap
@@ -90,7 +91,7 @@ class RelocalizerNode(Node):
         self.rate = RateMeter()
         if p["map_path"]:
             ok, text = self._load(p["map_path"])
-            (self.get_logger().info if ok else self.get_logger().error)(text)
+            log_outcome(self, ok, text)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
         self.pub_corr = self.create_publisher(CorrespondenceSet, "~/correspondences", 10)
         self.pub_status = self.create_publisher(DiagnosticArray, "~/status", 10)
@@ -121,7 +122,7 @@ class RelocalizerNode(Node):
     def _srv_load(self, req, res):
         res.success, res.message = self._load(req.path)
         res.num_keyframes = len(self.map) if res.success else 0
-        (self.get_logger().info if res.success else self.get_logger().error)(res.message)
+        log_outcome(self, res.success, res.message)
         if res.success:
             self.p["map_path"] = req.path
         return res
@@ -137,7 +138,7 @@ class RelocalizerNode(Node):
                 res.success, res.message = True, f"saved {len(self.map)} keyframes to {path}"
             except (MapError, OSError) as e:
                 res.message = f"save failed, previous file untouched: {e}"
-        (self.get_logger().info if res.success else self.get_logger().error)(res.message)
+        log_outcome(self, res.success, res.message)
         return res
 
     # ------------------------------------------------------------ inputs and requests

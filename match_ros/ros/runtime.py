@@ -83,6 +83,15 @@ def check_camera_matrix(K: np.ndarray, width: int, height: int) -> str:
     return ""
 
 
+def log_outcome(node, ok: bool, text: str) -> None:
+    """Log a success as info and a failure as error (one call site per severity: rclpy refuses to change the
+    severity of a call site)."""
+    if ok:
+        node.get_logger().info(text)
+    else:
+        node.get_logger().error(text)
+
+
 class ErrorLog:
     """Errors counted by kind (digits ignored), each kind logged at most every ``period_s``."""
 
@@ -296,6 +305,13 @@ class Worker:
             self._thread.join(timeout=timeout_s)
 
 
+def steady_clock():
+    """A monotonic clock for timers that must run whatever /clock does (diagnostics, autosave)."""
+    from rclpy.clock import Clock, ClockType
+
+    return Clock(clock_type=ClockType.STEADY_TIME)
+
+
 class Diagnostics:
     """/diagnostics at 1 Hz: ``status()`` returns (level, message, values); ERROR/WARN/OK recover by themselves."""
 
@@ -304,7 +320,7 @@ class Diagnostics:
 
         self.node, self.name, self.hardware_id, self.status = node, name, hardware_id, status
         self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        node.create_timer(1.0, self.publish)
+        node.create_timer(1.0, self.publish, clock=steady_clock())  # on wall time: also when /clock stops
 
     def publish(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

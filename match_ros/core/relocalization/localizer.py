@@ -62,7 +62,7 @@ localizer_spec = {
     "min_keyframe_support": Param(2, "An accepted pose has inliers from this many keyframes (fewer in smaller maps)",
                                   min=1, max=100),
     "min_support_inliers": Param(10, "... each with at least this many", min=1, max=10000),
-    "tracking_radius_px": Param(40.0, "Search radius around the projections from a prior pose", "px", 1.0, 500.0),
+    "tracking_radius_px": Param(15.0, "Search radius around the projections from a prior pose", "px", 1.0, 500.0),
     "max_prior_deviation_m": Param(0.5, "A tracked pose farther than this from its prior is rejected", "m",
                                    0.0, 1000.0),
     "max_prior_deviation_deg": Param(10.0, "... or turned more than this", "deg", 0.0, 180.0),
@@ -283,7 +283,7 @@ class Localizer:
         if points is None:
             return LocalizationResult(False, mode="tracking", reason="no keyframe near the prior")
         gm = guided_matches(prior, q.K, q.size, q.kp, q.vec, points, float(c["tracking_radius_px"]),
-                            float(c["guided_min_similarity"]))
+                            float(c["guided_min_similarity"]), query_bits=q.bits)
         hyp = solve_pnp(points.xyz[gm.point], q.kp[gm.query], q.K, q.size, self._hypothesis_conf())
         if not hyp.valid:
             return LocalizationResult(False, mode="tracking", reason=f"{len(gm)} guided matches: {hyp.reason}")
@@ -305,7 +305,8 @@ class Localizer:
             return LocalizationResult(False, mode=mode, reason="no keyframe sees the hypothesis")
         T = T0
         for radius in (float(c["guided_radius_px"]),) + (float(c["refine_radius_px"]),) * int(c["refine_rounds"]):
-            gm = guided_matches(T, q.K, q.size, q.kp, q.vec, points, radius, float(c["guided_min_similarity"]))
+            gm = guided_matches(T, q.K, q.size, q.kp, q.vec, points, radius, float(c["guided_min_similarity"]),
+                                query_bits=q.bits)
             X, x = points.xyz[gm.point], q.kp[gm.query]
             if len(gm) < pc["min_inliers"]:
                 return LocalizationResult(False, mode=mode, reason=f"{len(gm)} guided matches < {pc['min_inliers']}")
@@ -410,10 +411,11 @@ class Localizer:
         pts = self._points.get(kf.id)
         if pts is None:
             idx = np.flatnonzero(np.all(np.isfinite(kf.points3d), axis=1))
-            pts = self._points[kf.id] = MapPoints(kf.points3d[idx].astype(np.float64),
-                                                  similarity_vectors(kf.descriptors[idx]),
+            desc = kf.descriptors[idx]
+            pts = self._points[kf.id] = MapPoints(kf.points3d[idx].astype(np.float64), similarity_vectors(desc),
                                                   np.full(len(idx), kf.id, np.int64), idx.astype(np.int64),
-                                                  np.repeat(kf.T_world_cam[None, :3, 3], len(idx), axis=0))
+                                                  np.repeat(kf.T_world_cam[None, :3, 3], len(idx), axis=0),
+                                                  desc if desc.dtype == np.uint8 else None)
         return pts
 
 
@@ -425,6 +427,7 @@ class _Query:
         self.kp = feats.keypoints.detach().cpu().numpy().astype(np.float64)
         self.desc_np = feats.descriptors.detach().cpu().numpy()
         self.vec = similarity_vectors(self.desc_np)
+        self.bits = self.desc_np if self.desc_np.dtype == np.uint8 else None
 
 
 def refine_pose(X: np.ndarray, x: np.ndarray, K: np.ndarray, T_map_cam: np.ndarray, threshold_px: float,
