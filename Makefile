@@ -11,7 +11,7 @@ export ROS_DOMAIN_ID ?= 57
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all install demo test bench clean
+.PHONY: all install demo test test-fast bench clean
 all: install
 
 $(VENV)/.deps-installed: requirements.txt requirements-nodeps.txt
@@ -35,6 +35,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest test
+
+# pure core and in-process tests, no other processes (about 1 min on 2 cores)
+test-fast: install
+	$(PY) -m pytest test -m "not slow"
 
 bench: install
 	$(VENV)/bin/match_ros_bench

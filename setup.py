@@ -16,7 +16,7 @@ def _executables():
 
 setup(
     name="match_ros",
-    version="0.1.0",
+    version="0.2.0",
     description="Learned and classical image matching and visual relocalization for ROS 2",
     license="Apache-2.0",
     packages=find_packages(include=["match_ros", "match_ros.*"]),

@@ -9,4 +9,4 @@ holds the generated message classes.
 # site-packages, pip installs this package editable). Join them into one package.
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,6 +10,23 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", "59")
 
 DATA = Path(__file__).resolve().parent / "data"
+# the slow tier: tests that start processes, build a workspace or run the big models many times; `make test`
+# runs everything, `make test-fast` leaves these out
+SLOW_MODULES = ("test_e2e_keyframe", "test_e2e_reloc", "test_colcon", "test_bags", "test_tf_buffer")
+SLOW_TESTS = ("test_atomic_save_under_sigkill", "test_lighterglue_cached_forward_matches_kornia",
+              "test_lighterglue_stale_state_is_recomputed", "test_fused_cross_attention_matches_kornia",
+              "test_graf_homography[omniglue_xfeat]", "test_flat_and_grayscale_images[omniglue_xfeat]",
+              "test_no_wrong_pose_at_any_top_k[20]", "test_revisits_add_no_keyframes")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts processes, builds a workspace or runs big models (slow tier)")
 
 
 @pytest.fixture(scope="module")

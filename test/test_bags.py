@@ -16,7 +16,7 @@ import pytest
 
 from match_ros.sim import Camera, make_sequence
 from match_ros.tools import bag_play, bag_write, render
-from match_ros.ros.codec import depth_to_numpy, image_to_numpy
+from match_ros.ros.codec import depth_to_numpy
 from match_ros.ros.codec import pose_to_matrix as pose_from_msg
 from match_ros.ros.codec import stamp_to_ns as stamp_ns_of
 from match_ros.tools.bagio import BagError, find_msg_dir, make_typestore, open_reader, read_topic

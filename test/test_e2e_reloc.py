@@ -195,7 +195,8 @@ def test_parameters_are_applied_or_refused_with_a_reason(room, graph):
         if isinstance(value, str):
             return Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
         if isinstance(value, int):
-            return Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value))
+            return Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER,
+                                                             integer_value=value))
         return Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))
 
     with NodeProcess("match_ros.nodes.relocalizer", {"map_path": str(d / "room.db"), "matcher": "orb_teblid"}) as proc:
@@ -305,7 +306,8 @@ def test_full_disk_during_a_save_is_answered_and_the_map_kept(tmp_path, graph, s
         r = _call(node, save, SaveMap.Request(path=str(out)))
         assert not r.success and "save failed" in r.message and "kept in memory" in r.message, r.message
         assert spin_until(node, lambda: any(s.level == DiagnosticStatus.ERROR and "save failed" in s.message
-                                            for d in diags for s in d.status), 5), [(s.level, s.message[:60]) for d in diags[-3:] for s in d.status]
+                                            for d in diags for s in d.status), 5), [
+            (s.level, s.message[:60]) for d in diags[-3:] for s in d.status]
         assert proc.alive() and os.listdir(disk) == []  # no partial map, no temp file
         grow()
         r = _call(node, save, SaveMap.Request(path=str(out)))

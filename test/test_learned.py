@@ -4,7 +4,6 @@ shipped weights on real pairs with ground truth. CPU only."""
 import json
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from match_ros.core.relocalization import mapfile, mapstore
+from match_ros.core.relocalization import mapfile
 from match_ros.core.relocalization.mapstore import FORMAT_VERSION, Map, MapError, MapKeyframe, matcher_identity
 from match_ros.core.relocalization.retrieval import RetrievalIndex
 
@@ -132,8 +132,8 @@ while True:
 def test_atomic_save_under_sigkill(tmp_path):
     """A process saving in a loop is SIGKILLed at random moments: the map file is always one complete map."""
     target, source = tmp_path / "map.db", tmp_path / "src" / "big.db"
-    old, new = random_map(n_keyframes=4, seed=1), random_map(n_keyframes=40, n_kp=2048, dim=64, dtype=np.float32,
-                                                                seed=2)
+    old = random_map(n_keyframes=4, seed=1)
+    new = random_map(n_keyframes=40, n_kp=2048, dim=64, dtype=np.float32, seed=2)
     old.save(target)
     new.save(source)
     t0 = time.perf_counter()
@@ -286,3 +286,39 @@ def test_retrieval_index_ops_and_serialization():
     assert len(RetrievalIndex(32).search(x[0], 5)[0]) == 0
     with pytest.raises(ValueError):
         RetrievalIndex.from_bytes(b"not an index")
+
+
+def test_temp_files_of_killed_saves_are_removed_at_the_next_save(tmp_path):
+    """A killed save leaves `.NAME.PID.*.tmp`; the next save into the folder removes those of dead processes and
+    keeps the one of a save still running in another process."""
+    import subprocess
+
+    path = tmp_path / "m.map"
+    dead = tmp_path / ".m.map.999999999.abcd.tmp"
+    dead.write_bytes(b"x" * 1000)
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = tmp_path / f".m.map.{live_proc.pid}.efgh.tmp"
+        live.write_bytes(b"y")
+        other = tmp_path / ".other.map.999999999.ijkl.tmp"  # another map's temp file: not ours to remove
+        other.write_bytes(b"z")
+        random_map(seed=3).save(path)
+        assert not dead.exists() and live.exists() and other.exists()
+        assert Map.load(path).equals(random_map(seed=3))
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+
+
+def test_saving_over_what_is_not_a_map_is_refused(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(MapError, match="not a match_ros map"):
+        random_map().save(notes)
+    os.symlink(tmp_path / "target.map", tmp_path / "link.map")
+    with pytest.raises(MapError, match="symbolic link"):
+        random_map().save(tmp_path / "link.map")
+    os.mkfifo(tmp_path / "fifo.map")
+    with pytest.raises(MapError, match="not a regular file"):
+        random_map().save(tmp_path / "fifo.map")
+    assert notes.read_text() == "keep me" and not (tmp_path / "target.map").exists()

@@ -217,8 +217,8 @@ def test_lighting_blur_and_changed_day_keep_geometry_exact():
            zip((p for _, p in q.poses), moved, offset_path(mapped, 0.5, -1.0))]
     assert max(off) < 1e-9
     yaws = [math.degrees(math.atan2(Tq[1, 2], Tq[0, 2])) for _, Tq in q.poses]
-    heading = [math.degrees(math.atan2(Tm[1, 2], Tm[0, 2])) for Tm in make_trajectory("loop", n, seed=3,
-                                                                                       scan_deg=0.0)]
+    plain = make_trajectory("loop", n, seed=3, scan_deg=0.0)
+    heading = [math.degrees(math.atan2(Tm[1, 2], Tm[0, 2])) for Tm in plain]
     dyaw = [(a - b + 180) % 360 - 180 for a, b in zip(yaws, heading)]
     assert 30 < max(dyaw) <= 40.5 and -40.5 <= min(dyaw) < -30
     assert 0.2 < np.mean([b is not None for b in q.blur]) < 0.4

@@ -125,7 +125,8 @@ def main(argv=None) -> int:
           f"queue extract match pose publish")
     for r in rows:
         n = r["node"]
-        st = " ".join(f"{n.get(k + '_ms', float('nan')):6.1f}" for k in ("queue", "extract", "match", "pose", "publish"))
+        st = " ".join(f"{n.get(k + '_ms', float('nan')):6.1f}"
+                      for k in ("queue", "extract", "match", "pose", "publish"))
         print(f"{r['matcher']:18s} {r['output_hz']:7.1f} {r['dropped']:4d}/{r['sent']:<4d} {r['latency_p50_ms']:7.1f} "
               f"{r['latency_p95_ms']:8.1f}   {st}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -143,8 +143,8 @@ def main(argv=None) -> int:
                        "index": index.kind})
         print(f"{size:6d} keyframes: FAISS {index.kind} search {search_ms:.3f} ms/query, "
               f"top-{loc.conf['top_k']} holds a keyframe within 1.5 m / 30 deg: {hits / len(qdesc):.3f}")
-    (out / f"results_{args.matcher}.json").write_text(json.dumps({"summary": summary, "growth": growth,
-                                                                   "queries": rows}, indent=2))
+    results = {"summary": summary, "growth": growth, "queries": rows}
+    (out / f"results_{args.matcher}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

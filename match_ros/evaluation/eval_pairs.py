@@ -49,7 +49,8 @@ def graf_metrics(matcher, data: Path) -> dict:
         proj = cv2.perspectiveTransform(pa[None], H)[0]
         out["correct"] = float(np.mean(np.linalg.norm(proj - pb, axis=1) < 3.0))
         H_est, _ = cv2.findHomography(pa, pb, cv2.USAC_MAGSAC, 3.0)
-        out["corner_err_px"] = homography_corner_error(H_est, H, a.shape[1], a.shape[0]) if H_est is not None else float("inf")
+        out["corner_err_px"] = (homography_corner_error(H_est, H, a.shape[1], a.shape[0]) if H_est is not None
+                                else float("inf"))
     return out
 
 
@@ -157,7 +158,8 @@ def print_tables(rows: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         g = r["graf"]
-        print(f"| {name} | {r['conf'].get('max_keypoints', '-')} | {g['matches']} | {100 * g.get('correct', 0):.1f}% | "
+        print(f"| {name} | {r['conf'].get('max_keypoints', '-')} | {g['matches']} | "
+              f"{100 * g.get('correct', 0):.1f}% | "
               f"{g.get('corner_err_px', float('nan')):.2f} px | {100 * r['aloe']['within_1px']:.1f}% | "
               f"{100 * r['motorcycle']['within_1px']:.1f}% | {g['extract_ms']:.0f} | {g['match_ms']:.0f} |")
     scenes = list(next(iter(rows.values()))["scenes"]) if rows else []

@@ -39,6 +39,9 @@ def transfer_errors(pts_ref: np.ndarray, pts_query: np.ndarray, depth_ref: np.nd
     return err
 
 
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it; distros ship numpy 1.x
+
+
 def pose_auc(errors_deg, thresholds=(5.0, 10.0, 20.0)) -> dict:
     """Area under the recall curve of pose errors up to each threshold (as in SuperGlue/LightGlue)."""
     errors = np.sort(np.nan_to_num(np.asarray(errors_deg, np.float64), nan=np.inf))
@@ -49,7 +52,7 @@ def pose_auc(errors_deg, thresholds=(5.0, 10.0, 20.0)) -> dict:
         last = np.searchsorted(errors, t)
         r = np.r_[recall[:last], recall[last - 1]]
         e = np.r_[errors[:last], t]
-        out[f"auc@{t:g}"] = float(np.trapezoid(r, x=e) / t)
+        out[f"auc@{t:g}"] = float(_trapezoid(r, x=e) / t)
     return out
 
 

@@ -67,7 +67,8 @@ class KeyframeMatcherNode(Node):
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
         self.diagnostics = Diagnostics(self, "keyframe matching", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)
-        self.get_logger().info(f"matcher={p['matcher']} device={self.matcher.device} max_keypoints={p['max_keypoints']}"
+        self.get_logger().info(f"matcher={p['matcher']} device={self.matcher.device} "
+                               f"max_keypoints={p['max_keypoints']}"
                                f" image_qos={p['image_qos']} image_transport={p['image_transport']}")
 
     def _process(self, item):

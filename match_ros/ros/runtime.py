@@ -47,7 +47,8 @@ camera_input_spec = {
 
 def image_qos(name: str):
     """'sensor_data' (best effort, keep last 5) or 'reliable' (keep last 5)."""
-    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
+                           qos_profile_sensor_data)
 
     if name == "sensor_data":
         return qos_profile_sensor_data

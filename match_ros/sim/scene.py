@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
-from match_ros.core.geometry.transforms import (invert, matrix_from_quaternion, quaternion_from_matrix)  # noqa: F401 (re-exported)
+from match_ros.core.geometry.transforms import invert, matrix_from_quaternion, quaternion_from_matrix  # noqa: F401
 
 NEAR_M = 0.05  # nearest drawn depth [m]
 FAR_M = 1.0e4  # farthest drawn depth [m]

@@ -97,8 +97,7 @@ def camera_info_msg(ts, camera, stamp_ns: int, frame_id: str):
         header=header_msg(ts, stamp_ns, frame_id), height=camera.height, width=camera.width,
         distortion_model="plumb_bob", d=np.zeros(5), k=K.ravel().copy(), r=np.eye(3).ravel(), p=P.ravel(),
         binning_x=0, binning_y=0,
-        roi=ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
-                                                          do_rectify=False))
+        roi=ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
 def pose_msg(ts, T: np.ndarray):

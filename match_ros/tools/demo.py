@@ -46,10 +46,12 @@ def print_report(result, matcher: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--matcher", default="xfeat_lighterglue", help="backend (sift, orb_teblid, xfeat_mnn, xfeat_lighterglue)")
+    ap.add_argument("--matcher", default="xfeat_lighterglue",
+                    help="backend (sift, orb_teblid, xfeat_mnn, xfeat_lighterglue)")
     ap.add_argument("--scene", default="room", help="rendered scene (room, corridor, facade)")
     ap.add_argument("--frames", type=int, default=90, help="frames in the sequence (30 Hz)")
-    ap.add_argument("--rate", type=float, default=1.0, help="replay speed (1.0 = real time; the node drops frames it cannot keep up with)")
+    ap.add_argument("--rate", type=float, default=1.0,
+                    help="replay speed (1.0 = real time; the node drops frames it cannot keep up with)")
     ap.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image")
     ap.add_argument("--out", default="build/demo", help="where the rendered bag is cached")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: environment or 57)")

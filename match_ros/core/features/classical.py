@@ -129,4 +129,3 @@ class OrbTeblidMatcher(Matcher):
     def match(self, ref: Features, query: Features) -> Matches:
         """Mutual NN (Hamming) with optional ratio test; scores = 1 - 2 hamming / n_bits clamped at 0."""
         return match_features(ref, query, "hamming", self.conf["ratio_test"], float(self.conf["min_score"]))
-

@@ -145,4 +145,3 @@ def normalize_kpts(kpts: torch.Tensor, size) -> torch.Tensor:
     from kornia.feature.lightglue import normalize_keypoints
 
     return normalize_keypoints(kpts[None], torch.tensor([size], device=kpts.device, dtype=torch.float32))
-

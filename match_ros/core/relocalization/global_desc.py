@@ -21,6 +21,7 @@ import torch
 from match_ros.core.config import merge_conf
 from match_ros.core.models.mobilenet import WEIGHTS_FILE, MobileNetV2Backbone
 
+
 class GlobalDescriptor:
     """Whole-image descriptor: MobileNetV2 block ``layer`` -> GeM -> L2 norm.
 

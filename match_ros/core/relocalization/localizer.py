@@ -206,8 +206,8 @@ class Localizer:
         if not accepted:
             best = max(outcomes, key=lambda r: r.num_inliers) if outcomes else None
             reason = "; ".join(reasons[-3:]) or "no hypothesis"
-            return LocalizationResult(False, retrieved=retrieved, reason=reason,
-                                      matched=best.matched if best else [], num_inliers=best.num_inliers if best else 0)
+            return LocalizationResult(False, retrieved=retrieved, reason=reason, matched=best.matched if best else [],
+                                      num_inliers=best.num_inliers if best else 0)
         best = max(accepted, key=lambda r: r.num_inliers)
         best.retrieved = retrieved
         # evidence for another place counts even where that pose failed a quality check (blur, coverage...)

@@ -297,12 +297,14 @@ def _read_vocabulary(con, path: Path, identity: str):
     if "vocabulary" not in {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
         raise MapError(f"{path}: meta names a vocabulary but the vocabulary table is missing")
     arrays = {}
-    for name, rows, cols, dtype, data, crc in con.execute("SELECT name, rows, cols, dtype, data, crc32 FROM vocabulary"):
+    rows_sql = "SELECT name, rows, cols, dtype, data, crc32 FROM vocabulary"
+    for name, rows, cols, dtype, data, crc in con.execute(rows_sql):
         if name not in _VOCAB_ARRAYS or dtype != _VOCAB_ARRAYS[name] or zlib.crc32(data) != crc:
             raise MapError(f"{path}: vocabulary array {name!r} is corrupt or unknown")
         dt = np.dtype(dtype).newbyteorder("<")
         if len(data) != rows * cols * dt.itemsize:
-            raise MapError(f"{path}: vocabulary array {name} has {len(data)} bytes, expected {rows * cols * dt.itemsize}")
+            raise MapError(f"{path}: vocabulary array {name} has {len(data)} bytes, "
+                           f"expected {rows * cols * dt.itemsize}")
         arrays[name] = np.frombuffer(data, dt).reshape(rows, cols).astype(dt.newbyteorder("="))
     if set(arrays) != set(_VOCAB_ARRAYS):
         raise MapError(f"{path}: vocabulary lacks {sorted(set(_VOCAB_ARRAYS) - set(arrays))}")

@@ -151,7 +151,8 @@ class Map:
             raise ValueError(f"keyframe id {kf.id} already in the map")
         if len(self):
             first = next(iter(self))
-            if (kf.descriptors.shape[1], kf.descriptors.dtype) != (first.descriptors.shape[1], first.descriptors.dtype):
+            fmt = (first.descriptors.shape[1], first.descriptors.dtype)
+            if (kf.descriptors.shape[1], kf.descriptors.dtype) != fmt:
                 raise ValueError(f"keyframe {kf.id}: descriptors {kf.descriptors.shape[1]}x{kf.descriptors.dtype} "
                                  f"unlike the map's {first.descriptors.shape[1]}x{first.descriptors.dtype}")
             if kf.global_desc.shape != first.global_desc.shape:

@@ -1,0 +1,173 @@
+"""The node runtime in process (an rclpy node, no other process): input sanity (camera_info for another image
+size, implausible camera matrices, absurd depth, oversized images downscaled with their calibration), compressed
+images, error accounting, parameter declaration from the specs, configuration files generated from the specs."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from match_ros.core.config import Param
+from match_ros.ros import codec
+from match_ros.sim import Camera, make_sequence
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def node():
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    n = rclpy.create_node("runtime_test", context=ctx)
+    yield n
+    n.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+def _camera_input(node, use_depth=False):
+    from match_ros.core.config import defaults
+    from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
+
+    items, errors = [], ErrorLog(node)
+    conf = {**defaults(camera_input_spec), "max_image_pixels": 400_000, "depth_wait_s": 0.0}
+    return CameraInput(node, conf, items.append, errors, use_depth=use_depth), items, errors
+
+
+@pytest.fixture()
+def camera_input(node):
+    return _camera_input(node)
+
+
+def _image_msg(rgb, stamp_ns=1_000, frame="cam"):
+    from match_ros.ros import conversions as conv
+
+    m = conv.numpy_to_image(rgb, "rgb8")
+    m.header.stamp, m.header.frame_id = conv.ns_to_stamp(stamp_ns), frame
+    return m
+
+
+def _info(K, w, h):
+    from sensor_msgs.msg import CameraInfo
+
+    return CameraInfo(k=np.asarray(K, float).ravel().tolist(), width=w, height=h)
+
+
+def test_camera_info_for_another_image_size_gives_no_pose(camera_input):
+    inp, items, errors = camera_input
+    cam = Camera()
+    inp._on_info(_info(cam.K, 1280, 960))
+    inp._on_image(_image_msg(np.zeros((480, 640, 3), np.uint8)))
+    frame = inp.frame(items[-1])
+    assert frame.K is None and errors.by_kind["camera_info"] == 1 and "1280x960" in errors.last
+
+
+@pytest.mark.parametrize("K, why", [
+    ([[1e-3, 0, 320], [0, 1e-3, 240], [0, 0, 1]], "field of view"),
+    ([[5e6, 0, 320], [0, 5e6, 240], [0, 0, 1]], "field of view"),
+    ([[525, 0, 2000], [0, 525, 240], [0, 0, 1]], "principal point"),
+    ([[525, 0, 320], [0, 100, 240], [0, 0, 1]], "focal lengths"),
+])
+def test_implausible_camera_matrices_are_refused(camera_input, K, why):
+    inp, items, errors = camera_input
+    inp._on_info(_info(K, 640, 480))
+    inp._on_image(_image_msg(np.zeros((480, 640, 3), np.uint8)))
+    assert inp.frame(items[-1]).K is None and why in errors.last
+
+
+def test_oversized_images_are_downscaled_with_their_calibration(camera_input):
+    inp, items, errors = camera_input
+    seq = make_sequence("room", n_frames=1, camera=Camera().scaled(2.0))  # 1280 x 960 > 400 000 px
+    f = seq[0]
+    inp._on_info(_info(seq.camera.K, 1280, 960))
+    inp._on_image(_image_msg(f.rgb))
+    frame = inp.frame(items[-1])
+    h, w = frame.image.shape[:2]
+    assert w * h <= 400_000 and abs(w / h - 4 / 3) < 0.01 and frame.scale < 1.0
+    # a 3D point projects onto the same image content at both scales
+    X = np.array([0.3, -0.2, 2.0])
+    uv_full = (seq.camera.K @ X)[:2] / X[2]
+    uv_small = (frame.K @ X)[:2] / X[2]
+    np.testing.assert_allclose((uv_full + 0.5) * np.array([w / 1280, h / 960]) - 0.5, uv_small, atol=1e-9)
+
+
+def test_depth_outside_its_range_or_of_another_size_is_not_used(node):
+    from match_ros.ros import conversions as conv
+
+    inp, items, errors = _camera_input(node, use_depth=True)
+    depth = np.full((480, 640), 2.0, np.float32)
+    depth[:10] = 1e30
+    d = conv.numpy_to_image(depth, "32FC1")
+    d.header.stamp = conv.ns_to_stamp(5_000)
+    inp._on_depth(d)
+    inp._on_image(_image_msg(np.zeros((480, 640, 3), np.uint8), stamp_ns=5_000))
+    frame = inp.frame(items[-1])
+    assert frame.depth is not None and np.all(frame.depth[:10] == 0) and np.all(frame.depth[10:] == 2.0)
+    small = conv.numpy_to_image(np.full((240, 320), 2.0, np.float32), "32FC1")
+    small.header.stamp = conv.ns_to_stamp(6_000)
+    inp._on_depth(small)
+    inp._on_image(_image_msg(np.zeros((480, 640, 3), np.uint8), stamp_ns=6_000))
+    assert inp.frame(items[-1]).depth is None and "depth is 320x240" in errors.last
+
+
+def test_compressed_images_decode_to_the_same_pixels():
+    from sensor_msgs.msg import CompressedImage
+
+    rgb = make_sequence("room", n_frames=1, camera=Camera().scaled(0.5))[0].rgb
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    msg = CompressedImage(format="rgb8; png compressed bgr8", data=png.tobytes())
+    assert np.array_equal(codec.compressed_to_numpy(msg), rgb)
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out = codec.compressed_to_numpy(CompressedImage(format="jpeg", data=jpg.tobytes()))
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).mean() < 3.0
+    with pytest.raises(codec.ConversionError, match="cannot decode"):
+        codec.compressed_to_numpy(CompressedImage(format="jpeg", data=b"not an image"))
+    with pytest.raises(codec.ConversionError, match="compressed depth"):
+        codec.compressed_to_numpy(CompressedImage(format="16UC1; compressedDepth png", data=png.tobytes()))
+
+
+def test_errors_are_counted_by_kind_and_recent_ones_expire(node):
+    from match_ros.ros.runtime import ErrorLog
+
+    log = ErrorLog(node, recent_s=0.2)
+    for i in range(5):
+        log("image", f"empty image ({i}x0)")
+    log("depth", "no depth")
+    assert log.count == 6 and log.by_kind == {"image": 5, "depth": 1} and log.recent() == 6
+    import time
+
+    time.sleep(0.3)
+    assert log.recent() == 0 and log.count == 6
+
+
+def test_parameters_are_declared_from_the_spec_with_ranges(node):
+    from match_ros.ros.params import ParameterError, declare
+
+    spec = {"rate": Param(2.0, "Queries per second", "Hz", 0.0, 100.0), "mode": Param("a", "Mode", choices=("a", "b")),
+            "fixed": Param(3, "Cannot change", min=1, max=5, read_only=True)}
+    values = declare(node, spec, "test")
+    assert values == {"rate": 2.0, "mode": "a", "fixed": 3}
+    d = node.describe_parameter("test.rate")
+    assert "Unit: Hz" in d.description and d.floating_point_range[0].to_value == 100.0
+    assert node.describe_parameter("test.fixed").read_only
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    other = rclpy.create_node("bad_params", context=ctx,
+                              parameter_overrides=[rclpy.parameter.Parameter("test.mode", value="c")])
+    try:
+        with pytest.raises(ParameterError, match="test.mode must be one of"):
+            declare(other, spec, "test")
+    finally:
+        other.destroy_node()
+        rclpy.shutdown(context=ctx)
+
+
+def test_shipped_configuration_files_are_generated_from_the_specs():
+    from match_ros.ros.params import shipped_configs
+
+    for name, text in shipped_configs().items():
+        assert (REPO / "config" / name).read_text() == text, f"config/{name}: run python -m match_ros.ros.params " \
+                                                             "--write config"
