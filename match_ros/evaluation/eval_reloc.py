@@ -166,7 +166,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("data: a rendered scene, or a mapping bag and a query bag")
-    src.add_argument("--scene", choices=SCENES, help="render this scene's mapping and query bags (cached in --out)")
+    src.add_argument("--scene", choices=SCENES + ("chessboard",),
+                     help="render this scene's mapping and query bags (cached in --out); chessboard: the real "
+                          "stereo images (map from the left camera, queries from the right one)")
     src.add_argument("--query", choices=QUERY_KINDS, default="changed_day", help="query run of --scene")
     src.add_argument("--map-frames", type=int, default=300, help="frames of the rendered mapping run")
     src.add_argument("--query-frames", type=int, default=300, help="frames of the rendered query run (30 Hz)")
@@ -192,7 +194,16 @@ def main(argv=None) -> int:
     from match_ros.tools.build_map import build_map_from_bag
 
     out = Path(args.out)
-    if args.scene:
+    conf = {k: v for k, v in (("top_k", args.top_k), ("retrieval", args.retrieval)) if v is not None}
+    if args.scene == "chessboard":
+        from match_ros.evaluation.chessboard import chessboard_bags
+
+        map_bag, query_bag = chessboard_bags(out / "bags")
+        name = f"chessboard_{args.matcher}_{args.mode}"
+        # the board is the world: its frame is not gravity-aligned, so no height / tilt plausibility; every view
+        # of the board is a keyframe (13 views)
+        conf.update(max_height_change_m=0.0, max_tilt_change_deg=0.0)
+    elif args.scene:
         map_bag, query_bag = scene_bags(out / "bags", args.scene, args.query, args.map_frames, args.query_frames)
         name = f"{args.scene}_{args.query}_{args.matcher}_{args.mode}"
     else:
@@ -200,12 +211,13 @@ def main(argv=None) -> int:
         name = f"{map_bag.name}_{query_bag.name}_{args.matcher}_{args.mode}"
     out_dir = out / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    conf = {k: v for k, v in (("top_k", args.top_k), ("retrieval", args.retrieval)) if v is not None}
     try:
         map_path = out / "maps" / f"{map_bag.name}_{args.matcher}.db"
         map_path.parent.mkdir(parents=True, exist_ok=True)
         if not map_path.exists():
-            summary = build_map_from_bag(map_bag, map_path, args.matcher, depth_topic=args.depth_topic)
+            builder_conf = {"min_overlap": 1.0} if args.scene == "chessboard" else None
+            summary = build_map_from_bag(map_bag, map_path, args.matcher, depth_topic=args.depth_topic,
+                                         builder_conf=builder_conf)
             print(f"map: {summary['keyframes']} keyframes, {summary['points3d']} points, "
                   f"{summary['bytes'] / 1e6:.1f} MB")
         records = run_offline(map_path, query_bag, args.matcher, args.mode, args.stride, conf, gt_topic=args.gt_topic)
