@@ -70,6 +70,11 @@ localizer_spec = {
                                      0.0, 10000.0),
     "max_position_sigma_m": Param(0.25, "Poses whose 1-sigma position uncertainty is larger are rejected", "m",
                                   0.0, 1000.0),
+    # weak geometry (one plane far away, a narrow view): rotation and translation trade off against each other and
+    # a wrong pose in that valley still reprojects well; its rotation sigma shows it (measured: right poses <= 1.5
+    # deg, poses 10 deg off in the valley 1.45-2.7 deg)
+    "max_rotation_sigma_deg": Param(1.5, "Poses whose 1-sigma rotation uncertainty is larger are rejected", "deg",
+                                    0.0, 180.0),
     # the first-order covariance assumes independent pixel errors; blur and map errors are not: measured on the
     # changed-day scenes, sigma x 2.5 puts 95 % of the errors within 3 sigma (x 1: 65 %; README)
     "covariance_scale": Param(2.5, "Factor on the pixel noise the covariance assumes", min=1.0, max=100.0),
@@ -320,11 +325,13 @@ class Localizer:
         needed = min(int(c["min_keyframe_support"]), len(np.unique(points.keyframe)))
         sigma = max(rmse, float(pc["pixel_sigma_px"])) * float(c["covariance_scale"])
         cov = pose_covariance(T, X[inl], x[inl], q.K, sigma) if n >= 6 else None
-        pos_sigma = float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))) if (
-            cov is not None and np.all(np.isfinite(cov))) else float("inf")
+        finite = cov is not None and np.all(np.isfinite(cov))
+        pos_sigma = float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))) if finite else float("inf")
+        rot_sigma = float(np.degrees(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[3:, 3:])), 0.0)))) if finite \
+            else float("inf")
         out = LocalizationResult(False, T, num_inliers=n, rmse_px=rmse, mode=mode, support=support,
                                  stats={"guided": len(gm), "projected": gm.projected, "position_sigma_m": pos_sigma,
-                                        "supporting_keyframes": len(strong)})
+                                        "rotation_sigma_deg": rot_sigma, "supporting_keyframes": len(strong)})
         if n < pc["min_inliers"]:
             out.reason = f"{n} inliers < {pc['min_inliers']}"
         elif n / max(len(gm), 1) < pc["min_inlier_ratio"]:
@@ -343,6 +350,8 @@ class Localizer:
             out.reason = self._implausible(T, strong)
         elif pos_sigma > c["max_position_sigma_m"]:
             out.reason = f"weak geometry: position sigma {pos_sigma:.2f} m > {c['max_position_sigma_m']}"
+        elif rot_sigma > c["max_rotation_sigma_deg"]:
+            out.reason = f"weak geometry: rotation sigma {rot_sigma:.2f} deg > {c['max_rotation_sigma_deg']}"
         else:
             out.success, out.covariance, out.reason = True, cov, f"localized with {n} inliers"
         out.matched = self._keyframe_matches(q, points, gm, inl, strong or list(support))
