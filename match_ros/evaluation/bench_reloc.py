@@ -112,8 +112,8 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int) -> dict:
             stages.append(r.timings_ms)
             if r.success:
                 T_gt = offset[scene] @ f.T_map_cam
-                e_t, e_r = np.linalg.norm(r.T_map_cam[:3, 3] - T_gt[:3, 3]), rotation_error_deg(r.T_map_cam[:3, :3],
-                                                                                               T_gt[:3, :3])
+                e_t = np.linalg.norm(r.T_map_cam[:3, 3] - T_gt[:3, 3])
+                e_r = rotation_error_deg(r.T_map_cam[:3, :3], T_gt[:3, :3])
                 ok += e_t < 0.05 and e_r < 2.0
                 wrong += e_t > 1.0 or e_r > 10.0
     out_ = {"keyframes": len(merged), "queries": len(ms), "recall_5cm_2deg": ok / max(len(ms), 1),
@@ -121,7 +121,8 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int) -> dict:
             "vocabulary_s": vocab_s,
             "stages_ms_median": {k: float(np.median([s[k] for s in stages])) for k in stages[0]}}
     print(f"{len(merged)}-keyframe map of {len(scenes)} scenes: {len(ms)} changed-day queries, recall (5 cm, 2 deg) "
-          f"{out_['recall_5cm_2deg']:.3f}, wrong {wrong}, median {out_['ms_median']:.1f} ms (p95 {out_['ms_p95']:.1f})",
+          f"{out_['recall_5cm_2deg']:.3f}, wrong {wrong}, median {out_['ms_median']:.1f} ms "
+          f"(p95 {out_['ms_p95']:.1f})",
           flush=True)
     return out_
 

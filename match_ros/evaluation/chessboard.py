@@ -43,7 +43,8 @@ def _corners(gray: np.ndarray):
 
 
 def calibrations(data_dir: Path) -> dict:
-    """{"left": (K, dist), "right": (K, dist)}: the left camera from left_intrinsics.yml, the right one from its views."""
+    """{"left": (K, dist), "right": (K, dist)}: the left camera from left_intrinsics.yml, the right one calibrated
+    from its 13 views."""
     fs = cv2.FileStorage(str(data_dir / "left_intrinsics.yml"), cv2.FILE_STORAGE_READ)
     K_l, d_l = fs.getNode("camera_matrix").mat(), fs.getNode("distortion_coefficients").mat().ravel()
     fs.release()
@@ -91,7 +92,8 @@ class _Views:
         from match_ros.sim import Camera, Frame
 
         self.camera = Camera(640, 480, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-        self._frames = [Frame(i, start_ns + i * 100_000_000, T, rgb, depth) for i, (rgb, T, depth) in enumerate(frames)]
+        self._frames = [Frame(i, start_ns + i * 100_000_000, T, rgb, depth)
+                        for i, (rgb, T, depth) in enumerate(frames)]
         self.stamps_ns = [f.stamp_ns for f in self._frames]
         self.poses = [(f.stamp_ns, f.T_world_cam) for f in self._frames]
 
@@ -116,8 +118,9 @@ def chessboard_bags(out_dir, data_dir=None) -> tuple[Path, Path]:
     if map_bag.exists() and query_bag.exists():
         return map_bag, query_bag
     cal = calibrations(data_dir)
-    for side, bag, start in (("left", map_bag, 1_700_000_000_000_000_000), ("right", query_bag,
-                                                                          1_700_000_100_000_000_000)):
+    starts = {"left": 1_700_000_000_000_000_000, "right": 1_700_000_100_000_000_000}
+    for side, bag in (("left", map_bag), ("right", query_bag)):
+        start = starts[side]
         K, dist = cal[side]
         views = [board_view(data_dir / "chessboard" / f"{side}{i:02d}.jpg", K, dist) for i in INDICES]
         seq = _Views([v for v in views if v is not None], K, start)
