@@ -171,3 +171,45 @@ def test_shipped_configuration_files_are_generated_from_the_specs():
     for name, text in shipped_configs().items():
         assert (REPO / "config" / name).read_text() == text, f"config/{name}: run python -m match_ros.ros.params " \
                                                              "--write config"
+
+
+def test_frames_lost_before_the_node_are_counted_and_reported():
+    """640x480 images at 30 Hz, best effort, default Fast DDS transports in both processes (the case the shipped
+    profile fixes; measured 95 % lost, match_ros.evaluation.bench_transport): the loss is counted and reported."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from match_ros.core.config import defaults
+    from match_ros.evaluation.bench_transport import _PUBLISHER
+    from match_ros.evaluation.graph import confine_to_loopback
+    from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
+
+    confine_to_loopback(86)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_DEFAULT_PROFILES_FILE")}
+    pub = subprocess.Popen([sys.executable, "-c", _PUBLISHER, "30", "3", "best_effort"], env=env,
+                           stdout=subprocess.PIPE)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("loss_test", context=ctx)
+    try:
+        inp = CameraInput(node, defaults(camera_input_spec), lambda item: None, ErrorLog(node))
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        end = time.monotonic() + 60
+        while pub.poll() is None and time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.05)
+        sent = int(pub.stdout.read().split()[0])
+        assert sent >= 60 and inp.lost > 0 and inp.received + inp.lost <= sent + 5
+        assert "lost before the node" in inp.loss_warning()
+        assert inp.loss_warning() == ""  # nothing new lost since the last look
+        ex.shutdown()
+    finally:
+        if pub.poll() is None:
+            pub.kill()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

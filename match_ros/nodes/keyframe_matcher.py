@@ -100,6 +100,9 @@ class KeyframeMatcherNode(Node):
                   **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
         if self.input.K is None and self.input.received:
             return DiagnosticStatus.WARN, "no camera_info: matches without poses", values
+        loss = self.input.loss_warning()
+        if loss:
+            return DiagnosticStatus.WARN, loss, values
         if self.errors.recent():
             return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
         return DiagnosticStatus.OK, "tracking" if self.processed else "waiting for images", values

@@ -155,6 +155,9 @@ class MapBuilderNode(Node):
                   **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
         if self.saves["failed"] and self.saves["last"].startswith("save failed"):
             return DiagnosticStatus.ERROR, self.saves["last"], values
+        loss = self.input.loss_warning()
+        if loss:
+            return DiagnosticStatus.WARN, loss, values
         if self.errors.recent():
             return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
         return DiagnosticStatus.OK, f"{self.builder.stats['keyframes']} keyframes", values

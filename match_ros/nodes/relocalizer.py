@@ -301,6 +301,9 @@ class RelocalizerNode(Node):
             return DiagnosticStatus.ERROR, "no map loaded", values
         if self.fail_streak >= self.p["lost_after"]:
             return DiagnosticStatus.WARN, f"lost: {self.last_status}", values
+        loss = self.input.loss_warning()
+        if loss:
+            return DiagnosticStatus.WARN, loss, values
         if self.errors.recent():
             return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
         return DiagnosticStatus.OK, self.last_status, values

@@ -184,6 +184,17 @@ class CameraInput:
         """Frames lost between the publishers and this node (the larger of the two counts)."""
         return max(self.lost_events, self.lost_gaps)
 
+    def loss_warning(self) -> str:
+        """A warning while frames are being lost before the node (since the last call), else ""."""
+        lost, received = self.lost, self.received
+        new_lost, new_received = lost - getattr(self, "_lost_seen", 0), received - getattr(self, "_received_seen", 0)
+        self._lost_seen, self._received_seen = lost, received
+        if new_lost and new_lost > 0.05 * (new_lost + new_received):
+            share = 100.0 * new_lost / (new_lost + new_received)
+            return (f"{share:.0f} % of the images lost before the node: give the camera driver the Fast DDS profile "
+                    f"(share/match_ros/config/fastdds_shm.xml) or use image_qos reliable")
+        return ""
+
     # ------------------------------------------------------------------ inputs
     def _once(self, key: str, text: str) -> None:
         if key not in self._said:
