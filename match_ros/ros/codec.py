@@ -74,7 +74,8 @@ def image_to_numpy(msg) -> np.ndarray:
         arr = (arr.astype(np.float32) * (255.0 / top)).astype(np.uint8)
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()  # a view of the message's bytes is read-only
 
 
 def compressed_to_numpy(msg) -> np.ndarray:
