@@ -182,3 +182,60 @@ def _value(diag_array, key: str, default=None):
             if kv.key == key:
                 return int(kv.value) if kv.value.lstrip("-").isdigit() else kv.value
     return default
+
+
+def test_compressed_images_from_a_camera_driver(room):
+    """image_transport: compressed: sensor_msgs/CompressedImage (JPEG, as image_transport's compressed plugin
+    publishes) on image/compressed gives geometrically correct correspondences."""
+    import cv2
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+
+    from match_ros.evaluation import metrics
+    from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
+    from match_ros.msg import CorrespondenceSet
+    from match_ros.ros import conversions as conv
+
+    seq, _ = room
+    confine_to_loopback(87)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("compressed_test", context=ctx)
+    try:
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pub = node.create_publisher(CompressedImage, "/cam/image/compressed", qos)
+        info_pub = node.create_publisher(CameraInfo, "/cam/camera_info", qos)
+        got = []
+        node.create_subscription(CorrespondenceSet, "/keyframe_matcher/correspondences", got.append, 50)
+        params = {"matcher": "orb_teblid", "image_qos": "reliable", "image_transport": "compressed"}
+        remaps = {"image/compressed": "/cam/image/compressed", "camera_info": "/cam/camera_info"}
+        with NodeProcess("match_ros.nodes.keyframe_matcher", params, remaps) as proc:
+            assert spin_until(node, lambda: pub.get_subscription_count() > 0
+                              and info_pub.get_subscription_count() > 0, 60), proc.log()
+            info = CameraInfo(k=seq.camera.K.ravel().tolist(), width=640, height=480)
+            for i in range(0, 12, 2):
+                info_pub.publish(info)
+                ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(seq[i].rgb, cv2.COLOR_RGB2BGR),
+                                       [cv2.IMWRITE_JPEG_QUALITY, 95])
+                msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpg.tobytes())
+                msg.header.stamp, msg.header.frame_id = conv.ns_to_stamp(seq.stamps_ns[i]), "cam"
+                pub.publish(msg)
+                spin_until(node, lambda n=len(got): len(got) > n, 5.0)
+            assert spin_until(node, lambda: len(got) >= 5, 20), proc.log()
+        idx = {s: i for i, s in enumerate(seq.stamps_ns)}
+        pairs = [m for m in got if m.correspondences]
+        assert len(pairs) >= 4
+        errors = []
+        for m in pairs:
+            a = conv.correspondence_arrays(m)
+            qi, ri = idx[conv.stamp_to_ns(m.header.stamp)], idx[conv.stamp_to_ns(m.reference_stamp)]
+            T_gt = metrics.relative_pose_gt(seq.poses[ri][1], seq.poses[qi][1])
+            errors.extend(metrics.transfer_errors(a["pts_ref"], a["pts_query"], seq[ri].depth, seq.camera.K,
+                                                  seq.camera.K, T_gt))
+        errors = np.array(errors)
+        # JPEG at quality 95 keeps the geometry: measured 0.90 within 3 px, as raw images
+        assert np.mean(errors[np.isfinite(errors)] < 3.0) > 0.75
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
