@@ -156,3 +156,9 @@ def test_configuration_is_checked(office, matcher):
         Localizer(m, matcher, conf={"top_k": 0})
     with pytest.raises(ValueError, match="retrieval 'global' needs a global descriptor"):
         Localizer(m, matcher, conf={"retrieval": "global"})
+
+
+def test_a_blank_image_gives_no_pose_and_says_why(office, matcher):
+    m, q, _ = office
+    r = Localizer(m, matcher).localize(np.zeros((480, 640, 3), np.uint8), q.camera.K)
+    assert not r.success and "keypoints in the image" in r.reason

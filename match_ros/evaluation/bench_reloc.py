@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=["global", "continuous"], help="localization modes")
     ap.add_argument("--parts", nargs="+", default=["accuracy", "retrieval", "timing"],
                     help="accuracy, retrieval, timing")
+    ap.add_argument("--queries", nargs="+", default=["changed_day", "classic"], help="query runs of the accuracy part")
     ap.add_argument("--out", default="build/bench_reloc", help="cache and results folder")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     results = {"matcher": args.matcher, "stride": args.stride}
     if "accuracy" in args.parts or "retrieval" in args.parts or "timing" in args.parts:
         results["accuracy"] = accuracy(out, args.matcher, args.scenes, args.stride, args.modes,
-                                       ("changed_day", "classic") if "accuracy" in args.parts else ("changed_day",))
+                                       tuple(args.queries) if "accuracy" in args.parts else ("changed_day",))
     if "retrieval" in args.parts:
         results["retrieval"] = retrieval(out, args.matcher, args.scenes, args.stride)
     if "timing" in args.parts:
