@@ -249,10 +249,15 @@ def test_map_builder_builds_a_correct_map_and_ctrl_c_twice_saves_it(room, tmp_pa
         proc.proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
         proc.proc.send_signal(signal.SIGINT)
+        # and one more once the save is done, while the interpreter exits (ended it by SIGINT before)
+        deadline = time.monotonic() + 30
+        while "saved" not in proc.log() and proc.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.proc.send_signal(signal.SIGINT)
         return proc.proc.wait(30)
 
     rc, proc = _map_builder_run(tmp_path, graph(80), bag, {"map_path": str(out)}, stop=ctrl_c_twice)
-    assert rc == 0 and "saved" in proc.log()
+    assert rc == 0 and "saved" in proc.log(), (rc, proc.log()[-4000:])
     m = Map.load(out)
     assert len(m) >= 3
     idx = {s: i for i, s in enumerate(seq.stamps_ns)}

@@ -407,7 +407,8 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
         if executor is not None:
             threading.Thread(target=executor.shutdown, kwargs={"timeout_sec": 0.1}, daemon=True).start()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
     try:
         node = make_node()
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
@@ -425,5 +426,8 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
             finally:
                 node.destroy_node()
         rclpy.try_shutdown()
-        for s, h in previous.items():
-            signal.signal(s, h)
+        # Ignored from here on: a signal that arrives while the interpreter exits (e.g. the second SIGINT ros2
+        # launch forwards after a quick save) must not turn a clean exit into death by SIGINT. Python resets
+        # handlers written in Python to the default at finalization, but leaves SIG_IGN alone.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
