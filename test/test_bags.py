@@ -105,11 +105,14 @@ def test_match_ros_types_registered_with_rosidl_hashes():
         header=T["std_msgs/msg/Header"](stamp=stamp, frame_id="cam"), reference_stamp=stamp,
         reference_frame_id="cam", reference_id=3, query_id=4, matcher="sift", num_keypoints_ref=10,
         num_keypoints_query=11, correspondences=[corr, corr], pose_valid=True, relative_pose=pose, scale_known=False,
-        num_inliers=2, parallax_deg=1.25, is_keyframe=False)
+        num_inliers=2, parallax_deg=1.25, is_keyframe=False, translation_valid=False, pose_reason="parallax 0.2 deg",
+        relative_pose_covariance=np.arange(36, dtype=np.float64))
     out = deserialize_message(bytes(ts.serialize_cdr(msg, "match_ros/msg/CorrespondenceSet")), CorrespondenceSet)
     assert out.matcher == "sift" and out.query_id == 4 and len(out.correspondences) == 2
     assert out.correspondences[1].index_query == 9 and out.correspondences[1].y_query == 4.5
     assert out.relative_pose.position.x == 1.0 and out.parallax_deg == 1.25
+    assert not out.translation_valid and out.pose_reason == "parallax 0.2 deg"
+    assert list(out.relative_pose_covariance) == list(range(36))
 
 
 # ----------------------------------------------------------------------------- playback

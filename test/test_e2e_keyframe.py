@@ -23,15 +23,17 @@ def room(tmp_path_factory):
 
 
 # measured on this 2-core machine (orb_teblid / xfeat_lighterglue): matches within 3 px of the
-# ground-truth transfer 0.90 / 0.95-0.96; inliers correct 0.99 / 0.98; median rotation error 1.2 /
-# 0.34-1.64 deg: which frames the busy node drops sets the baselines, and the essential matrix of
-# a few-cm baseline leaves rotation poorly constrained (the correspondences stay correct)
-@pytest.mark.parametrize("matcher, storage, domain, min_correct, max_rot_deg", [
-    ("orb_teblid", "sqlite3", 71, 0.80, 2.5),
-    ("xfeat_lighterglue", "mcap", 72, 0.85, 2.5),
+# ground-truth transfer 0.90 / 0.95-0.96; inliers correct 0.99 / 0.98. Which frames the busy node drops sets the
+# baselines: a pair with too little parallax for a translation is published rotation-only (no TF), the others
+# as full poses; no published rotation is beyond 2 deg and no full pose's direction beyond 15 deg.
+# ORB's keypoints (pyramid levels) are noisier: more short-baseline pairs are refused as ambiguous (measured 21 of 27
+# pairs posed) where XFeat's are posed (14 of 14)
+@pytest.mark.parametrize("matcher, storage, domain, min_correct, max_rot_deg, min_posed", [
+    ("orb_teblid", "sqlite3", 71, 0.80, 1.0, 0.6),
+    ("xfeat_lighterglue", "mcap", 72, 0.85, 1.0, 0.85),
 ])
 def test_replayed_bag_gives_geometrically_correct_correspondences(room, matcher, storage, domain,
-                                                                  min_correct, max_rot_deg):
+                                                                  min_correct, max_rot_deg, min_posed):
     seq, bags = room
     res = replay_through_node(bags[storage], seq, {"matcher": matcher}, rate=0.5, domain_id=domain)
     assert res.frames_played == N_FRAMES
@@ -50,12 +52,18 @@ def test_replayed_bag_gives_geometrically_correct_correspondences(room, matcher,
     assert np.mean([s.matches for s in pairs]) > 150
     assert np.mean([s.correct_ratio for s in pairs]) > min_correct
     valid = [s for s in pairs if s.pose_valid]
-    assert len(valid) >= 0.9 * len(pairs)
+    assert len(valid) >= min_posed * len(pairs), [s.pose_reason for s in pairs if not s.pose_valid]
     assert np.median([s.inlier_correct_ratio for s in valid]) > 0.95
     assert np.median([s.rot_err_deg for s in valid]) < max_rot_deg
+    assert all(s.rot_err_deg < 2.0 for s in valid), [(s.query_index, s.ref_index, s.rot_err_deg, s.pose_reason)
+                                                     for s in valid if s.rot_err_deg >= 2.0]
+    full = [s for s in valid if s.translation_valid]
+    assert all(s.trans_err_deg < 15.0 for s in full), [(s.query_index, s.ref_index, s.trans_err_deg, s.gt_baseline_m)
+                                                       for s in full if s.trans_err_deg >= 15.0]
+    assert all(s.pose_reason for s in valid if not s.translation_valid)  # rotation-only says why
     # keyframes are reused across frames (work on the keyframe is done once)
     assert len({s.ref_index for s in scores}) < len(scores)
-    assert res.tf_count == len(valid)  # one keyframe -> camera transform per valid pose
+    assert res.tf_count == len(full)  # one keyframe -> camera transform per full pose
 
 
 def test_coam_publishes_distinctiveness_per_match(room):

@@ -117,3 +117,115 @@ def test_latest_slot_drops_oldest_and_never_blocks():
     assert got == ["x"]
     slot.close()
     assert slot.get(timeout=1.0) is None
+
+
+# ----------------------------------------------------------------------------- degenerate two-view geometry
+def _views(rng, X_ref, T_ref_query, noise_px=0.3):
+    """Pixels of points X_ref [N x 3] (reference camera frame) in both cameras, with noise; only points in front
+    of both and inside both images."""
+    X_query = (g.invert(T_ref_query) @ np.column_stack([X_ref, np.ones(len(X_ref))]).T).T[:, :3]
+
+    def proj(X):
+        x = (K @ X.T).T
+        return x[:, :2] / x[:, 2:]
+
+    p_ref, p_query = proj(X_ref), proj(X_query)
+    keep = (X_query[:, 2] > 0.1) & np.all((p_query > 0) & (p_query < [640, 480]), axis=1)
+    return (p_ref[keep] + rng.normal(scale=noise_px, size=(keep.sum(), 2)),
+            p_query[keep] + rng.normal(scale=noise_px, size=(keep.sum(), 2)))
+
+
+def _wall(rng, n=400, distance=3.0, tilt_deg=25.0):
+    """Points of one textured wall (a plane) filling the reference view."""
+    px = np.column_stack([rng.uniform(10, 630, n), rng.uniform(10, 470, n)])
+    rays = np.column_stack([(px - K[:2, 2]) / K[0, 0], np.ones(n)])
+    normal = np.array([np.sin(np.radians(tilt_deg)), 0.0, -np.cos(np.radians(tilt_deg))])
+    return rays * (-distance / (rays @ normal))[:, None]
+
+
+def _motion(rng):
+    direction = rng.normal(size=3) * [1.0, 0.3, 1.0]
+    return g.make_T(_random_rotation(rng, 6), 0.3 * direction / np.linalg.norm(direction))
+
+
+def _check_never_wrong(res, T_gt):
+    if res.valid:
+        assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 1.0
+    if res.valid and res.translation_valid:
+        assert g.translation_angle_deg(res.T_ref_query[:3, 3], T_gt[:3, 3]) < 5.0
+
+
+def test_a_single_plane_never_gives_the_planar_twin():
+    """One plane fills the view: the homography's second decomposition (rotation 2-6 deg off, direction 20-90 deg
+    off) explains every match as well as the truth and puts them all in front of both cameras. Two views cannot
+    decide: the pose is invalid and says so, never the twin (measured: 6 of 6 ambiguous)."""
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        T_gt = _motion(rng)
+        res = estimate_relative_pose(*_views(rng, _wall(rng), T_gt), K, K)
+        _check_never_wrong(res, T_gt)
+        assert res.valid or "ambiguous" in res.reason
+
+
+def test_two_planes_give_the_true_motion():
+    """A corner of two walls (a room): the twin of one plane does not fit the other; full, correct poses
+    (measured 9 of 10, the tenth refused as ambiguous)."""
+    full = 0
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        T_gt = _motion(rng)
+        left, right = _wall(rng, 400, 3.0, 35.0), _wall(rng, 400, 3.0, -35.0)
+        res = estimate_relative_pose(*_views(rng, np.vstack([left[left[:, 0] < 0], right[right[:, 0] >= 0]]), T_gt),
+                                     K, K)
+        _check_never_wrong(res, T_gt)
+        full += res.valid and res.translation_valid
+    assert full >= 8
+
+
+def test_pure_rotation_is_a_rotation_only_pose_with_unobserved_translation():
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.uniform(-4, 4, 500), rng.uniform(-3, 3, 500), rng.uniform(2, 8, 500)])
+    T_gt = g.make_T(_random_rotation(rng, 8), np.zeros(3))
+    p_ref, p_query = _views(rng, X, T_gt)
+    res = estimate_relative_pose(p_ref, p_query, K, K)
+    assert res.valid and not res.translation_valid and "parallax" in res.reason
+    assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 0.2
+    assert np.all(res.T_ref_query[:3, 3] == 0)
+    assert np.all(np.diag(res.covariance)[:3] >= 1e6)  # translation: not observed
+    rot_sigma_deg = np.degrees(np.sqrt(np.diag(res.covariance)[3:]))
+    assert np.all(rot_sigma_deg > 0) and np.all(rot_sigma_deg < 0.5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_tiny_baseline_gives_no_guessed_translation_direction(seed):
+    """5 mm at 2-8 m: the direction is noise. Rotation-only (or invalid), never a full pose."""
+    rng = np.random.default_rng(200 + seed)
+    X = np.column_stack([rng.uniform(-4, 4, 500), rng.uniform(-3, 3, 500), rng.uniform(2, 8, 500)])
+    T_gt = g.make_T(_random_rotation(rng, 3), 0.005 * g.make_T(np.eye(3), rng.normal(size=3))[:3, 3] /
+                    np.linalg.norm(rng.normal(size=3)))
+    p_ref, p_query = _views(rng, X, T_gt)
+    res = estimate_relative_pose(p_ref, p_query, K, K)
+    assert not (res.valid and res.translation_valid), res.parallax_deg
+    if res.valid:
+        assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_gt[:3, :3]) < 0.5
+
+
+def test_full_pose_covariance_is_positive_definite_and_consistent():
+    """The essential pose's covariance (unit direction, rotation) covers its errors over 40 random scenes: the
+    rotation's 3-sigma ellipsoid holds at least 90 % of the errors."""
+    inside, count = 0, 0
+    for seed in range(40):
+        rng = np.random.default_rng(300 + seed)
+        p_ref, p_query, T_gt, _, _ = _scene(rng, noise_px=0.5)
+        res = estimate_relative_pose(p_ref, p_query, K, K)
+        if not (res.valid and res.translation_valid):
+            continue
+        cov = res.covariance  # rank 5: the unit direction's length is fixed
+        eig = np.linalg.eigvalsh(0.5 * (cov + cov.T))
+        assert eig[0] > -1e-12 and eig[1] > 0 and np.all(np.linalg.eigvalsh(cov[3:, 3:]) > 0)
+        import cv2
+
+        e = cv2.Rodrigues(res.T_ref_query[:3, :3] @ T_gt[:3, :3].T)[0].ravel()
+        inside += float(e @ np.linalg.solve(cov[3:, 3:], e)) <= 9.0
+        count += 1
+    assert count >= 30 and inside >= 0.9 * count

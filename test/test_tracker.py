@@ -42,9 +42,13 @@ def test_first_frame_is_keyframe_then_frames_match_it(seq):
         assert r.keyframe.id == 0 and r.keyframe.stamp_ns == seq[0].stamp_ns and len(r.matches) > 100
         assert r.pose.valid and not r.pose.scale_known
         T_gt = invert(seq[0].T_world_cam) @ seq[i].T_world_cam
-        # few-cm baselines leave the essential matrix's rotation weakly constrained (measured up to 1.3 deg)
-        assert rotation_error_deg(r.pose.T_ref_query[:3, :3], T_gt[:3, :3]) < 2.5
-        assert abs(np.linalg.norm(r.pose.T_ref_query[:3, 3]) - 1.0) < 1e-9  # direction only
+        # the target of issue #11: no published rotation beyond 2 deg (a 3.5 cm baseline, rotation-only: 1.3 deg)
+        assert rotation_error_deg(r.pose.T_ref_query[:3, :3], T_gt[:3, :3]) < 2.0
+        if r.pose.translation_valid:  # direction only
+            assert abs(np.linalg.norm(r.pose.T_ref_query[:3, 3]) - 1.0) < 1e-9
+        else:  # too little parallax for a direction: rotation only, and why
+            assert "parallax" in r.pose.reason or "ambiguous" in r.pose.reason
+            assert np.all(r.pose.T_ref_query[:3, 3] == 0) and r.pose.covariance[0, 0] >= 1e6
     assert m.extracted == 4  # each image extracted once; the keyframe's features are reused
 
 

@@ -30,6 +30,8 @@ class PairScore:
     correct_ratio: float          # matches within CORRECT_PX of the GT transfer
     inlier_correct_ratio: float   # inlier matches within CORRECT_PX
     pose_valid: bool
+    translation_valid: bool = False   # a full pose (else rotation only, when pose_valid)
+    pose_reason: str = ""
     rot_err_deg: float = float("nan")
     trans_err_deg: float = float("nan")
     gt_baseline_m: float = 0.0
@@ -48,6 +50,7 @@ class ReplayResult:
         s = self.scores
         pairs = [x for x in s if x.matches > 0]
         valid = [x for x in pairs if x.pose_valid]
+        full = [x for x in valid if x.translation_valid]
         med = (lambda v: float(np.median(v)) if len(v) else float("nan"))
         return {
             "frames_played": self.frames_played,
@@ -58,9 +61,15 @@ class ReplayResult:
             "mean_inlier_ratio": float(np.mean([x.inliers / x.matches for x in pairs])) if pairs else 0.0,
             "correct_ratio": float(np.mean([x.correct_ratio for x in pairs])) if pairs else 0.0,
             "inlier_correct_ratio": med([x.inlier_correct_ratio for x in valid]),
-            "pose_valid_ratio": len(valid) / max(len(pairs), 1),
+            "full_poses": len(full),
+            "rotation_only_poses": len(valid) - len(full),
+            "no_pose": len(pairs) - len(valid),
             "median_rot_err_deg": med([x.rot_err_deg for x in valid]),
-            "median_trans_err_deg": med([x.trans_err_deg for x in valid if x.gt_baseline_m > 0.02]),
+            "median_trans_err_deg": med([x.trans_err_deg for x in full]),
+            # the published poses that are wrong: rotation off by more than 2 deg, or a translation direction
+            # off by more than 15 deg (the target of issue 11 is zero)
+            "poses_beyond_2deg_15deg": sum(x.rot_err_deg > 2.0 or (x.translation_valid and x.trans_err_deg > 15.0)
+                                           for x in valid),
             "output_rate_hz": len(s) / self.wall_s if self.wall_s > 0 else 0.0,
         }
 
@@ -76,6 +85,7 @@ def score_set(msg, sequence, index_of_stamp: dict) -> PairScore:
     a = correspondence_arrays(msg)
     n = len(a["inliers"])
     score = PairScore(qi, ri, n, int(a["inliers"].sum()), 0.0, 0.0, bool(msg.pose_valid),
+                      translation_valid=bool(msg.pose_valid and msg.translation_valid), pose_reason=msg.pose_reason,
                       gt_baseline_m=float(np.linalg.norm(T_gt[:3, 3])))
     if n:
         err = metrics.transfer_errors(a["pts_ref"], a["pts_query"], sequence[ri].depth, K, K, T_gt)
@@ -85,7 +95,8 @@ def score_set(msg, sequence, index_of_stamp: dict) -> PairScore:
     if msg.pose_valid:
         e = metrics.pose_errors(pose_to_matrix(msg.relative_pose), T_gt, bool(msg.scale_known))
         score.rot_err_deg = e["rot_deg"]
-        score.trans_err_deg = e.get("trans_deg", float("nan"))
+        if msg.translation_valid:
+            score.trans_err_deg = e.get("trans_deg", float("nan"))
     return score
 
 

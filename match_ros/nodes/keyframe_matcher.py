@@ -1,8 +1,10 @@
 """keyframe_matcher node: match each camera frame against the current keyframe.
 
 Subscribes:  image (or image/compressed), camera_info, depth (with use_depth: aligned 32FC1 m / 16UC1 mm)
-Publishes:   ~/correspondences (match_ros/CorrespondenceSet), ~/relative_pose (geometry_msgs/PoseStamped in
-             keyframe_frame), /tf keyframe_frame -> tracked_frame, /diagnostics (1 Hz)
+Publishes:   ~/correspondences (match_ros/CorrespondenceSet), ~/relative_pose (geometry_msgs/
+             PoseWithCovarianceStamped in keyframe_frame: full and rotation-only poses, the latter with the
+             translation's variance 1e6), /tf keyframe_frame -> tracked_frame (full poses only), /diagnostics
+             (1 Hz)
 Inference runs in a worker thread fed by a one-slot drop-oldest queue: the executor never waits for the matcher;
 frames that arrive while it is busy are dropped and counted, never queued.
 """
@@ -12,7 +14,7 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseWithCovariance, PoseWithCovarianceStamped
 from rclpy.node import Node
 from std_msgs.msg import Header
 
@@ -57,11 +59,11 @@ class KeyframeMatcherNode(Node):
         f = self.matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
         self.matcher.match(f, f)  # warm-up: the first real frame is not slower
         self.errors = ErrorLog(self)
-        self.processed = self.keyframes = 0
+        self.processed = self.keyframes = self.rotation_only = self.no_pose = 0
         self.rate = RateMeter()
         self.stage_ms: dict = {}
         self.pub_corr = self.create_publisher(CorrespondenceSet, "~/correspondences", 10)
-        self.pub_pose = self.create_publisher(PoseStamped, "~/relative_pose", 10)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/relative_pose", 10)
         self.tf = TfBroadcaster(self)
         self.worker = Worker(self._process, self.errors, "keyframe_matcher_worker")
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
@@ -81,11 +83,15 @@ class KeyframeMatcherNode(Node):
         t1 = time.monotonic()
         header = frame.header
         self.pub_corr.publish(conv.correspondence_set(result, header, self.p["matcher"]))
-        if result.pose.valid:
+        pose = result.pose
+        if pose.valid:
             out = Header(stamp=header.stamp, frame_id=self.p["keyframe_frame"])
-            self.pub_pose.publish(PoseStamped(header=out, pose=conv.matrix_to_pose(result.pose.T_ref_query)))
-            if self.p["publish_tf"]:
-                self.tf.send([conv.matrix_to_transform(result.pose.T_ref_query, out, self.p["tracked_frame"])])
+            self.pub_pose.publish(PoseWithCovarianceStamped(header=out, pose=PoseWithCovariance(
+                pose=conv.matrix_to_pose(pose.T_ref_query), covariance=[float(x) for x in pose.covariance.ravel()])))
+            if self.p["publish_tf"] and pose.translation_valid:
+                self.tf.send([conv.matrix_to_transform(pose.T_ref_query, out, self.p["tracked_frame"])])
+        self.rotation_only += int(pose.valid and not pose.translation_valid)
+        self.no_pose += int(not pose.valid and len(result.matches) > 0)
         now = time.monotonic()
         self.stage_ms = {**result.timings_ms, "queue": 1e3 * (t0 - frame.received), "publish": 1e3 * (now - t1)}
         self.processed += 1
@@ -94,6 +100,7 @@ class KeyframeMatcherNode(Node):
 
     def _diagnostic_status(self):
         values = {"received": self.input.received, "processed": self.processed, "keyframes": self.keyframes,
+                  "rotation_only_poses": self.rotation_only, "no_pose": self.no_pose,
                   "lost_before_node": self.input.lost, "dropped_busy": self.worker.slot.dropped,
                   "errors": self.errors.count, **self.rate.values(),
                   **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()},

@@ -64,7 +64,8 @@ def correspondence_message(header, matcher: str, matches, pts_ref: np.ndarray, p
                            inliers: np.ndarray, *, reference_stamp_ns: int, reference_frame_id: str, reference_id: int,
                            query_id: int, num_keypoints_ref: int, num_keypoints_query: int, pose_valid: bool,
                            T_ref_query: np.ndarray, scale_known: bool, num_inliers: int, parallax_deg: float = 0.0,
-                           is_keyframe: bool = False):
+                           is_keyframe: bool = False, translation_valid: bool = True, pose_reason: str = "",
+                           covariance: np.ndarray | None = None):
     """match_ros/CorrespondenceSet from arrays: matches (core Matches, indices [M x 2] = (reference, query)),
     pts_ref / pts_query [M x 2] pixels, inliers [M] bool; stamped with the query image's header."""
     from match_ros.msg import Correspondence, CorrespondenceSet
@@ -84,6 +85,10 @@ def correspondence_message(header, matcher: str, matches, pts_ref: np.ndarray, p
     msg.pose_valid = bool(pose_valid)
     msg.relative_pose = matrix_to_pose(T_ref_query)
     msg.scale_known = bool(scale_known)
+    msg.translation_valid = bool(translation_valid)
+    msg.pose_reason = str(pose_reason)
+    if covariance is not None:
+        msg.relative_pose_covariance = [float(x) for x in np.asarray(covariance, np.float64).ravel()]
     msg.num_inliers = int(num_inliers)
     msg.parallax_deg = float(parallax_deg)
     msg.is_keyframe = bool(is_keyframe)
@@ -98,7 +103,8 @@ def correspondence_set(result, header, matcher_name: str):
         reference_stamp_ns=kf.stamp_ns, reference_frame_id=kf.frame_id, reference_id=kf.id, query_id=result.query_id,
         num_keypoints_ref=len(kf.features), num_keypoints_query=result.num_query_keypoints, pose_valid=pose.valid,
         T_ref_query=pose.T_ref_query, scale_known=pose.scale_known, num_inliers=pose.num_inliers,
-        parallax_deg=pose.parallax_deg, is_keyframe=result.is_keyframe)
+        parallax_deg=pose.parallax_deg, is_keyframe=result.is_keyframe, translation_valid=pose.translation_valid,
+        pose_reason=pose.reason, covariance=pose.covariance if pose.valid else None)
 
 
 def correspondence_arrays(msg) -> dict:

@@ -28,6 +28,12 @@ def ensure_bag(out_dir: Path, scene: str, n_frames: int, storage: str = "sqlite3
     return bag, seq
 
 
+def _short(reason: str) -> str:
+    """The first clause of a pose's reason ("parallax 0.58 deg < 1: ...", "ambiguous translation: ...")."""
+    reason = reason.removeprefix("rotation only (").rstrip(")")
+    return reason.split(":")[0]
+
+
 def print_report(result, matcher: str) -> None:
     print(f"\n{'query':>5} {'kf':>4} {'matches':>7} {'inliers':>7} {'inl%':>5} {'correct%':>8} "
           f"{'rot_err':>8} {'t_err':>7}  (errors vs ground truth: deg)")
@@ -35,7 +41,12 @@ def print_report(result, matcher: str) -> None:
         if s.matches == 0:
             print(f"{s.query_index:5d} {s.ref_index:4d}   new keyframe (no reference yet)")
             continue
-        pose = f"{s.rot_err_deg:8.2f} {s.trans_err_deg:7.2f}" if s.pose_valid else f"{'no pose':>16}"
+        if s.pose_valid and s.translation_valid:
+            pose = f"{s.rot_err_deg:8.2f} {s.trans_err_deg:7.2f}"
+        elif s.pose_valid:
+            pose = f"{s.rot_err_deg:8.2f} {'-':>7}  rotation only: {_short(s.pose_reason)}"
+        else:
+            pose = f"{'-':>8} {'-':>7}  no pose: {_short(s.pose_reason)}"
         print(f"{s.query_index:5d} {s.ref_index:4d} {s.matches:7d} {s.inliers:7d} {100 * s.inliers / s.matches:5.1f} "
               f"{100 * s.correct_ratio:8.1f} {pose}")
     summ = result.summary()

@@ -3,6 +3,21 @@
 Frames follow REP 103: camera frames are optical frames (z forward, x right,
 y down). ``T_a_b`` is a 4x4 float64 transform mapping points in frame b into
 frame a (the pose of b expressed in a).
+
+Without depth the pose comes from the essential matrix and is only as good as the geometry
+allows. Two failure modes are common between video frames and both are handled here:
+
+- *The planar twin.* On a scene dominated by one plane (a wall, a facade) a 5-point RANSAC
+  often returns the second solution of that plane's homography: a rotation that absorbs the
+  parallax and a translation along the plane normal. It fits the epipolar constraint as well as
+  the truth but puts many points behind a camera. The candidates are therefore the four
+  decompositions of the RANSAC essential matrix and those of a homography fitted to the same
+  matches; the one with most matches that fit *and* lie in front of both cameras wins.
+- *Too little parallax.* With a small baseline (or a pure rotation) the translation direction
+  is not observable: another motion explains the matches about as well. A pose keeps its
+  translation only when the median parallax reaches ``min_parallax_deg`` and no other candidate
+  motion explains ``ambiguity_ratio`` of its support; otherwise a rotation-only model is fitted
+  and published as such when it explains the matches, else the pose is invalid, with the reason.
 """
 from __future__ import annotations
 
@@ -12,18 +27,27 @@ import cv2
 import numpy as np
 
 from match_ros.core.config import Param, defaults, make_conf
+from match_ros.core.geometry.absolute_pose import pose_covariance
 from match_ros.core.geometry.camera import backproject, check_K, depth_at, normalize_points
-from match_ros.core.geometry.transforms import invert
+from match_ros.core.geometry.transforms import invert, rotation_error_deg, translation_angle_deg
+
+# Variance [m^2 or unit^2] written for a translation that is not observed (rotation-only poses).
+UNOBSERVED_VARIANCE = 1e6
 
 
 @dataclass
 class RelativePose:
     """Result of two-view estimation between a reference and a query camera.
 
-    T_ref_query:  [4 x 4] pose of the query camera in the reference camera frame
-    inliers:      [M] bool, per input match
-    scale_known:  True when the translation is metric (from reference depth)
-    parallax_deg: median angle between inlier bearing rays after rotation
+    T_ref_query:       [4 x 4] pose of the query camera in the reference camera frame
+    inliers:           [M] bool, per input match
+    scale_known:       True when the translation is metric (from reference depth)
+    translation_valid: False for a rotation-only pose (translation zero, not observed)
+    parallax_deg:      median angle between inlier bearing rays after rotation
+    covariance:        [6 x 6] of (x, y, z, rot_x, rot_y, rot_z) of T_ref_query in the reference
+                       frame (first order, scaled); the translation block is that of the unit
+                       direction when the scale is unknown, UNOBSERVED_VARIANCE when not observed
+    reason:            why the pose is invalid or rotation-only ("" for a full pose)
     """
 
     valid: bool
@@ -33,6 +57,8 @@ class RelativePose:
     scale_known: bool = False
     parallax_deg: float = 0.0
     reason: str = ""
+    translation_valid: bool = True
+    covariance: np.ndarray = field(default_factory=lambda: np.full((6, 6), np.nan))
 
 
 pose_spec = {
@@ -41,8 +67,25 @@ pose_spec = {
     "max_iterations": Param(2000, "RANSAC iteration cap", min=1, max=1000000),
     "min_inliers": Param(15, "Fewer inliers give no pose", min=5, max=100000),
     "min_depth_m": Param(0.05, "Reference depths below this are invalid", "m", 0.0, 1000.0),
+    "min_parallax_deg": Param(1.0, "Without depth, a translation needs this median parallax (else rotation only)",
+                              "deg", 0.0, 90.0),
+    "ambiguity_ratio": Param(0.9, "Another motion supported by this share of the pose's matches makes the "
+                             "translation ambiguous (rotation only)", min=0.1, max=1.0),
+    "rotation_only_min_share": Param(0.9, "A rotation-only pose must explain this share of the epipolar inliers",
+                                     min=0.1, max=1.0),
+    "covariance_scale": Param(16.0, "Factor on the first-order covariance (measured on rendered frame pairs)",
+                              min=0.01, max=1000.0),
 }
 default_pose_conf = defaults(pose_spec)
+
+# Two solutions differ when their translation directions are this far apart [deg] or their rotations [deg].
+_DIFFERENT_T_DEG, _DIFFERENT_R_DEG = 15.0, 1.0
+# Rays closer to parallel than this many inlier thresholds have a depth whose sign the noise decides.
+_PARALLEL_RAYS = 3.0
+# Candidates (by support) refined before the best is chosen.
+_REFINED_CANDIDATES = 3
+# Minimal 5-point samples scored by strict support, and how many of their best essential matrices are decomposed.
+_STRICT_SAMPLES, _STRICT_KEPT = 40, 6
 
 
 def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np.ndarray,
@@ -55,7 +98,7 @@ def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np
     depth_ref:          optional [H x W] float depth of the reference image in metres;
                         when given, PnP on back-projected reference points gives a
                         metric pose (scale_known=True), else the essential matrix
-                        gives a unit-length translation.
+                        gives a unit-length translation or a rotation-only pose.
     """
     c = make_conf(pose_spec, conf, "two-view geometry")
     pts_ref = np.asarray(pts_ref, np.float64).reshape(-1, 2)
@@ -68,38 +111,112 @@ def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np
         return RelativePose(False, inliers=np.zeros(m, bool), reason=f"only {m} matches")
     if depth_ref is not None:
         result = _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c)
-    else:
-        result = _pose_essential(pts_ref, pts_query, K_ref, K_query, c)
-    if result.valid:
-        R = result.T_ref_query[:3, :3]
-        result.parallax_deg = _median_parallax(pts_ref[result.inliers], pts_query[result.inliers],
-                                               K_ref, K_query, R)
-    return result
+        if result.valid:
+            R = result.T_ref_query[:3, :3]
+            result.parallax_deg = _median_parallax(pts_ref[result.inliers], pts_query[result.inliers],
+                                                   K_ref, K_query, R)
+        return result
+    return _pose_essential(pts_ref, pts_query, K_ref, K_query, c)
 
 
 def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
     n_ref, n_query = normalize_points(pts_ref, K_ref), normalize_points(pts_query, K_query)
     focal = 0.25 * (K_ref[0, 0] + K_ref[1, 1] + K_query[0, 0] + K_query[1, 1])
-    E, mask = cv2.findEssentialMat(n_ref, n_query, np.eye(3), method=cv2.USAC_MAGSAC,
-                                   prob=c["confidence"], threshold=c["ransac_threshold_px"] / focal,
-                                   maxIters=c["max_iterations"])
+    th = c["ransac_threshold_px"] / focal
     m = len(pts_ref)
+    E, mask = cv2.findEssentialMat(n_ref, n_query, np.eye(3), method=cv2.USAC_MAGSAC,
+                                   prob=c["confidence"], threshold=th, maxIters=c["max_iterations"])
     if E is None or E.shape != (3, 3) or mask is None:
         return RelativePose(False, inliers=np.zeros(m, bool), reason="essential matrix failed")
-    mask = mask.ravel().astype(np.uint8)
-    # recoverPose: x_query = R x_ref + t; of the four decompositions keep the one with most
-    # points in front of both cameras. Its default distance cut (50 baselines) would reject
-    # distant points at the small baselines between video frames, so set it far away.
-    _, R, t, pose_mask, _ = cv2.recoverPose(E, n_ref, n_query, np.eye(3), distanceThresh=1e7,
-                                            mask=mask.copy())
-    inliers = (pose_mask.ravel() > 0)
+    candidates = _essential_candidates(E)
+    # RANSAC counts matches that fit the epipolar constraint; near the bas-relief ambiguity (short baselines)
+    # a wrong motion fits about as many and puts a fifth of them behind a camera. Minimal samples scored by
+    # the strict support (fits and in front) add the candidates it misses.
+    sampled = _strict_samples(n_ref, n_query, th, _STRICT_SAMPLES)
+    H, _ = cv2.findHomography(n_ref, n_query, cv2.USAC_MAGSAC, th, maxIters=c["max_iterations"],
+                              confidence=c["confidence"])
+    if H is not None and H.shape == (3, 3):
+        _, Rs, ts, _ = cv2.decomposeHomographyMat(H, np.eye(3))
+        candidates += [(R, t.ravel() / np.linalg.norm(t)) for R, t in zip(Rs, ts) if np.linalg.norm(t) > 1e-9]
+    # x_query = R x_ref + t for every candidate
+    scored = sorted(((_support(R, t, n_ref, n_query, th), R, t) for R, t in candidates + sampled),
+                    key=lambda s: -s[0].sum())
+    refined = []
+    for inliers, R, t in scored[:_REFINED_CANDIDATES]:  # the best after refinement is not always the best before
+        if inliers.sum() >= 5:
+            R, t = _refine_essential(R, t, n_ref[inliers], n_query[inliers], th)
+            inliers = _support(R, t, n_ref, n_query, th)
+        refined.append((inliers, R, t))
+    inliers, R, t = max(refined, key=lambda s: int(s[0].sum()))
+    candidates += [(R2, t2) for _, R2, t2 in refined]
     n_good = int(inliers.sum())
     if n_good < c["min_inliers"]:
         return RelativePose(False, inliers=inliers, num_inliers=n_good,
                             reason=f"{n_good} inliers < min_inliers {c['min_inliers']}")
-    T_query_ref = np.eye(4)
-    T_query_ref[:3, :3], T_query_ref[:3, 3] = R, t.ravel() / max(np.linalg.norm(t), 1e-12)
-    return RelativePose(True, invert(T_query_ref), inliers, int(inliers.sum()), scale_known=False)
+    parallax = _median_parallax(pts_ref[inliers], pts_query[inliers], K_ref, K_query, R.T)
+    other_t, other_R = _rivals(R, t, candidates, n_ref, n_query, th, c["ambiguity_ratio"])
+    cov = _essential_covariance(R, t, n_ref[inliers], n_query[inliers], focal) * c["covariance_scale"]
+    if parallax < c["min_parallax_deg"]:
+        why_not = f"parallax {parallax:.2f} deg < {c['min_parallax_deg']:g}: translation not observable"
+    elif other_t:
+        why_not = f"ambiguous translation: {other_t}"
+    else:
+        T_query_ref = np.eye(4)
+        T_query_ref[:3, :3], T_query_ref[:3, 3] = R, t
+        return RelativePose(True, invert(T_query_ref), inliers, n_good, scale_known=False,
+                            parallax_deg=parallax, covariance=cov)
+    if not other_R:  # the rotation is not in doubt: keep it, drop the translation
+        T_ref_query = np.eye(4)
+        T_ref_query[:3, :3] = R.T
+        cov[:3, :] = cov[:, :3] = 0.0
+        cov[:3, :3] = np.eye(3) * UNOBSERVED_VARIANCE
+        return RelativePose(True, T_ref_query, inliers, n_good, scale_known=False, parallax_deg=parallax,
+                            reason=f"rotation only ({why_not})", translation_valid=False, covariance=cov)
+    return _rotation_only(n_ref, n_query, th, focal, inliers, parallax, f"{why_not}; ambiguous rotation: {other_R}",
+                          c)
+
+
+def _rivals(R, t, candidates, n_ref, n_query, th, ratio) -> tuple[str, str]:
+    """(a rival motion with another translation, one with another rotation): descriptions, "" when none.
+
+    A rival is a candidate motion that explains ``ratio`` of the matches the pose explains, compared
+    fairly: a point whose rays are near-parallel under both motions counts for both.
+    """
+    other_t = other_R = ""
+    parallel = _ray_angles(R, n_ref, n_query) < _PARALLEL_RAYS * th
+    for R2, t2 in candidates:
+        dt, dR = translation_angle_deg(t2, t), rotation_error_deg(R2, R)
+        if dt < _DIFFERENT_T_DEG and dR < _DIFFERENT_R_DEG:
+            continue
+        both = parallel & (_ray_angles(R2, n_ref, n_query) < _PARALLEL_RAYS * th)
+        own = int(_support(R, t, n_ref, n_query, th, exempt=both).sum())
+        rival = int(_support(R2, t2, n_ref, n_query, th, exempt=both).sum())
+        if rival >= ratio * own:
+            text = f"a motion {dt:.0f} deg / {dR:.1f} deg apart explains {rival} of the pose's {own} matches"
+            other_t = other_t or (text if dt >= _DIFFERENT_T_DEG else "")
+            other_R = other_R or (text if dR >= _DIFFERENT_R_DEG else "")
+    return other_t, other_R
+
+
+def _rotation_only(n_ref, n_query, th, focal, epipolar, parallax, why_not, c) -> RelativePose:
+    """The pose of a camera that (as far as the matches tell) only turned, or no pose.
+
+    epipolar: [M] bool, the matches the best essential-matrix motion explains. An invalid pose keeps them
+    as its inliers: the matches are fine, only the geometry is undetermined (keyframe selection counts them).
+    """
+    n_epipolar = int(epipolar.sum())
+    R, inliers = _fit_rotation(n_ref, n_query, th)
+    n_rot = int(inliers.sum())
+    if n_rot < max(c["min_inliers"], c["rotation_only_min_share"] * n_epipolar):
+        return RelativePose(False, inliers=epipolar, num_inliers=n_epipolar, parallax_deg=parallax,
+                            reason=f"{why_not}; a rotation explains only {n_rot} of {n_epipolar} matches")
+    T_ref_query = np.eye(4)
+    T_ref_query[:3, :3] = R.T
+    cov = np.zeros((6, 6))
+    cov[:3, :3] = np.eye(3) * UNOBSERVED_VARIANCE
+    cov[3:, 3:] = _rotation_covariance(R, n_ref[inliers], n_query[inliers], focal) * c["covariance_scale"]
+    return RelativePose(True, T_ref_query, inliers, n_rot, scale_known=False, parallax_deg=parallax,
+                        reason=f"rotation only ({why_not})", translation_valid=False, covariance=cov)
 
 
 def _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c) -> RelativePose:
@@ -119,20 +236,211 @@ def _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c) -> RelativePose:
         n = 0 if idx is None else len(idx)
         return RelativePose(False, inliers=inliers, num_inliers=n, reason=f"PnP found {n} inliers")
     sel = idx.ravel()
-    rvec, tvec = cv2.solvePnPRefineLM(X_ref[sel], pts_query[has_depth][sel], K_query, None, rvec, tvec)
+    X_in, x_in = X_ref[sel], pts_query[has_depth][sel]
+    rvec, tvec = cv2.solvePnPRefineLM(X_in, x_in, K_query, None, rvec, tvec)
     inliers[np.flatnonzero(has_depth)[sel]] = True
     T_query_ref = np.eye(4)
     T_query_ref[:3, :3], T_query_ref[:3, 3] = cv2.Rodrigues(rvec)[0], tvec.ravel()
-    return RelativePose(True, invert(T_query_ref), inliers, int(inliers.sum()), scale_known=True)
+    T_ref_query = invert(T_query_ref)
+    residual = cv2.projectPoints(X_in, rvec, tvec, K_query, None)[0].reshape(-1, 2) - x_in
+    sigma = max(float(np.sqrt(np.mean(np.sum(residual ** 2, axis=1)) / 2.0)), 0.1)
+    cov = pose_covariance(T_ref_query, X_in, x_in, K_query, sigma) * c["covariance_scale"]
+    return RelativePose(True, T_ref_query, inliers, int(inliers.sum()), scale_known=True, covariance=cov)
+
+
+def _essential_candidates(E: np.ndarray) -> list:
+    R1, R2, t = cv2.decomposeEssentialMat(E)
+    return [(R, s * t.ravel()) for R in (R1, R2) for s in (1.0, -1.0)]
+
+
+def _skew(t: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+
+
+def _homogeneous(n: np.ndarray) -> np.ndarray:
+    return np.column_stack([n, np.ones(len(n))])
+
+
+def _sampson(R, t, n_ref, n_query) -> np.ndarray:
+    """Signed Sampson distance [normalised image units] of each match to x_query^T [t]x R x_ref = 0."""
+    E = _skew(t / np.linalg.norm(t)) @ R
+    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
+    Ex0, Etx1 = x0 @ E.T, x1 @ E
+    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+    return np.sum(x1 * Ex0, axis=1) / np.sqrt(np.maximum(den, 1e-30))
+
+
+def _support(R, t, n_ref, n_query, th, exempt: np.ndarray | None = None) -> np.ndarray:
+    """[M] bool: the match fits the motion (Sampson error < th) with its point in front of both cameras.
+
+    exempt: [M] bool, points that count whatever the sign of their depth. Two motions are compared
+    with the points whose rays are within a few noise levels of parallel under both (far away, or near
+    the epipole: the noise decides the sign of their depth, ORB-SLAM's rule). Exempting per motion
+    would let the planar twin win: it makes rays parallel by absorbing the parallax into its rotation.
+    """
+    fits = np.abs(_sampson(R, t, n_ref, n_query)) < th
+    P_ref = np.hstack([np.eye(3), np.zeros((3, 1))])
+    P_query = np.hstack([R, t.reshape(3, 1)])
+    X = cv2.triangulatePoints(P_ref, P_query, n_ref.T.astype(np.float64), n_query.T.astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        X = X[:3] / X[3]
+        in_front = np.nan_to_num((X[2] > 0) & ((R @ X + t.reshape(3, 1))[2] > 0), nan=False).astype(bool)
+    if exempt is not None:
+        in_front |= exempt
+    return fits & in_front
+
+
+def _strict_samples(n_ref, n_query, th, samples: int, seed: int = 0) -> list:
+    """Motions (R, t) from random 5-point samples: the essential matrices with most epipolar inliers, each
+    decomposed into the motion with most strict support (a short list of candidates, not a full RANSAC)."""
+    m = len(n_ref)
+    rng = np.random.default_rng(seed)
+    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
+    scored = []
+    for _ in range(samples):
+        idx = rng.choice(m, 5, replace=False)
+        Es, _ = cv2.findEssentialMat(n_ref[idx], n_query[idx], np.eye(3), method=cv2.RANSAC, threshold=th)
+        if Es is None:
+            continue
+        for k in range(len(Es) // 3):
+            E = Es[3 * k:3 * k + 3]
+            Ex0, Etx1 = x0 @ E.T, x1 @ E
+            den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+            err = np.abs(np.sum(x1 * Ex0, axis=1)) / np.sqrt(np.maximum(den, 1e-30))
+            scored.append((int(np.sum(err < th)), E))
+    scored.sort(key=lambda s: -s[0])
+    out = []
+    for _, E in scored[:_STRICT_KEPT]:
+        out.append(max(_essential_candidates(E), key=lambda Rt: int(_support(*Rt, n_ref, n_query, th).sum())))
+    return out
+
+
+def _ray_angles(R, n_ref, n_query) -> np.ndarray:
+    """[M] angle [rad] between each reference ray and its query ray rotated into the reference frame."""
+    a, b = _homogeneous(n_ref), _homogeneous(n_query) @ R  # rows of the latter: R^T x_query
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def _sphere_basis(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors spanning the tangent plane of the unit sphere at t."""
+    a = np.cross(t, [1.0, 0.0, 0.0] if abs(t[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    return a, np.cross(t, a)
+
+
+def _perturb(R, t, d):
+    """(R, t) moved by d = (small rotation [3], step on the unit sphere [2])."""
+    a, b = _sphere_basis(t)
+    t_new = t + d[3] * a + d[4] * b
+    return cv2.Rodrigues(np.asarray(d[:3], np.float64).reshape(3, 1))[0] @ R, t_new / np.linalg.norm(t_new)
+
+
+def _small_log(R: np.ndarray) -> np.ndarray:
+    """Rotation vector of a rotation within a few degrees of identity (cv2.Rodrigues returns 0 below 1e-5 rad)."""
+    return 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+
+
+def _jacobian(residuals, n_params: int, step: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    r0 = residuals(np.zeros(n_params))
+    J = np.column_stack([(residuals(step * np.eye(n_params)[k]) - r0) / step for k in range(n_params)])
+    return r0, J
+
+
+def _refine_essential(R, t, n_ref, n_query, th, iterations: int = 10):
+    """Levenberg-Marquardt on the Cauchy-weighted Sampson errors over (rotation, unit translation)."""
+    t = t / np.linalg.norm(t)
+    lam = 1e-3
+    for _ in range(iterations):
+        r, J = _jacobian(lambda d: _sampson(*_perturb(R, t, d), n_ref, n_query), 5)
+        w = 1.0 / (1.0 + (r / th) ** 2)
+        A, g = (J.T * w) @ J, (J.T * w) @ r
+        cost = np.sum(w * r ** 2)
+        while lam < 1e8:
+            R_new, t_new = _perturb(R, t, -np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-12), g))
+            if np.sum(w * _sampson(R_new, t_new, n_ref, n_query) ** 2) < cost:
+                R, t, lam = R_new, t_new, lam * 0.1
+                break
+            lam *= 10.0
+        else:
+            break
+    return R, t
+
+
+def _essential_covariance(R, t, n_ref, n_query, focal) -> np.ndarray:
+    """First-order [6 x 6] covariance of T_ref_query for a unit-translation pose, from the Sampson residuals."""
+    r, J = _jacobian(lambda d: _sampson(*_perturb(R, t, d), n_ref, n_query), 5)
+    sigma2 = max(float(np.sum(r ** 2)) / max(len(r) - 5, 1), (0.1 / focal) ** 2)
+    try:
+        cov5 = sigma2 * np.linalg.inv(J.T @ J)
+    except np.linalg.LinAlgError:
+        return np.full((6, 6), np.nan)
+
+    def pose_vector(d):
+        # T_ref_query = inv([R_d | t_d]): position -R_d^T t_d; rotation R_d^T = Exp(w) R^T, w = Log(R_d^T R)
+        R_d, t_d = _perturb(R, t, d)
+        return np.concatenate([-R_d.T @ t_d, _small_log(R_d.T @ R)])
+
+    _, G = _jacobian(pose_vector, 5, step=1e-6)
+    return G @ cov5 @ G.T
+
+
+def _fit_rotation(n_ref, n_query, th, iterations: int = 200, seed: int = 0):
+    """Pure rotation x_query ~ R x_ref: RANSAC over pairs of bearings, then least squares on the inliers.
+
+    Returns (R, inliers) with inliers the matches whose rotated ray lands within th (normalised units).
+    """
+    b_ref = _homogeneous(n_ref)
+    b_query = _homogeneous(n_query)
+    u_ref = b_ref / np.linalg.norm(b_ref, axis=1, keepdims=True)
+    u_query = b_query / np.linalg.norm(b_query, axis=1, keepdims=True)
+
+    def kabsch(idx):
+        U, _, Vt = np.linalg.svd(u_query[idx].T @ u_ref[idx])
+        return U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+
+    def inliers_of(R):
+        p = b_ref @ R.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.linalg.norm(p[:, :2] / p[:, 2:3] - n_query, axis=1)
+        return (p[:, 2] > 0) & (np.nan_to_num(err, nan=np.inf) < th)
+
+    rng = np.random.default_rng(seed)
+    best_R, best = np.eye(3), np.zeros(len(n_ref), bool)
+    for _ in range(iterations):
+        R = kabsch(rng.choice(len(n_ref), 2, replace=False))
+        inl = inliers_of(R)
+        if inl.sum() > best.sum():
+            best_R, best = R, inl
+    for _ in range(2):
+        if best.sum() < 2:
+            break
+        best_R = kabsch(np.flatnonzero(best))
+        best = inliers_of(best_R)
+    return best_R, best
+
+
+def _rotation_covariance(R, n_ref, n_query, focal) -> np.ndarray:
+    """First-order [3 x 3] covariance of the rotation of T_ref_query (about the reference axes)."""
+    b_ref = _homogeneous(n_ref)
+
+    def residuals(d):
+        p = b_ref @ (cv2.Rodrigues(np.asarray(d, np.float64).reshape(3, 1))[0] @ R).T
+        return (p[:, :2] / p[:, 2:3] - n_query).ravel()
+
+    r, J = _jacobian(residuals, 3, step=1e-6)
+    sigma2 = max(float(np.sum(r ** 2)) / max(len(r) - 3, 1), (0.1 / focal) ** 2)
+    try:
+        cov_query_axes = sigma2 * np.linalg.inv(J.T @ J)
+    except np.linalg.LinAlgError:
+        return np.full((3, 3), np.nan)
+    # the perturbation was applied about the query axes (R maps reference to query): rotate into the reference
+    return R.T @ cov_query_axes @ R
 
 
 def _median_parallax(p_ref, p_query, K_ref, K_query, R_ref_query) -> float:
     """Median angle [deg] between reference rays and rotation-compensated query rays."""
     if len(p_ref) == 0:
         return 0.0
-    b_ref = np.column_stack([normalize_points(p_ref, K_ref), np.ones(len(p_ref))])
-    b_q = np.column_stack([normalize_points(p_query, K_query), np.ones(len(p_query))]) @ R_ref_query.T
-    b_ref /= np.linalg.norm(b_ref, axis=1, keepdims=True)
-    b_q /= np.linalg.norm(b_q, axis=1, keepdims=True)
-    cos = np.clip(np.sum(b_ref * b_q, axis=1), -1.0, 1.0)
-    return float(np.degrees(np.median(np.arccos(cos))))
+    n_ref, n_query = normalize_points(p_ref, K_ref), normalize_points(p_query, K_query)
+    return float(np.degrees(np.median(_ray_angles(R_ref_query.T, n_ref, n_query))))
