@@ -85,10 +85,11 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
 
 def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain_id=None, startup_timeout=90.0,
                           log_path=None, topics=("/camera/image_raw", "/camera/camera_info", "/tf"),
-                          gt_topic: str = "/ground_truth/pose") -> tuple:
+                          gt_topic: str = "/ground_truth/pose", tf_sink: list | None = None) -> tuple:
     """Replay ``query_bag`` through the relocalizer node process. Returns (records, map_odom, node_log) with
     records for the frames the node answered ([QueryRecord], ground truth from ``gt_topic`` in the bag) and
-    map_odom the map -> odom transforms it broadcast [(stamp_ns, T)]."""
+    map_odom the map -> odom transforms it broadcast [(stamp_ns, T)]. tf_sink: a list that receives every other
+    transform seen on /tf as (stamp_ns, parent, child, T) (e.g. from a visual_odometry node running alongside)."""
     confine_to_loopback(domain_id)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -121,8 +122,12 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
         poses[stamp_to_ns(m.header.stamp)] = (pose_to_matrix(m.pose.pose), np.array(m.pose.covariance).reshape(6, 6))
 
     def on_tf(m):
-        map_odom.extend((stamp_to_ns(t.header.stamp), transform_to_matrix(t.transform))
-                        for t in m.transforms if t.header.frame_id == "map" and t.child_frame_id == "odom")
+        for t in m.transforms:
+            if t.header.frame_id == "map" and t.child_frame_id == "odom":
+                map_odom.append((stamp_to_ns(t.header.stamp), transform_to_matrix(t.transform)))
+            elif tf_sink is not None:
+                tf_sink.append((stamp_to_ns(t.header.stamp), t.header.frame_id, t.child_frame_id,
+                                transform_to_matrix(t.transform)))
 
     node.create_subscription(DiagnosticArray, "/relocalizer/status", on_status, reliable)
     node.create_subscription(PoseWithCovarianceStamped, "/relocalizer/pose", on_pose, reliable)

@@ -118,14 +118,14 @@ def config_yaml(node_name: str, groups: dict, header: str) -> str:
 
 def shipped_configs() -> dict:
     """{file name: YAML text} of the nodes' parameter files."""
-    from match_ros.nodes import keyframe_matcher, map_builder, relocalizer
+    from match_ros.nodes import keyframe_matcher, map_builder, relocalizer, visual_odometry
 
     header = ("{0}\nParameters with their defaults, generated from the parameter specs by\n"
               "`python -m match_ros.ros.params --write config`: a copy of this file configures a robot\n"
               "(launch argument params_file); `ros2 param describe` shows the same descriptions.")
     return {f"{m.NODE_NAME}.yaml": config_yaml(m.NODE_NAME, m.parameter_groups(),
                                                header.format(m.__doc__.split("\n")[0]))
-            for m in (keyframe_matcher, relocalizer, map_builder)}
+            for m in (keyframe_matcher, relocalizer, map_builder, visual_odometry)}
 
 
 def main(argv=None) -> int:

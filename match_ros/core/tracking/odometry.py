@@ -1,0 +1,238 @@
+"""RGB-D visual odometry: keyframe poses chained into a metric trajectory in the odom frame.
+
+Every frame is matched against the current keyframe (``KeyframeTracker``); with the keyframe's
+depth the relative pose is a metric PnP solution, so the camera's pose in odom is
+
+    T_odom_cam = T_odom_kf @ T_kf_cam
+
+and its covariance is propagated to first order (``compose_covariance``). A new keyframe is
+placed by that chain and then refined against a small window of earlier keyframes: its
+features are matched to each of them, their depth gives 3D points in odom, and one robust PnP
+over the pooled 2D-3D matches re-anchors the new keyframe to older, less drifted ones (a
+frame-to-local-map step, as in keyframe RGB-D odometry). The refined pose replaces the chained
+one only when both agree within ``max_refine_correction_*`` (a disagreement means a bad match,
+not drift).
+
+Without depth there is no metric odometry: ``process`` raises, the relative poses of
+``KeyframeTracker`` (scale-free, flagged) are what exists.
+
+Covariances use the convention of geometry_msgs/PoseWithCovariance and ``pose_covariance``:
+(x, y, z) of the frame in the parent frame, then a small rotation about the parent's axes.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from match_ros.core.config import Param, defaults, make_conf
+from match_ros.core.features.matcher import Matcher
+from match_ros.core.geometry.absolute_pose import solve_pnp
+from match_ros.core.geometry.camera import backproject, depth_at, transform_points
+from match_ros.core.geometry.transforms import invert, rotation_error_deg
+from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE
+from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult
+from match_ros.core.tracking.keyframes import KeyframeSelector
+
+odometry_spec = {
+    "window_keyframes": Param(4, "Earlier keyframes a new keyframe is refined against (0: chain only)", min=0,
+                              max=50),
+    "min_window_inliers": Param(60, "Pooled PnP inliers needed to refine a new keyframe", min=6, max=100000),
+    "max_refine_correction_m": Param(0.10, "A refinement moving the keyframe further than this is refused", "m",
+                                     0.0, 100.0),
+    "max_refine_correction_deg": Param(3.0, "... or rotating it more than this", "deg", 0.0, 180.0),
+    "lost_variance": Param(1.0, "Variance added to the pose (m^2, rad^2) when tracking is lost and restarts from "
+                           "the last pose", min=0.0, max=UNOBSERVED_VARIANCE),
+    "max_depth_m": Param(20.0, "Depths beyond this are not used", "m", 0.1, 1000.0),
+}
+default_odometry_conf = defaults(odometry_spec)
+
+# optical frame (z forward, x right, y down) -> body frame (x forward, y left, z up), REP 103
+R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def compose_covariance(T_a_b: np.ndarray, cov_a_b: np.ndarray, T_b_c: np.ndarray, cov_b_c: np.ndarray) -> np.ndarray:
+    """Covariance [6 x 6] of T_a_c = T_a_b @ T_b_c from the two independent factors' covariances.
+
+    With t_ac = t_ab + R_ab t_bc and R_ac = R_ab R_bc, a perturbation (dt, dr) of T_a_b moves
+    t_ac by dt + dr x (R_ab t_bc) and rotates by dr; one of T_b_c, expressed in frame b, moves
+    and rotates T_a_c by R_ab dt and R_ab dr.
+    """
+    R = T_a_b[:3, :3]
+    J_ab = np.eye(6)
+    J_ab[:3, 3:] = -skew(R @ T_b_c[:3, 3])
+    J_bc = np.zeros((6, 6))
+    J_bc[:3, :3] = J_bc[3:, 3:] = R
+    return J_ab @ cov_a_b @ J_ab.T + J_bc @ cov_b_c @ J_bc.T
+
+
+def twist_between(T_odom_a: np.ndarray, T_odom_b: np.ndarray, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(linear [3] m/s, angular [3] rad/s) of a frame that moved from pose a to pose b in dt_s, in the
+    frame's own axes at b (nav_msgs/Odometry's twist convention)."""
+    import cv2
+
+    T_a_b = invert(T_odom_a) @ T_odom_b
+    w = cv2.Rodrigues(T_a_b[:3, :3])[0].ravel() / dt_s  # the rotation axis is the same in a and b
+    return T_a_b[:3, :3].T @ T_a_b[:3, 3] / dt_s, w
+
+
+@dataclass
+class OdometryResult:
+    """One frame's odometry.
+
+    T_odom_cam:  [4 x 4] camera (optical) pose in odom, or None before the first frame
+    covariance:  [6 x 6] of T_odom_cam
+    status:      "initialized", "tracking", "keyframe", "lost: <why>" (pose held at the last one)
+    track:       the front end's TrackResult of this frame
+    refined:     a new keyframe was refined against the window (and by how much: correction_m / _deg)
+    """
+
+    T_odom_cam: Optional[np.ndarray]
+    covariance: np.ndarray
+    status: str
+    track: TrackResult
+    refined: bool = False
+    correction_m: float = 0.0
+    correction_deg: float = 0.0
+    window_inliers: int = 0
+    timings_ms: dict = field(default_factory=dict)
+
+    @property
+    def lost(self) -> bool:
+        return self.status.startswith("lost")
+
+
+@dataclass
+class _PlacedKeyframe:
+    keyframe: Keyframe
+    T_odom_kf: np.ndarray
+    covariance: np.ndarray
+
+
+class VisualOdometry:
+    """Metric odometry from RGB-D frames. ``initial_pose``: the camera's pose in odom at the first
+    frame (e.g. T_base_cam so that odom starts at the robot's base; default R_BODY_OPTICAL: odom axes
+    x forward, y left, z up at the first camera position)."""
+
+    def __init__(self, matcher: Matcher, conf: dict | None = None, keyframe_conf: dict | None = None,
+                 pose_conf: dict | None = None, initial_pose: np.ndarray | None = None):
+        self.conf = make_conf(odometry_spec, conf, "visual odometry")
+        self.tracker = KeyframeTracker(matcher, KeyframeSelector(keyframe_conf), pose_conf)
+        self.initial_pose = np.eye(4) if initial_pose is None else np.asarray(initial_pose, np.float64)
+        if initial_pose is None:
+            self.initial_pose[:3, :3] = R_BODY_OPTICAL
+        self.window: deque = deque()
+        self.current: Optional[_PlacedKeyframe] = None
+        self.last_pose: Optional[np.ndarray] = None
+        self.last_cov = np.zeros((6, 6))
+        self.distance_m = 0.0
+
+    def reset(self, initial_pose: np.ndarray | None = None) -> None:
+        if initial_pose is not None:
+            self.initial_pose = np.asarray(initial_pose, np.float64)
+        self.tracker.reset()
+        self.window.clear()
+        self.current, self.last_pose, self.last_cov, self.distance_m = None, None, np.zeros((6, 6)), 0.0
+
+    def process(self, frame: Frame) -> OdometryResult:
+        if frame.depth is None:
+            raise ValueError("visual odometry needs depth aligned with the image (RGB-D)")
+        if frame.K is None:
+            raise ValueError("visual odometry needs the camera matrix (camera_info)")
+        track = self.tracker.process(frame)
+        pose = track.pose
+        if self.current is None or track.keyframe is not self.current.keyframe:
+            # first frame (or restart after the tracker replaced its keyframe on an image size change)
+            T = self.initial_pose if self.last_pose is None else self.last_pose
+            cov = self.last_cov
+            status = "initialized" if self.last_pose is None else "lost: restarted at the last pose"
+            if self.last_pose is not None:
+                cov = cov + self.conf["lost_variance"] * np.eye(6)
+            self._place(self.tracker.keyframe, T, cov, reset_window=True)
+            return self._result(T, cov, status, track)
+        kf = self.current
+        if pose.valid and pose.scale_known:
+            T = kf.T_odom_kf @ pose.T_ref_query
+            cov = compose_covariance(kf.T_odom_kf, kf.covariance, pose.T_ref_query, pose.covariance)
+            status = "tracking"
+        else:
+            T, cov = self.last_pose, self.last_cov
+            status = f"lost: {pose.reason or 'no metric pose'}"
+        result = self._result(T, cov, status, track)
+        if track.is_keyframe:
+            if status == "tracking":
+                self._refine(result, frame)
+                result.status = "keyframe"
+            else:  # the tracker moved on without a pose: restart from the last one, less certain
+                result.covariance = cov = cov + self.conf["lost_variance"] * np.eye(6)
+            self._place(self.tracker.keyframe, result.T_odom_cam, result.covariance, reset_window=status != "tracking")
+        return result
+
+    # ------------------------------------------------------------------------------------------------
+    def _result(self, T, cov, status, track) -> OdometryResult:
+        if T is not None and self.last_pose is not None and not status.startswith("lost"):
+            self.distance_m += float(np.linalg.norm(T[:3, 3] - self.last_pose[:3, 3]))
+        self.last_pose, self.last_cov = T, cov
+        return OdometryResult(T, cov, status, track, timings_ms=dict(track.timings_ms))
+
+    def _place(self, keyframe: Keyframe, T: np.ndarray, cov: np.ndarray, reset_window: bool) -> None:
+        if reset_window:
+            self.window.clear()
+        elif self.current is not None:
+            self.window.append(self.current)
+            while len(self.window) > self.conf["window_keyframes"]:
+                self.window.popleft()
+        self.current = _PlacedKeyframe(keyframe, T.copy(), cov.copy())
+
+    def _refine(self, result: OdometryResult, frame: Frame) -> None:
+        """Re-anchor a new keyframe (this frame) on the current and earlier keyframes' depth points."""
+        c = self.conf
+        placed = list(self.window) + [self.current]
+        if len(placed) < 2:
+            return
+        t0 = time.perf_counter()
+        feats = self.tracker.keyframe.features  # this frame's, extracted once
+        X, x, owner = [], [], []
+        for i, pk in enumerate(placed):
+            kf = pk.keyframe
+            if kf.depth is None or kf.K is None or kf.features.image_size != feats.image_size:
+                continue
+            if pk is self.current:  # matched already by the tracker
+                p_kf, p_new = result.track.pts_ref, result.track.pts_query
+            else:
+                m = self.tracker.matcher.match(kf.features, feats)
+                p_kf, p_new = m.points(kf.features, feats)
+            z = depth_at(kf.depth, p_kf, max_depth=c["max_depth_m"])
+            ok = np.isfinite(z)
+            X.append(transform_points(pk.T_odom_kf, backproject(p_kf[ok], z[ok], kf.K)))
+            x.append(p_new[ok])
+            owner.append(np.full(int(ok.sum()), i))
+        result.timings_ms["refine"] = 1e3 * (time.perf_counter() - t0)
+        if not X:
+            return
+        X, x, owner = np.concatenate(X), np.concatenate(x), np.concatenate(owner)
+        h, w = frame.image.shape[:2]
+        pnp = solve_pnp(X, x, np.asarray(frame.K, np.float64), (w, h), {"min_inliers": c["min_window_inliers"]})
+        result.window_inliers = pnp.num_inliers
+        if not pnp.valid:
+            return
+        T_chain = result.T_odom_cam
+        dt = float(np.linalg.norm(pnp.T_map_cam[:3, 3] - T_chain[:3, 3]))
+        dr = rotation_error_deg(pnp.T_map_cam[:3, :3], T_chain[:3, :3])
+        result.correction_m, result.correction_deg = dt, dr
+        if dt > c["max_refine_correction_m"] or dr > c["max_refine_correction_deg"]:
+            return
+        # the window's points carry the uncertainty of the keyframe that gave most of the inliers
+        anchor = placed[int(np.bincount(owner[pnp.inliers], minlength=len(placed)).argmax())]
+        cov = pnp.covariance + anchor.covariance
+        if np.trace(cov) < np.trace(result.covariance):
+            result.covariance = cov
+        result.T_odom_cam, result.refined = pnp.T_map_cam, True
+        self.last_pose, self.last_cov = result.T_odom_cam, result.covariance
