@@ -279,12 +279,10 @@ def _support(R, t, n_ref, n_query, th, exempt: np.ndarray | None = None) -> np.n
     would let the planar twin win: it makes rays parallel by absorbing the parallax into its rotation.
     """
     fits = np.abs(_sampson(R, t, n_ref, n_query)) < th
-    P_ref = np.hstack([np.eye(3), np.zeros((3, 1))])
-    P_query = np.hstack([R, t.reshape(3, 1)])
-    X = cv2.triangulatePoints(P_ref, P_query, n_ref.T.astype(np.float64), n_query.T.astype(np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        X = X[:3] / X[3]
-        in_front = np.nan_to_num((X[2] > 0) & ((R @ X + t.reshape(3, 1))[2] > 0), nan=False).astype(bool)
+    # depth signs of z_q x_q = z_r (R x_r) + t, crossed with x_q (for z_r) and with R x_r (for z_q)
+    y, x = _homogeneous(n_ref) @ R.T, _homogeneous(n_query)
+    y_x = np.cross(y, x)
+    in_front = (np.sum(np.cross(t, x) * y_x, axis=1) < 0) & (np.sum(np.cross(t, y) * y_x, axis=1) < 0)
     if exempt is not None:
         in_front |= exempt
     return fits & in_front
@@ -324,9 +322,9 @@ def _ray_angles(R, n_ref, n_query) -> np.ndarray:
 
 def _sphere_basis(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two unit vectors spanning the tangent plane of the unit sphere at t."""
-    a = np.cross(t, [1.0, 0.0, 0.0] if abs(t[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a = np.array([0.0, t[2], -t[1]]) if abs(t[0]) < 0.9 else np.array([-t[2], 0.0, t[0]])  # t x e_x or t x e_y
     a /= np.linalg.norm(a)
-    return a, np.cross(t, a)
+    return a, np.array([t[1] * a[2] - t[2] * a[1], t[2] * a[0] - t[0] * a[2], t[0] * a[1] - t[1] * a[0]])
 
 
 def _perturb(R, t, d):
