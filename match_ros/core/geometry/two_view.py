@@ -86,6 +86,8 @@ _PARALLEL_RAYS = 3.0
 _REFINED_CANDIDATES = 3
 # Minimal 5-point samples scored by strict support, and how many of their best essential matrices are decomposed.
 _STRICT_SAMPLES, _STRICT_KEPT = 40, 6
+# ... drawn when the best candidate keeps less than this share of RANSAC's epipolar inliers in front of the cameras
+_STRICT_TRIGGER = 0.95
 
 
 def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np.ndarray,
@@ -129,18 +131,20 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
     if E is None or E.shape != (3, 3) or mask is None:
         return RelativePose(False, inliers=np.zeros(m, bool), reason="essential matrix failed")
     candidates = _essential_candidates(E)
-    # RANSAC counts matches that fit the epipolar constraint; near the bas-relief ambiguity (short baselines)
-    # a wrong motion fits about as many and puts a fifth of them behind a camera. Minimal samples scored by
-    # the strict support (fits and in front) add the candidates it misses.
-    sampled = _strict_samples(n_ref, n_query, th, _STRICT_SAMPLES)
     H, _ = cv2.findHomography(n_ref, n_query, cv2.USAC_MAGSAC, th, maxIters=c["max_iterations"],
                               confidence=c["confidence"])
     if H is not None and H.shape == (3, 3):
         _, Rs, ts, _ = cv2.decomposeHomographyMat(H, np.eye(3))
         candidates += [(R, t.ravel() / np.linalg.norm(t)) for R, t in zip(Rs, ts) if np.linalg.norm(t) > 1e-9]
     # x_query = R x_ref + t for every candidate
-    scored = sorted(((_support(R, t, n_ref, n_query, th), R, t) for R, t in candidates + sampled),
-                    key=lambda s: -s[0].sum())
+    scored = sorted(((_support(R, t, n_ref, n_query, th), R, t) for R, t in candidates), key=lambda s: -s[0].sum())
+    # RANSAC counts matches that fit the epipolar constraint; near the bas-relief ambiguity (short baselines)
+    # a wrong motion fits about as many and puts a fifth of them behind a camera. Then minimal samples scored by
+    # the strict support (fits and in front) add the candidates it missed.
+    if scored[0][0].sum() < _STRICT_TRIGGER * int(mask.sum()):
+        sampled = _strict_samples(n_ref, n_query, th, _STRICT_SAMPLES)
+        scored = sorted(scored + [(_support(R, t, n_ref, n_query, th), R, t) for R, t in sampled],
+                        key=lambda s: -s[0].sum())
     refined = []
     for inliers, R, t in scored[:_REFINED_CANDIDATES]:  # the best after refinement is not always the best before
         if inliers.sum() >= 5:
