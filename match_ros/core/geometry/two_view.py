@@ -83,7 +83,7 @@ _DIFFERENT_T_DEG, _DIFFERENT_R_DEG = 15.0, 1.0
 # Rays closer to parallel than this many inlier thresholds have a depth whose sign the noise decides.
 _PARALLEL_RAYS = 3.0
 # Candidates (by support) refined before the best is chosen.
-_REFINED_CANDIDATES = 3
+_REFINED_CANDIDATES, _REFINE_WITHIN = 3, 0.8
 # Minimal 5-point samples scored by strict support, and how many of their best essential matrices are decomposed.
 _STRICT_SAMPLES, _STRICT_KEPT = 40, 6
 # ... drawn when the best candidate keeps less than this share of RANSAC's epipolar inliers in front of the cameras
@@ -146,7 +146,9 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
         scored = sorted(scored + [(_support(R, t, n_ref, n_query, th), R, t) for R, t in sampled],
                         key=lambda s: -s[0].sum())
     refined = []
-    for inliers, R, t in scored[:_REFINED_CANDIDATES]:  # the best after refinement is not always the best before
+    # the best after refinement is not always the best before: refine the few close to the best
+    close = [x for x in scored[:_REFINED_CANDIDATES] if x[0].sum() >= _REFINE_WITHIN * scored[0][0].sum()]
+    for inliers, R, t in close:
         if inliers.sum() >= 5:
             R, t = _refine_essential(R, t, n_ref[inliers], n_query[inliers], th)
             inliers = _support(R, t, n_ref, n_query, th)
@@ -262,7 +264,8 @@ def _skew(t: np.ndarray) -> np.ndarray:
 
 
 def _homogeneous(n: np.ndarray) -> np.ndarray:
-    return np.column_stack([n, np.ones(len(n))])
+    """[N x 3] homogeneous coordinates of [N x 2] points (returned unchanged when already [N x 3])."""
+    return n if n.shape[1] == 3 else np.column_stack([n, np.ones(len(n))])
 
 
 def _sampson(R, t, n_ref, n_query) -> np.ndarray:
@@ -352,6 +355,7 @@ def _jacobian(residuals, n_params: int, step: float = 1e-7) -> tuple[np.ndarray,
 def _refine_essential(R, t, n_ref, n_query, th, iterations: int = 10):
     """Levenberg-Marquardt on the Cauchy-weighted Sampson errors over (rotation, unit translation)."""
     t = t / np.linalg.norm(t)
+    n_ref, n_query = _homogeneous(n_ref), _homogeneous(n_query)
     lam = 1e-3
     for _ in range(iterations):
         r, J = _jacobian(lambda d: _sampson(*_perturb(R, t, d), n_ref, n_query), 5)
@@ -360,11 +364,14 @@ def _refine_essential(R, t, n_ref, n_query, th, iterations: int = 10):
         cost = np.sum(w * r ** 2)
         while lam < 1e8:
             R_new, t_new = _perturb(R, t, -np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-12), g))
-            if np.sum(w * _sampson(R_new, t_new, n_ref, n_query) ** 2) < cost:
+            new_cost = np.sum(w * _sampson(R_new, t_new, n_ref, n_query) ** 2)
+            if new_cost < cost:
                 R, t, lam = R_new, t_new, lam * 0.1
                 break
             lam *= 10.0
         else:
+            break
+        if new_cost > (1.0 - 1e-4) * cost:  # converged
             break
     return R, t
 
