@@ -85,8 +85,16 @@ def _node_stats(diags, node_name: str) -> dict:
     for d in reversed(diags):
         for st in d.status:
             if st.name.startswith(node_name):
-                return {kv.key: float(kv.value) for kv in st.values}
+                return {kv.key: _number(kv.value) for kv in st.values}
     return {}
+
+
+def _number(text: str):
+    """A diagnostic value as a float, or the text itself (last_error and the like)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def main(argv=None) -> int:

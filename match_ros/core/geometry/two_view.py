@@ -263,6 +263,13 @@ def _skew(t: np.ndarray) -> np.ndarray:
     return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of [N x 3] (or [3]) arrays; np.cross costs more in dispatch than in arithmetic."""
+    a, b = np.broadcast_arrays(np.atleast_2d(a), np.atleast_2d(b))
+    return np.column_stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]])
+
+
 def _homogeneous(n: np.ndarray) -> np.ndarray:
     """[N x 3] homogeneous coordinates of [N x 2] points (returned unchanged when already [N x 3])."""
     return n if n.shape[1] == 3 else np.column_stack([n, np.ones(len(n))])
@@ -288,8 +295,8 @@ def _support(R, t, n_ref, n_query, th, exempt: np.ndarray | None = None) -> np.n
     fits = np.abs(_sampson(R, t, n_ref, n_query)) < th
     # depth signs of z_q x_q = z_r (R x_r) + t, crossed with x_q (for z_r) and with R x_r (for z_q)
     y, x = _homogeneous(n_ref) @ R.T, _homogeneous(n_query)
-    y_x = np.cross(y, x)
-    in_front = (np.sum(np.cross(t, x) * y_x, axis=1) < 0) & (np.sum(np.cross(t, y) * y_x, axis=1) < 0)
+    y_x = _cross(y, x)
+    in_front = (np.sum(_cross(t, x) * y_x, axis=1) < 0) & (np.sum(_cross(t, y) * y_x, axis=1) < 0)
     if exempt is not None:
         in_front |= exempt
     return fits & in_front
@@ -298,26 +305,23 @@ def _support(R, t, n_ref, n_query, th, exempt: np.ndarray | None = None) -> np.n
 def _strict_samples(n_ref, n_query, th, samples: int, seed: int = 0) -> list:
     """Motions (R, t) from random 5-point samples: the essential matrices with most epipolar inliers, each
     decomposed into the motion with most strict support (a short list of candidates, not a full RANSAC)."""
-    m = len(n_ref)
     rng = np.random.default_rng(seed)
-    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
-    scored = []
+    Es = []
     for _ in range(samples):
-        idx = rng.choice(m, 5, replace=False)
-        Es, _ = cv2.findEssentialMat(n_ref[idx], n_query[idx], np.eye(3), method=cv2.RANSAC, threshold=th)
-        if Es is None:
-            continue
-        for k in range(len(Es) // 3):
-            E = Es[3 * k:3 * k + 3]
-            Ex0, Etx1 = x0 @ E.T, x1 @ E
-            den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
-            err = np.abs(np.sum(x1 * Ex0, axis=1)) / np.sqrt(np.maximum(den, 1e-30))
-            scored.append((int(np.sum(err < th)), E))
-    scored.sort(key=lambda s: -s[0])
-    out = []
-    for _, E in scored[:_STRICT_KEPT]:
-        out.append(max(_essential_candidates(E), key=lambda Rt: int(_support(*Rt, n_ref, n_query, th).sum())))
-    return out
+        idx = rng.choice(len(n_ref), 5, replace=False)
+        E, _ = cv2.findEssentialMat(n_ref[idx], n_query[idx], np.eye(3), method=cv2.RANSAC, threshold=th)
+        if E is not None:
+            Es += [E[3 * k:3 * k + 3] for k in range(len(E) // 3)]
+    if not Es:
+        return []
+    Es = np.array(Es)  # [S x 3 x 3], Sampson errors of all at once
+    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
+    Ex0, Etx1 = Es @ x0.T, Es.transpose(0, 2, 1) @ x1.T  # [S x 3 x N]
+    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+    err = np.abs(np.sum(x1.T * Ex0, axis=1)) / np.sqrt(np.maximum(den, 1e-30))
+    best = np.argsort(-np.sum(err < th, axis=1))[:_STRICT_KEPT]
+    return [max(_essential_candidates(Es[k]), key=lambda Rt: int(_support(*Rt, n_ref, n_query, th).sum()))
+            for k in best]
 
 
 def _ray_angles(R, n_ref, n_query) -> np.ndarray:
