@@ -149,10 +149,10 @@ class _Listener:
         self.thread.start()
 
     def wait_for(self, count, timeout_s):
+        """Until count images, clock ticks and camera_infos have arrived (or the timeout)."""
         deadline = time.monotonic() + timeout_s
-        while len(self.images) < count and time.monotonic() < deadline:
+        while min(len(self.images), len(self.clock), len(self.infos)) < count and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.2)  # let the last /clock and camera_info arrive too
 
     def close(self):
         self.executor.shutdown()
