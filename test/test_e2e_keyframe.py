@@ -60,8 +60,8 @@ def test_replayed_bag_gives_geometrically_correct_correspondences(room, matcher,
            if s.rot_err_deg >= 2.0 or (s.translation_valid and s.trans_err_deg >= 15.0)]
     if matcher == "xfeat_lighterglue":  # the demo's matcher: issue #11's target, none beyond 2 deg / 15 deg
         assert not bad, bad
-    else:  # ORB (noisier keypoints): on 1.7-3.5 cm baselines a wrong direction still passes the gates now and then
-        assert len(bad) <= 0.1 * len(valid), bad  # (measured 0-2 of 21-27; open in issue #11)
+    else:  # ORB (noisier keypoints, 0.7-2.1 px by pyramid level): wrong motions still pass the gates now and then
+        assert len(bad) <= 0.2 * len(valid), bad  # measured 0-2 of 21-27 here, 12 % of 460 rendered pairs (README)
     assert all(s.pose_reason for s in valid if not s.translation_valid)  # rotation-only says why
     # keyframes are reused across frames (work on the keyframe is done once)
     assert len({s.ref_index for s in scores}) < len(scores)
