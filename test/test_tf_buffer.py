@@ -199,10 +199,11 @@ def test_listener_receives_tf_and_latched_tf_static():
         node = Node("tf_test_listener", context=ctx)
         nodes.append(node)
         listener = TfListener(node)
-        waited = []
+        waited, entered = [], threading.Event()
 
         def lookup_in_callback():  # in the node's default group: blocks while TF arrives in its own group
             timer.cancel()
+            entered.set()
             try:
                 waited.append(listener.lookup("odom", "camera_optical_frame", stamps[-1], timeout_s=8.0))
             except TfLookupError as e:
@@ -218,7 +219,8 @@ def test_listener_receives_tf_and_latched_tf_static():
         while broadcaster._pub is not None and broadcaster._pub.get_subscription_count() == 0:
             assert time.monotonic() < deadline, "listener never matched /tf"
             time.sleep(0.02)
-        time.sleep(0.3)  # the timer callback is now waiting inside lookup()
+        assert entered.wait(8.0), "the timer callback never ran"
+        time.sleep(0.1)  # and is now waiting inside lookup(): what follows arrives while it waits
         for s in stamps:
             broadcaster.send([tf(T_odom_base[s], "odom", "base_link", s)])
         deadline = time.monotonic() + 8.0
