@@ -195,7 +195,8 @@ def add_sequence_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--noise", type=float, default=0.0, help="Gaussian pixel noise std-dev [gray levels] (default: 0)")
     g.add_argument("--start-ns", type=int, default=DEFAULT_START_NS,
                    help=f"timestamp of the first frame [ns] (default: {DEFAULT_START_NS})")
-    g.add_argument("--textures", default=None, help="folder of texture photos (default: test/data/textures)")
+    g.add_argument("--textures", default=None,
+                   help="folder of texture photos (default: $MATCH_ROS_TEXTURES_DIR, else match_ros.sim photos)")
 
 
 def sequence_from_args(args: argparse.Namespace):
