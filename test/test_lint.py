@@ -23,3 +23,47 @@ def test_pep257_first_lines_of_public_modules():
         if not text.lstrip().startswith(('"""', "'''")):
             missing.append(str(path.relative_to(REPO)))
     assert not missing, missing
+
+
+def _imports(path: Path, modules: set) -> set:
+    """match_ros modules a file imports (anywhere in it, function-level imports included)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("match_ros"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("match_ros"))
+    return out & modules
+
+
+def test_no_import_cycles_and_layers_point_one_way():
+    """No module imports (even inside a function) one that imports it back, directly or around a cycle; the core
+    imports nothing above it; ros/ imports no node."""
+    files = {}
+    for path in (REPO / "match_ros").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        files[name[:-9] if name.endswith(".__init__") else name] = path
+    graph = {name: _imports(path, set(files)) - {name} for name, path in files.items()}
+    cycles, state = [], {}
+
+    def visit(u, stack):
+        state[u] = "open"
+        for v in sorted(graph[u]):
+            if state.get(v) == "open":
+                cycles.append(stack[stack.index(v):] + [u, v] if v in stack else [u, v])
+            elif v not in state:
+                visit(v, stack + [u])
+        state[u] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    assert not cycles, cycles
+    up = {n: sorted(d for d in deps if not d.startswith("match_ros.core") and d != "match_ros")
+          for n, deps in graph.items() if n.startswith("match_ros.core")}
+    assert not any(up.values()), {n: d for n, d in up.items() if d}
+    assert not any(d.startswith("match_ros.nodes") for n, deps in graph.items() if n.startswith("match_ros.ros")
+                   for d in deps)

@@ -166,11 +166,11 @@ def test_parameters_are_declared_from_the_spec_with_ranges(node):
 
 
 def test_shipped_configuration_files_are_generated_from_the_specs():
-    from match_ros.ros.params import shipped_configs
+    from match_ros.tools.config_files import shipped_configs
 
     for name, text in shipped_configs().items():
-        assert (REPO / "config" / name).read_text() == text, f"config/{name}: run python -m match_ros.ros.params " \
-                                                             "--write config"
+        assert (REPO / "config" / name).read_text() == text, \
+            f"config/{name}: run python -m match_ros.tools.config_files --write config"
 
 
 def test_frames_lost_before_the_node_are_counted_and_reported():

@@ -205,9 +205,11 @@ def _write(con: sqlite3.Connection, m) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def load_map(path: str | Path, expected_matcher: Optional[str] = None, expected_global: Optional[str] = None,
-             index_conf: Optional[dict] = None):
-    """Read a map written by ``save_map``; MapError (a ValueError) names what is wrong with the file."""
+def load_map(path: str | Path, map_type, keyframe_type, expected_matcher: Optional[str] = None,
+             expected_global: Optional[str] = None, index_conf: Optional[dict] = None):
+    """Read a map written by ``save_map`` into a ``map_type`` of ``keyframe_type`` (mapstore's Map and MapKeyframe,
+    passed in: this module does not import the one that imports it); MapError (a ValueError) names what is wrong
+    with the file."""
     path = Path(path).expanduser().absolute()
     _check_header(path)
     try:
@@ -218,7 +220,7 @@ def load_map(path: str | Path, expected_matcher: Optional[str] = None, expected_
         ok = con.execute("PRAGMA quick_check").fetchone()[0]
         if ok != "ok":
             raise MapError(f"map file {path} is corrupt (SQLite quick_check: {ok})")
-        return _read(con, path, expected_matcher, expected_global, index_conf)
+        return _read(con, path, map_type, keyframe_type, expected_matcher, expected_global, index_conf)
     except sqlite3.DatabaseError as e:
         raise MapError(f"map file {path} is corrupt or not a map: {e}") from e
     finally:
@@ -243,10 +245,8 @@ def _check_header(path: Path) -> None:
         raise MapError(f"map file {path} is truncated: {size} bytes, header says {pages * page_size}")
 
 
-def _read(con, path: Path, expected_matcher: Optional[str], expected_global: Optional[str],
+def _read(con, path: Path, map_type, keyframe_type, expected_matcher: Optional[str], expected_global: Optional[str],
           index_conf: Optional[dict]):
-    from match_ros.core.relocalization.mapstore import Map
-
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     missing = {"meta", "keyframes"} - tables
     if missing:
@@ -272,9 +272,9 @@ def _read(con, path: Path, expected_matcher: Optional[str], expected_global: Opt
         raise MapError(f"{path} was built with global descriptor '{meta['global_desc_identity']}', "
                        f"but '{expected_global}' is configured")
     try:
-        m = Map(meta["matcher_name"], meta["matcher_identity"], meta["global_desc_identity"],
-                json.loads(meta.get("matcher_conf", "{}")), meta["map_frame_id"], int(meta["created_ns"]),
-                json.loads(meta.get("metadata", "{}")), version, index_conf=index_conf)
+        m = map_type(meta["matcher_name"], meta["matcher_identity"], meta["global_desc_identity"],
+                     json.loads(meta.get("matcher_conf", "{}")), meta["map_frame_id"], int(meta["created_ns"]),
+                     json.loads(meta.get("metadata", "{}")), version, index_conf=index_conf)
     except ValueError as e:
         raise MapError(f"{path}: invalid meta value: {e}") from e
     columns = _COLUMNS if version >= 2 else tuple(c for c in _COLUMNS if c != "words")
@@ -285,7 +285,7 @@ def _read(con, path: Path, expected_matcher: Optional[str], expected_global: Opt
     if version >= 2 and meta.get("vocabulary_identity"):
         m.vocabulary = _read_vocabulary(con, path, meta["vocabulary_identity"])
     for row in con.execute(f"SELECT {', '.join(columns)} FROM keyframes ORDER BY id"):
-        m.add_keyframe(_keyframe_from_row(dict(zip(columns, row)), blobs, path, m.vocabulary))
+        m.add_keyframe(_keyframe_from_row(dict(zip(columns, row)), blobs, path, m.vocabulary, keyframe_type))
     if "num_keyframes" in meta and int(meta["num_keyframes"]) != len(m):
         raise MapError(f"{path}: {len(m)} keyframes stored, meta says {meta['num_keyframes']}")
     return m
@@ -317,9 +317,7 @@ def _read_vocabulary(con, path: Path, identity: str):
     return vocab
 
 
-def _keyframe_from_row(r: dict, blobs: tuple, path: Path, vocab):
-    from match_ros.core.relocalization.mapstore import MapKeyframe
-
+def _keyframe_from_row(r: dict, blobs: tuple, path: Path, vocab, keyframe_type):
     kid, n, d, g = r["id"], r["num_keypoints"], r["desc_dim"], r["global_dim"]
     if r["desc_dtype"] not in DESC_DTYPES:
         raise MapError(f"{path}: keyframe {kid} has unknown descriptor dtype {r['desc_dtype']!r}")
@@ -341,8 +339,8 @@ def _keyframe_from_row(r: dict, blobs: tuple, path: Path, vocab):
     if words is not None and (vocab is None or np.any(words < 0) or np.any(words >= vocab.size)):
         words = None  # saved before a vocabulary existed: assigned again with the vocabulary
     try:
-        return MapKeyframe(kid, r["stamp_ns"], arrays["pose"], arrays["K"], (r["width"], r["height"]),
-                           arrays["keypoints"], arrays["descriptors"], arrays["scores"], arrays["points3d"],
-                           arrays["global_desc"], r["frame_id"], words)
+        return keyframe_type(kid, r["stamp_ns"], arrays["pose"], arrays["K"], (r["width"], r["height"]),
+                             arrays["keypoints"], arrays["descriptors"], arrays["scores"], arrays["points3d"],
+                             arrays["global_desc"], r["frame_id"], words)
     except ValueError as e:
         raise MapError(f"{path}: {e}") from e

@@ -236,4 +236,4 @@ class Map:
     def load(cls, path: str | Path, expected_matcher_identity: Optional[str] = None,
              expected_global_desc_identity: Optional[str] = None, index_conf: Optional[dict] = None) -> "Map":
         """Read a map saved by ``save``; MapError (a ValueError) names what is wrong with the file."""
-        return load_map(path, expected_matcher_identity, expected_global_desc_identity, index_conf)
+        return load_map(path, cls, MapKeyframe, expected_matcher_identity, expected_global_desc_identity, index_conf)
