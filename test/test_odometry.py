@@ -115,3 +115,31 @@ def test_a_blank_frame_is_lost_then_tracking_resumes(room):
     assert not r.lost
     m = trajectory_metrics([vo.initial_pose, r.T_odom_cam], [room[0].T_world_cam, room[10].T_world_cam])
     assert m["ate_rmse_m"] < 0.05  # back on the true trajectory (a restart from the held pose)
+
+
+def test_window_adjustment_recovers_exact_keyframe_poses():
+    """Four keyframes 20 cm apart, each seeing depth points of the earlier ones (exact pixels): poses moved by
+    2 cm / 0.5 deg come back to the truth (the oldest is the gauge), through the analytic Jacobian."""
+    from match_ros.core.tracking.frontend import Keyframe
+    from match_ros.core.tracking.odometry import _PlacedKeyframe
+
+    rng = np.random.default_rng(1)
+    K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+    truth = [make_T(_rot([0, 0.05 * k, 0]), [0.2 * k, 0, 0]) for k in range(4)]
+    vo = VisualOdometry(build_matcher("orb_teblid"), {"window_keyframes": 3})
+    placed = []
+    for k, T in enumerate(truth):
+        noise = np.r_[rng.normal(size=3) * 0.02, rng.normal(size=3) * np.radians(0.5)] if k else np.zeros(6)
+        pk = _PlacedKeyframe(Keyframe(k, k, "cam", None, K, None), _perturb(T, noise), np.eye(6) * 1e-4)
+        for i, ref in enumerate(placed):
+            X = np.column_stack([rng.uniform(-1.5, 1.5, 80), rng.uniform(-1, 1, 80), rng.uniform(2, 4, 80)])
+            P = (invert(T) @ truth[i] @ np.column_stack([X, np.ones(80)]).T).T[:, :3]
+            uv = P[:, :2] / P[:, 2:] * 525.0 + [319.5, 239.5]
+            pk.links.append((ref, X, uv))
+        placed.append(pk)
+    vo.window.extend(placed[:-1])
+    vo.current = placed[-1]
+    assert vo._adjust_window() > 0
+    for pk, T in zip(placed, truth):
+        assert np.linalg.norm(pk.T_odom_kf[:3, 3] - T[:3, 3]) < 1e-3
+        assert np.degrees(np.linalg.norm(cv2.Rodrigues(pk.T_odom_kf[:3, :3] @ T[:3, :3].T)[0])) < 0.01

@@ -47,11 +47,27 @@ odometry_spec = {
     "lost_variance": Param(1.0, "Variance added to the pose (m^2, rad^2) when tracking is lost and restarts from "
                            "the last pose", min=0.0, max=UNOBSERVED_VARIANCE),
     "max_depth_m": Param(20.0, "Depths beyond this are not used", "m", 0.1, 1000.0),
+    "adjust_window": Param(True, "Jointly adjust the window's keyframe poses at each new keyframe (local "
+                           "adjustment)"),
 }
 default_odometry_conf = defaults(odometry_spec)
 
 # optical frame (z forward, x right, y down) -> body frame (x forward, y left, z up), REP 103
 R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def _rotation(w: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
+
+
+def _skew_rows(v: np.ndarray) -> np.ndarray:
+    """[N x 3 x 3] skew matrices of [N x 3] vectors."""
+    out = np.zeros((len(v), 3, 3))
+    out[:, 0, 1], out[:, 0, 2], out[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    out[:, 1, 0], out[:, 2, 0], out[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
+    return out
 
 
 def skew(v: np.ndarray) -> np.ndarray:
@@ -102,6 +118,7 @@ class OdometryResult:
     correction_m: float = 0.0
     correction_deg: float = 0.0
     window_inliers: int = 0
+    adjusted_m: float = 0.0
     timings_ms: dict = field(default_factory=dict)
 
     @property
@@ -111,9 +128,13 @@ class OdometryResult:
 
 @dataclass
 class _PlacedKeyframe:
+    """A keyframe with its pose in odom; links: its observations of earlier keyframes' depth points, each
+    (earlier _PlacedKeyframe, [N x 3] points in that keyframe's camera frame, [N x 2] pixels in this one)."""
+
     keyframe: Keyframe
     T_odom_kf: np.ndarray
     covariance: np.ndarray
+    links: list = field(default_factory=list)
 
 
 class VisualOdometry:
@@ -167,12 +188,19 @@ class VisualOdometry:
             status = f"lost: {pose.reason or 'no metric pose'}"
         result = self._result(T, cov, status, track)
         if track.is_keyframe:
+            links = []
             if status == "tracking":
-                self._refine(result, frame)
+                links = self._refine(result, frame)
                 result.status = "keyframe"
             else:  # the tracker moved on without a pose: restart from the last one, less certain
                 result.covariance = cov = cov + self.conf["lost_variance"] * np.eye(6)
             self._place(self.tracker.keyframe, result.T_odom_cam, result.covariance, reset_window=status != "tracking")
+            if links and self.conf["adjust_window"]:
+                self.current.links = links
+                t0 = time.perf_counter()
+                result.adjusted_m = self._adjust_window()
+                result.timings_ms["adjust"] = 1e3 * (time.perf_counter() - t0)
+                result.T_odom_cam = self.last_pose = self.current.T_odom_kf.copy()
         return result
 
     # ------------------------------------------------------------------------------------------------
@@ -191,12 +219,13 @@ class VisualOdometry:
                 self.window.popleft()
         self.current = _PlacedKeyframe(keyframe, T.copy(), cov.copy())
 
-    def _refine(self, result: OdometryResult, frame: Frame) -> None:
-        """Re-anchor a new keyframe (this frame) on the current and earlier keyframes' depth points."""
+    def _refine(self, result: OdometryResult, frame: Frame) -> list:
+        """Re-anchor a new keyframe (this frame) on the current and earlier keyframes' depth points. Returns the
+        new keyframe's links (PnP inliers per earlier keyframe) when the refinement is accepted, else []."""
         c = self.conf
         placed = list(self.window) + [self.current]
         if len(placed) < 2:
-            return
+            return []
         t0 = time.perf_counter()
         feats = self.tracker.keyframe.features  # this frame's, extracted once
         X, x, owner = [], [], []
@@ -216,19 +245,19 @@ class VisualOdometry:
             owner.append(np.full(int(ok.sum()), i))
         result.timings_ms["refine"] = 1e3 * (time.perf_counter() - t0)
         if not X:
-            return
+            return []
         X, x, owner = np.concatenate(X), np.concatenate(x), np.concatenate(owner)
         h, w = frame.image.shape[:2]
         pnp = solve_pnp(X, x, np.asarray(frame.K, np.float64), (w, h), {"min_inliers": c["min_window_inliers"]})
         result.window_inliers = pnp.num_inliers
         if not pnp.valid:
-            return
+            return []
         T_chain = result.T_odom_cam
         dt = float(np.linalg.norm(pnp.T_map_cam[:3, 3] - T_chain[:3, 3]))
         dr = rotation_error_deg(pnp.T_map_cam[:3, :3], T_chain[:3, :3])
         result.correction_m, result.correction_deg = dt, dr
         if dt > c["max_refine_correction_m"] or dr > c["max_refine_correction_deg"]:
-            return
+            return []
         # the window's points carry the uncertainty of the keyframe that gave most of the inliers
         anchor = placed[int(np.bincount(owner[pnp.inliers], minlength=len(placed)).argmax())]
         cov = pnp.covariance + anchor.covariance
@@ -236,3 +265,90 @@ class VisualOdometry:
             result.covariance = cov
         result.T_odom_cam, result.refined = pnp.T_map_cam, True
         self.last_pose, self.last_cov = result.T_odom_cam, result.covariance
+        links = []
+        for i, pk in enumerate(placed):
+            sel = pnp.inliers & (owner == i)
+            if sel.sum() >= 6:
+                links.append((pk, transform_points(invert(pk.T_odom_kf), X[sel]), x[sel]))
+        return links
+
+    def _adjust_window(self) -> float:
+        """Local adjustment of the window: the poses of every keyframe but the oldest (the gauge) minimise the
+        robust (Huber, 1.5 px) reprojection error of all links between window keyframes, depth points held fixed
+        in their keyframes (scipy.optimize.least_squares). Returns how far the newest keyframe moved [m]; a
+        solution moving any keyframe beyond max_refine_correction_m / _deg is refused (0.0)."""
+        from scipy.optimize import least_squares
+
+        c = self.conf
+        kfs = list(self.window) + [self.current]
+        index = {id(pk): k for k, pk in enumerate(kfs)}
+        obs = [(index[id(ref)], k, X, uv) for k, pk in enumerate(kfs) for ref, X, uv in pk.links if id(ref) in index]
+        if len(kfs) < 3 or not obs:
+            return 0.0
+        T0 = [pk.T_odom_kf for pk in kfs]
+
+        def poses(x):
+            out = [T0[0]]
+            for k in range(1, len(kfs)):
+                d = x[6 * (k - 1):6 * k]
+                T = T0[k].copy()
+                T[:3, :3] = _rotation(d[3:]) @ T[:3, :3]
+                T[:3, 3] = T[:3, 3] + d[:3]
+                out.append(T)
+            return out
+
+        n = len(kfs) - 1  # unknowns: (dt, dr) of keyframes 1..n, applied in odom as in ``pose_covariance``
+
+        def project(x):
+            """Residuals [2M], and per observation the pieces of the Jacobian."""
+            Ts = poses(x)
+            res, parts = [], []
+            for i, k, X, uv in obs:
+                K = kfs[k].keyframe.K
+                Pw = transform_points(Ts[i], X)
+                Rk, tk = Ts[k][:3, :3], Ts[k][:3, 3]
+                P = (Pw - tk) @ Rk  # rows: R_k^T (Pw - t_k)
+                z = P[:, 2:3]
+                res.append((P[:, :2] / z * [K[0, 0], K[1, 1]] + K[:2, 2] - uv).ravel())
+                parts.append((i, k, Pw, P, K))
+            return np.concatenate(res), parts
+
+        def residuals(x):
+            return project(x)[0]
+
+        def jacobian(x):
+            _, parts = project(x)
+            rows = []
+            for i, k, Pw, P, K in parts:
+                m = len(P)
+                x_, y_, z = P[:, 0], P[:, 1], P[:, 2]
+                dproj = np.zeros((m, 2, 3))  # d(u, v) / d(point in camera k)
+                dproj[:, 0, 0], dproj[:, 0, 2] = K[0, 0] / z, -K[0, 0] * x_ / z ** 2
+                dproj[:, 1, 1], dproj[:, 1, 2] = K[1, 1] / z, -K[1, 1] * y_ / z ** 2
+                Rk_T = poses(x)[k][:3, :3].T
+                J = np.zeros((m, 2, 6 * n))
+                if i > 0:  # P_w moves by dt_i + dr_i x (P_w - t_i)
+                    Ti = poses(x)[i]
+                    dPw = np.concatenate([np.broadcast_to(np.eye(3), (m, 3, 3)),
+                                          -_skew_rows(Pw - Ti[:3, 3])], axis=2)  # [m x 3 x 6]
+                    J[:, :, 6 * (i - 1):6 * i] += dproj @ (Rk_T @ dPw)
+                if k > 0:  # camera k moves: P = R_k^T (P_w - t_k) changes by -R_k^T dt_k + R_k^T [P_w - t_k]x dr_k
+                    Tk = poses(x)[k]
+                    dPk = np.concatenate([np.broadcast_to(-Rk_T, (m, 3, 3)), Rk_T @ _skew_rows(Pw - Tk[:3, 3])],
+                                         axis=2)
+                    J[:, :, 6 * (k - 1):6 * k] += dproj @ dPk
+                rows.append(J.reshape(2 * m, 6 * n))
+            return np.concatenate(rows)
+
+        sol = least_squares(residuals, np.zeros(6 * n), jac=jacobian, loss="huber", f_scale=1.5, max_nfev=10,
+                            x_scale=np.tile([0.01, 0.01, 0.01, 0.002, 0.002, 0.002], n))
+        Ts = poses(sol.x)
+        moves = [(float(np.linalg.norm(T[:3, 3] - pk.T_odom_kf[:3, 3])), rotation_error_deg(T[:3, :3],
+                  pk.T_odom_kf[:3, :3])) for T, pk in zip(Ts, kfs)]
+        # (success is False when max_nfev ends a run that still improved: judged by the cost instead)
+        if sol.status < 0 or not np.isfinite(sol.cost) or any(
+                m > c["max_refine_correction_m"] or r > c["max_refine_correction_deg"] for m, r in moves):
+            return 0.0
+        for T, pk in zip(Ts, kfs):
+            pk.T_odom_kf = T
+        return moves[-1][0]
