@@ -67,3 +67,19 @@ def test_no_import_cycles_and_layers_point_one_way():
     assert not any(up.values()), {n: d for n, d in up.items() if d}
     assert not any(d.startswith("match_ros.nodes") for n, deps in graph.items() if n.startswith("match_ros.ros")
                    for d in deps)
+    # the runtime (core, ros glue, nodes) never imports the tooling
+    tooling = ("match_ros.tools", "match_ros.evaluation", "match_ros.training", "match_ros.sim")
+    runtime = ("match_ros.core", "match_ros.ros", "match_ros.nodes")
+    assert not {n: sorted(d for d in deps if d.startswith(tooling)) for n, deps in graph.items()
+                if n.startswith(runtime) and any(d.startswith(tooling) for d in deps)}
+
+
+def test_no_private_names_imported_across_modules():
+    import ast
+
+    found = []
+    for path in (REPO / "match_ros").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("match_ros"):
+                found += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not found, found

@@ -48,7 +48,7 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
     """hit@1/3/10 of bow / global, with and without re-ranking, on the changed-day queries."""
     from match_ros.core.features.matcher import build_matcher
     from match_ros.core.relocalization.global_desc import GlobalDescriptor
-    from match_ros.core.relocalization.localizer import Localizer, _Query
+    from match_ros.core.relocalization.localizer import Localizer
     from match_ros.core.relocalization.mapstore import Map
     from match_ros.evaluation.reloc_metrics import keyframe_sees_view
     from match_ros.tools.bagframes import BagFrames
@@ -64,10 +64,10 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
         for i, f in enumerate(BagFrames(out / "bags" / f"{scene}_changed_day_query_300", pose_topic="auto")):
             if i % stride or f.T_map_cam is None:
                 continue
-            q = _Query(mt.extract(f.image), f.K, (f.image.shape[1], f.image.shape[0]))
+            feats, size = mt.extract(f.image), (f.image.shape[1], f.image.shape[0])
             for key, loc in locs.items():
-                ids, _ = loc._retrieve(q, f.image)
-                hits[key].append([keyframe_sees_view(m[int(k)], f.T_map_cam, f.K, q.size) for k in ids[:10]])
+                ids, _ = loc.retrieve(f.image, f.K, feats)
+                hits[key].append([keyframe_sees_view(m[int(k)], f.T_map_cam, f.K, size) for k in ids[:10]])
         for (method, rerank), h in hits.items():
             row = {"scene": scene, "method": method + (" + re-rank" if rerank else ""),
                    **{f"hit_at_{k}": float(np.mean([any(x[:k]) for x in h])) for k in (1, 3, 10)}}

@@ -255,6 +255,14 @@ class Localizer:
         return {**self.pnp_conf, "min_inliers": int(self.conf["hypothesis_min_inliers"]), "min_inlier_ratio": 0.0,
                 "max_rmse_px": 100.0, "min_coverage": 0.0}
 
+    def retrieve(self, image: np.ndarray, K: np.ndarray, query_features: Features | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The short-list of keyframes for an image (ids, scores; best first) as global relocalization ranks
+        them: retrieval (``retrieval``) then re-ranking (``rerank``). For evaluating retrieval on its own."""
+        image, K = check_image(image), check_K(K)
+        feats = query_features if query_features is not None else self.matcher.extract(image)
+        return self._retrieve(_Query(feats, K, (image.shape[1], image.shape[0])), image)
+
     def _retrieve(self, q: "_Query", image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c, k = self.conf, int(self.conf["top_k"])
         if c["retrieval"] == "bow":
