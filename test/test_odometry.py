@@ -57,16 +57,18 @@ def room():
 
 
 def test_rgbd_odometry_drift_on_a_rendered_room(room):
-    """120 frames (2.1 m) of the room orbit, every frame, orb_teblid: measured 1.1 % end drift and 1.2 deg with the
-    window refinement, 2.4 % without it (xfeat_lighterglue: 0.5 % / 2.4 %)."""
-    matcher = build_matcher("orb_teblid")
-    with_window = run_sequence(room, room.camera.K, matcher, progress=False)
-    assert with_window["lost_frames"] == 0 and with_window["distance_m"] > 2.0
-    assert with_window["drift_end_pct"] < 2.0 and with_window["drift_max_pct"] < 2.5
-    assert with_window["rot_err_end_deg"] < 2.0
+    """90 frames (1.5 m) of the room orbit, every frame, xfeat_lighterglue: measured 0.37 % drift at the end (0.74 %
+    at most) with the window refinement and adjustment, 2.7 % from chaining alone (ATE 4.6 vs 30 mm). With
+    orb_teblid the window does not help (120 frames: 1.3 % with it, 0.7 % without; ORB's keypoints are noisier)."""
+    matcher = build_matcher("xfeat_lighterglue")
+    frames = [room[i] for i in range(90)]
+    with_window = run_sequence(frames, room.camera.K, matcher, progress=False)
+    assert with_window["lost_frames"] == 0 and with_window["distance_m"] > 1.4
+    assert with_window["drift_end_pct"] < 1.0 and with_window["drift_max_pct"] < 1.5
+    assert with_window["rot_err_end_deg"] < 1.0
     assert with_window["within_3sigma"] >= 0.8  # the published covariance covers the error
-    chain_only = run_sequence(room, room.camera.K, matcher, {"window_keyframes": 0}, progress=False)
-    assert with_window["ate_rmse_m"] < chain_only["ate_rmse_m"]
+    chain_only = run_sequence(frames, room.camera.K, matcher, {"window_keyframes": 0}, progress=False)
+    assert with_window["ate_rmse_m"] < 0.5 * chain_only["ate_rmse_m"]
 
 
 def test_odom_starts_at_the_given_pose_in_body_axes(room):
