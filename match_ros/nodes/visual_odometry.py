@@ -107,8 +107,7 @@ class VisualOdometryNode(Node):
         frame = self.input.frame(item)
         if frame is None:
             return
-        if frame.depth is None:
-            self.errors("depth", "no depth image with this stamp: visual odometry needs RGB-D")
+        if frame.depth is None:  # (the camera input has said why)
             return
         header = frame.header
         stamp = conv.stamp_to_ns(header.stamp)

@@ -6,8 +6,10 @@ Before the messages of each new log time, /clock (rosgraph_msgs/msg/Clock) carri
 time, so nodes with use_sim_time follow the bag.
 
 QoS: every topic reliable (or best effort) with keep-last depth 10 (options); /tf_static
-reliable + transient local. DDS: this tool sets nothing; keep discovery on this machine with
-ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and pick the graph with ROS_DOMAIN_ID.
+reliable + transient local. DDS: like the nodes, the player uses the shipped Fast DDS profile (16 MB
+shared-memory segment: best-effort subscribers such as the nodes' sensor_data inputs get every image)
+unless FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is set; keep discovery on this
+machine with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and pick the graph with ROS_DOMAIN_ID.
 """
 from __future__ import annotations
 
@@ -236,6 +238,9 @@ def main(argv=None) -> int:
     import rclpy
     from rclpy.node import Node
 
+    from match_ros.ros.runtime import use_fastdds_profile
+
+    use_fastdds_profile()  # before rclpy.init: the participant reads it when it is created
     rclpy.init()
     node = Node("match_ros_bag_play")
     player = None
