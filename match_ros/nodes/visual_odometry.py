@@ -116,6 +116,9 @@ class VisualOdometryNode(Node):
         t0 = time.monotonic()
         r = self.vo.process(Frame(frame.image, stamp, header.frame_id, frame.K, frame.depth))
         t1 = time.monotonic()
+        if r.lost != self.status_text.startswith("lost"):  # say when tracking is lost and when it is back
+            log = self.get_logger()
+            (log.warning if r.lost else log.info)(f"odometry {r.status} at {stamp * 1e-9:.3f} s")
         self.status_text = r.status
         self.lost += int(r.lost)
         T_odom_base = r.T_odom_cam @ invert(self.T_base_cam)

@@ -50,6 +50,7 @@ class TrackResult:
 
     pts_ref, pts_query: [M x 2] float64 matched pixels; pose.inliers [M] flags them.
     timings_ms: extract / match / pose, in milliseconds.
+    query_features: the frame's features (extracted once; for matching it against other keyframes).
     """
 
     query_id: int
@@ -62,6 +63,7 @@ class TrackResult:
     is_keyframe: bool
     keyframe_reason: str
     timings_ms: dict = field(default_factory=dict)
+    query_features: Optional[Features] = None
 
 
 class KeyframeTracker:
@@ -99,7 +101,7 @@ class KeyframeTracker:
             new_kf = self._make_keyframe(frame, feats)
             empty = np.zeros((0, 2))
             return TrackResult(query_id, new_kf, len(feats), Matches.empty(), empty, empty,
-                               RelativePose(False, reason="first frame"), True, "first frame", timings)
+                               RelativePose(False, reason="first frame"), True, "first frame", timings, feats)
 
         if kf.K is None and frame.K is not None:
             kf.K = np.asarray(frame.K, np.float64)  # same camera; calibration arrived after the keyframe
@@ -118,7 +120,7 @@ class KeyframeTracker:
         decision = self.selector.decide(n_support, len(kf.features), pose.parallax_deg,
                                         (frame.stamp_ns - kf.stamp_ns) * 1e-9)
         result = TrackResult(query_id, kf, len(feats), matches, pts_ref, pts_query, pose,
-                             decision.new_keyframe, decision.reason, timings)
+                             decision.new_keyframe, decision.reason, timings, feats)
         if decision.new_keyframe:
             self._make_keyframe(frame, feats)
         return result

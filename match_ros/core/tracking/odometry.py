@@ -30,7 +30,7 @@ import numpy as np
 
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.features.matcher import Matcher
-from match_ros.core.geometry.absolute_pose import solve_pnp
+from match_ros.core.geometry.absolute_pose import PnPResult, solve_pnp
 from match_ros.core.geometry.camera import backproject, depth_at, transform_points
 from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE
@@ -179,14 +179,22 @@ class VisualOdometry:
             self._place(self.tracker.keyframe, T, cov, reset_window=True)
             return self._result(T, cov, status, track)
         kf = self.current
+        recovered = None
         if pose.valid and pose.scale_known:
             T = kf.T_odom_kf @ pose.T_ref_query
             cov = compose_covariance(kf.T_odom_kf, kf.covariance, pose.T_ref_query, pose.covariance)
+            status = "tracking"
+        elif self.window and (recovered := self._window_pnp(track, frame))[0].valid:
+            # the current keyframe alone failed (a gap, a blurred frame): the window's points place the frame
+            pnp, placed, owner = recovered[:3]
+            T, cov = pnp.T_map_cam, pnp.covariance + self._anchor(placed, owner, pnp).covariance
             status = "tracking"
         else:
             T, cov = self.last_pose, self.last_cov
             status = f"lost: {pose.reason or 'no metric pose'}"
         result = self._result(T, cov, status, track)
+        if recovered is not None and recovered[0].valid:
+            result.window_inliers = recovered[0].num_inliers
         if track.is_keyframe:
             links = []
             if status == "tracking":
@@ -219,22 +227,20 @@ class VisualOdometry:
                 self.window.popleft()
         self.current = _PlacedKeyframe(keyframe, T.copy(), cov.copy())
 
-    def _refine(self, result: OdometryResult, frame: Frame) -> list:
-        """Re-anchor a new keyframe (this frame) on the current and earlier keyframes' depth points. Returns the
-        new keyframe's links (PnP inliers per earlier keyframe) when the refinement is accepted, else []."""
+    def _window_pnp(self, track: TrackResult, frame: Frame):
+        """One robust PnP of this frame on the depth points of the current and window keyframes (its features
+        matched to each; the tracker's matches for the current one). Returns (PnPResult, keyframes, owner,
+        X [N x 3] points in odom, x [N x 2] pixels) with owner [N] the keyframe index of each correspondence."""
         c = self.conf
         placed = list(self.window) + [self.current]
-        if len(placed) < 2:
-            return []
-        t0 = time.perf_counter()
-        feats = self.tracker.keyframe.features  # this frame's, extracted once
+        feats = track.query_features
         X, x, owner = [], [], []
         for i, pk in enumerate(placed):
             kf = pk.keyframe
-            if kf.depth is None or kf.K is None or kf.features.image_size != feats.image_size:
+            if feats is None or kf.depth is None or kf.K is None or kf.features.image_size != feats.image_size:
                 continue
             if pk is self.current:  # matched already by the tracker
-                p_kf, p_new = result.track.pts_ref, result.track.pts_query
+                p_kf, p_new = track.pts_ref, track.pts_query
             else:
                 m = self.tracker.matcher.match(kf.features, feats)
                 p_kf, p_new = m.points(kf.features, feats)
@@ -243,12 +249,27 @@ class VisualOdometry:
             X.append(transform_points(pk.T_odom_kf, backproject(p_kf[ok], z[ok], kf.K)))
             x.append(p_new[ok])
             owner.append(np.full(int(ok.sum()), i))
-        result.timings_ms["refine"] = 1e3 * (time.perf_counter() - t0)
         if not X:
-            return []
+            return PnPResult(False, reason="no keyframe to match"), placed, np.zeros(0, int), None, None
         X, x, owner = np.concatenate(X), np.concatenate(x), np.concatenate(owner)
         h, w = frame.image.shape[:2]
         pnp = solve_pnp(X, x, np.asarray(frame.K, np.float64), (w, h), {"min_inliers": c["min_window_inliers"]})
+        return pnp, placed, owner, X, x
+
+    @staticmethod
+    def _anchor(placed: list, owner: np.ndarray, pnp) -> "_PlacedKeyframe":
+        """The keyframe that gave most of the PnP's inliers: the window's points carry its uncertainty."""
+        return placed[int(np.bincount(owner[pnp.inliers], minlength=len(placed)).argmax())]
+
+    def _refine(self, result: OdometryResult, frame: Frame) -> list:
+        """Re-anchor a new keyframe (this frame) on the current and earlier keyframes' depth points. Returns the
+        new keyframe's links (PnP inliers per earlier keyframe) when the refinement is accepted, else []."""
+        c = self.conf
+        if not self.window:
+            return []
+        t0 = time.perf_counter()
+        pnp, placed, owner, X, x = self._window_pnp(result.track, frame)
+        result.timings_ms["refine"] = 1e3 * (time.perf_counter() - t0)
         result.window_inliers = pnp.num_inliers
         if not pnp.valid:
             return []
@@ -258,9 +279,7 @@ class VisualOdometry:
         result.correction_m, result.correction_deg = dt, dr
         if dt > c["max_refine_correction_m"] or dr > c["max_refine_correction_deg"]:
             return []
-        # the window's points carry the uncertainty of the keyframe that gave most of the inliers
-        anchor = placed[int(np.bincount(owner[pnp.inliers], minlength=len(placed)).argmax())]
-        cov = pnp.covariance + anchor.covariance
+        cov = pnp.covariance + self._anchor(placed, owner, pnp).covariance
         if np.trace(cov) < np.trace(result.covariance):
             result.covariance = cov
         result.T_odom_cam, result.refined = pnp.T_map_cam, True
