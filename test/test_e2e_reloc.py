@@ -345,25 +345,40 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
     vo_params = {"matcher": "orb_teblid", "image_qos": "reliable", "use_sim_time": True, "base_frame": ""}
     topics = ("/camera/image_raw", "/camera/camera_info", "/camera/depth")
     remaps = {"image": topics[0], "camera_info": topics[1], "depth": topics[2]}
-    tf = []
+    from nav_msgs.msg import Odometry
+
+    from match_ros.ros.codec import pose_to_matrix, stamp_to_ns
+
+    tf, odom_cov = [], {}
+
+    def on_odom(m):
+        assert m.header.frame_id == "odom" and m.child_frame_id == "camera_optical_frame"
+        odom_cov[stamp_to_ns(m.header.stamp)] = (pose_to_matrix(m.pose.pose), np.array(m.pose.covariance))
+
     with NodeProcess("match_ros.nodes.visual_odometry", vo_params, remaps) as vo:
         deadline = time.monotonic() + 90
         while "image_qos=" not in vo.log() and vo.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert vo.alive() and "image_qos=" in vo.log(), vo.log()[-2000:]
-        records, map_odom, log = replay_relocalization(d / "room.db", bag, {"matcher": "orb_teblid"}, rate=0.3,
-                                                       domain_id=domain, topics=topics, tf_sink=tf)
+        records, map_odom, log = replay_relocalization(d / "room.db", bag, {"matcher": "orb_teblid"}, rate=0.2,
+                                                       domain_id=domain, topics=topics, tf_sink=tf,
+                                                       subscribe={"/visual_odometry/odom": (Odometry, on_odom)})
         vo_log = vo.log()
     odom = {stamp: T for stamp, parent, child, T in tf if parent == "odom" and child == "camera_optical_frame"}
     assert len(odom) >= 10, vo_log[-2000:]
     assert "no TF from base_frame" not in vo_log  # base_frame '' is the camera itself
-    # odometry alone, first frame aligned (offline, every frame: 2.9 % end, 4.0 % max of 0.68 m with orb_teblid)
+    assert set(odom_cov) == set(odom) and all(np.allclose(odom_cov[s][0], odom[s]) for s in odom)  # TF = Odometry
+    # odometry alone, first frame aligned (offline, every frame: 1.0 % end, 2.8 % max of 0.68 m with orb_teblid).
+    # A busy machine drops frames; where the gaps are too large to match across, the node holds the pose and says
+    # so (lost, position variance >= lost_variance 1 m^2): most messages are tracked, and those are accurate.
     gt = dict(seq.poses)
     stamps = sorted(odom)
+    tracked = [s for s in stamps if odom_cov[s][1][0] < 0.5]
+    assert len(tracked) >= 0.6 * len(stamps), vo_log[-3000:]
     A = gt[stamps[0]] @ invert(odom[stamps[0]])
     dist = sum(np.linalg.norm(gt[b][:3, 3] - gt[a][:3, 3]) for a, b in zip(seq.stamps_ns, seq.stamps_ns[1:])
                if stamps[0] <= a and b <= stamps[-1])
-    err = [np.linalg.norm((A @ odom[s])[:3, 3] - gt[s][:3, 3]) for s in stamps]
+    err = [np.linalg.norm((A @ odom[s])[:3, 3] - gt[s][:3, 3]) for s in tracked]
     assert max(err) < 0.06 * dist + 0.01, (max(err), dist, np.round(err, 3).tolist(), vo_log[-3000:])
     # map -> odom -> camera is the true camera pose
     s = score(records)

@@ -107,7 +107,7 @@ class VisualOdometryNode(Node):
         frame = self.input.frame(item)
         if frame is None:
             return
-        if frame.depth is None:  # (the camera input has said why)
+        if frame.depth is None or frame.K is None:  # (the camera input has said why)
             return
         header = frame.header
         stamp = conv.stamp_to_ns(header.stamp)
@@ -116,9 +116,10 @@ class VisualOdometryNode(Node):
         t0 = time.monotonic()
         r = self.vo.process(Frame(frame.image, stamp, header.frame_id, frame.K, frame.depth))
         t1 = time.monotonic()
-        if r.lost != self.status_text.startswith("lost"):  # say when tracking is lost and when it is back
-            log = self.get_logger()
-            (log.warning if r.lost else log.info)(f"odometry {r.status} at {stamp * 1e-9:.3f} s")
+        if r.lost and not self.status_text.startswith("lost"):  # say when tracking is lost and when it is back
+            self.get_logger().warning(f"odometry {r.status} at {stamp * 1e-9:.3f} s")
+        elif not r.lost and self.status_text.startswith("lost"):  # (one severity per rclpy logging call site)
+            self.get_logger().info(f"odometry {r.status} again at {stamp * 1e-9:.3f} s")
         self.status_text = r.status
         self.lost += int(r.lost)
         T_odom_base = r.T_odom_cam @ invert(self.T_base_cam)

@@ -33,7 +33,7 @@ from match_ros.core.features.matcher import Matcher
 from match_ros.core.geometry.absolute_pose import PnPResult, solve_pnp
 from match_ros.core.geometry.camera import backproject, depth_at, transform_points
 from match_ros.core.geometry.transforms import invert, rotation_error_deg
-from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE
+from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE, RelativePose
 from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult
 from match_ros.core.tracking.keyframes import KeyframeSelector
 
@@ -44,6 +44,12 @@ odometry_spec = {
     "max_refine_correction_m": Param(0.10, "A refinement moving the keyframe further than this is refused", "m",
                                      0.0, 100.0),
     "max_refine_correction_deg": Param(3.0, "... or rotating it more than this", "deg", 0.0, 180.0),
+    "min_pnp_inliers": Param(30, "A frame's PnP on its keyframe needs this many inliers (measured on rendered "
+                             "frames: wrong poses had 15-24, right ones 28 and more)", min=6, max=100000),
+    "min_pnp_inlier_ratio": Param(0.05, "... and this share of the matches", min=0.0, max=1.0),
+    "restart_after_lost": Param(5, "Frames in a row without a pose after which tracking restarts from a new "
+                                "keyframe at the held pose (before that, frames are matched to the old keyframe)",
+                                min=1, max=1000),
     "lost_variance": Param(1.0, "Variance added to the pose (m^2, rad^2) when tracking is lost and restarts from "
                            "the last pose", min=0.0, max=UNOBSERVED_VARIANCE),
     "max_depth_m": Param(20.0, "Depths beyond this are not used", "m", 0.1, 1000.0),
@@ -154,6 +160,7 @@ class VisualOdometry:
         self.last_pose: Optional[np.ndarray] = None
         self.last_cov = np.zeros((6, 6))
         self.distance_m = 0.0
+        self.lost_streak = 0
 
     def reset(self, initial_pose: np.ndarray | None = None) -> None:
         if initial_pose is not None:
@@ -161,6 +168,7 @@ class VisualOdometry:
         self.tracker.reset()
         self.window.clear()
         self.current, self.last_pose, self.last_cov, self.distance_m = None, None, np.zeros((6, 6)), 0.0
+        self.lost_streak = 0
 
     def process(self, frame: Frame) -> OdometryResult:
         if frame.depth is None:
@@ -180,6 +188,11 @@ class VisualOdometry:
             return self._result(T, cov, status, track)
         kf = self.current
         recovered = None
+        c = self.conf
+        if pose.valid and pose.scale_known and (pose.num_inliers < c["min_pnp_inliers"] or pose.num_inliers
+                                                < c["min_pnp_inlier_ratio"] * len(track.matches)):
+            pose = RelativePose(False, inliers=pose.inliers, num_inliers=pose.num_inliers,
+                                reason=f"{pose.num_inliers} PnP inliers of {len(track.matches)} matches: too few")
         if pose.valid and pose.scale_known:
             T = kf.T_odom_kf @ pose.T_ref_query
             cov = compose_covariance(kf.T_odom_kf, kf.covariance, pose.T_ref_query, pose.covariance)
@@ -189,19 +202,25 @@ class VisualOdometry:
             pnp, placed, owner = recovered[:3]
             T, cov = pnp.T_map_cam, pnp.covariance + self._anchor(placed, owner, pnp).covariance
             status = "tracking"
-        else:
-            T, cov = self.last_pose, self.last_cov
+        else:  # held, and no longer as certain: the camera moves on while nothing is measured
+            grow = 0.0 if self.lost_streak else self.conf["lost_variance"]  # once per loss
+            T, cov = self.last_pose, self.last_cov + grow * np.eye(6)
             status = f"lost: {pose.reason or 'no metric pose'}"
         result = self._result(T, cov, status, track)
         if recovered is not None and recovered[0].valid:
             result.window_inliers = recovered[0].num_inliers
-        if track.is_keyframe:
+        self.lost_streak = 0 if status == "tracking" else self.lost_streak + 1
+        if track.is_keyframe and status != "tracking" and self.lost_streak < self.conf["restart_after_lost"]:
+            # a frame without a pose does not become a keyframe: the next frames are matched against the old
+            # one (and the window) again; only a longer loss restarts from the held pose
+            self.tracker.keyframe = self.current.keyframe
+        elif track.is_keyframe:
             links = []
             if status == "tracking":
                 links = self._refine(result, frame)
                 result.status = "keyframe"
-            else:  # the tracker moved on without a pose: restart from the last one, less certain
-                result.covariance = cov = cov + self.conf["lost_variance"] * np.eye(6)
+            else:  # lost for long: restart from the held pose (its covariance grew when the loss began)
+                self.lost_streak = 0
             self._place(self.tracker.keyframe, result.T_odom_cam, result.covariance, reset_window=status != "tracking")
             if links and self.conf["adjust_window"]:
                 self.current.links = links
