@@ -18,24 +18,22 @@ from geometry_msgs.msg import PoseWithCovariance, PoseWithCovarianceStamped
 from rclpy.node import Node
 from std_msgs.msg import Header
 
-from match_ros.core.config import Param, make_conf
-from match_ros.core.device import DEVICE_CHOICES, resolve_device
-from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.config import Param
+from match_ros.core.device import resolve_device
+from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.two_view import pose_spec
 from match_ros.core.tracking.frontend import Frame, KeyframeTracker
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
 from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec, run_node
+from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
+                                   input_problem, input_values, matcher_spec, run_node)
 from match_ros.ros.tf import TfBroadcaster
 
 NODE_NAME = "keyframe_matcher"
 node_spec = {
-    "matcher": Param("xfeat_lighterglue", "Matching backend", choices=tuple(available_matchers()), read_only=True),
-    "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
-                    read_only=True),
-    "max_keypoints": Param(1024, "Keypoints extracted per image", min=16, max=16384, read_only=True),
+    **matcher_spec(),
     "use_depth": Param(False, "Subscribe to 'depth' (aligned with the image) for metric relative poses",
                        read_only=True),
     "publish_tf": Param(True, "Broadcast keyframe_frame -> tracked_frame"),
@@ -99,30 +97,21 @@ class KeyframeMatcherNode(Node):
         self.rate.add(1e3 * (now - frame.received))
 
     def _diagnostic_status(self):
-        values = {"received": self.input.received, "processed": self.processed, "keyframes": self.keyframes,
+        values = {"processed": self.processed, "keyframes": self.keyframes,
                   "rotation_only_poses": self.rotation_only, "no_pose": self.no_pose,
-                  "lost_before_node": self.input.lost, "dropped_busy": self.worker.slot.dropped,
-                  "errors": self.errors.count, **self.rate.values(),
-                  **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()},
-                  **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
+                  **input_values(self.input, self.worker, self.errors), **self.rate.values(),
+                  **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()}}
         if self.input.K is None and self.input.received:
             return DiagnosticStatus.WARN, "no camera_info: matches without poses", values
-        loss = self.input.loss_warning()
-        if loss:
-            return DiagnosticStatus.WARN, loss, values
-        if self.errors.recent():
-            return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
+        problem = input_problem(self.input, self.errors)
+        if problem:
+            return DiagnosticStatus.WARN, problem, values
         return DiagnosticStatus.OK, "tracking" if self.processed else "waiting for images", values
 
     def _apply_parameters(self, changes: dict) -> str:
         self.p.update(changes.get("", {}))
         self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
-        if "keyframe" in changes:
-            sel = self.tracker.selector
-            sel.conf = make_conf(keyframe_spec, {**sel.conf, **changes["keyframe"]}, "keyframe selection")
-        if "geometry" in changes:
-            self.tracker.pose_conf = make_conf(pose_spec, {**self.tracker.pose_conf, **changes["geometry"]},
-                                               "two-view geometry")
+        self.tracker.update_conf(changes.get("keyframe"), changes.get("geometry"))
         return ""
 
     def shutdown(self):

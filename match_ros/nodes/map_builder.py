@@ -20,27 +20,23 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.device import DEVICE_CHOICES, resolve_device
-from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.device import resolve_device
+from match_ros.core.features.matcher import build_matcher
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
 from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapping import MapBuilder, mapping_spec
 from match_ros.core.relocalization.mapstore import MapError
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, log_outcome,
-                                   run_node, steady_clock)
+from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, input_problem,
+                                   input_values, log_outcome, matcher_spec, run_node, steady_clock)
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import SaveMap
 
 NODE_NAME = "map_builder"
 node_spec = {
     "map_path": Param("", "Where ~/save_map, autosaves and the shutdown save write the map"),
-    "matcher": Param("xfeat_lighterglue", "Local features of the map (the relocalizer must use the same)",
-                     choices=tuple(available_matchers()), read_only=True),
-    "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
-                    read_only=True),
-    "max_keypoints": Param(1024, "Keypoints per keyframe", min=16, max=16384, read_only=True),
+    **matcher_spec("Local features of the map (the relocalizer must use the same)", "Keypoints per keyframe"),
     "use_depth": Param(False, "Use aligned depth (32FC1 m / 16UC1 mm) for 3D points; otherwise triangulate",
                        read_only=True),
     "pose_source": Param("tf", "'tf' (look up map_frame <- image frame) or the name of a PoseStamped topic with the "
@@ -149,17 +145,13 @@ class MapBuilderNode(Node):
             log_outcome(self, ok, f"autosave: {text}")
 
     def _diagnostic_status(self):
-        values = {**self.builder.stats, "received": self.input.received, "lost_before_node": self.input.lost,
-                  "dropped_busy": self.worker.slot.dropped, "errors": self.errors.count,
-                  "saves": self.saves["saved"], "failed_saves": self.saves["failed"], "last_save": self.saves["last"],
-                  **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
+        values = {**self.builder.stats, **input_values(self.input, self.worker, self.errors),
+                  "saves": self.saves["saved"], "failed_saves": self.saves["failed"], "last_save": self.saves["last"]}
         if self.saves["failed"] and self.saves["last"].startswith("save failed"):
             return DiagnosticStatus.ERROR, self.saves["last"], values
-        loss = self.input.loss_warning()
-        if loss:
-            return DiagnosticStatus.WARN, loss, values
-        if self.errors.recent():
-            return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
+        problem = input_problem(self.input, self.errors)
+        if problem:
+            return DiagnosticStatus.WARN, problem, values
         return DiagnosticStatus.OK, f"{self.builder.stats['keyframes']} keyframes", values
 
     def _apply_parameters(self, changes: dict) -> str:

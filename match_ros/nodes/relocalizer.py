@@ -23,8 +23,8 @@ from rclpy.node import Node
 from std_msgs.msg import Header
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.device import DEVICE_CHOICES, resolve_device
-from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.device import resolve_device
+from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame, pnp_spec
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.localizer import Localizer, localizer_spec
@@ -34,7 +34,7 @@ from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   log_outcome, run_node)
+                                   input_problem, input_values, log_outcome, matcher_spec, run_node)
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import LoadMap, Relocalize, SaveMap
@@ -43,12 +43,8 @@ NODE_NAME = "relocalizer"
 MAX_SERVICE_TIMEOUT_S = 10.0
 node_spec = {
     "map_path": Param("", "Map file loaded at start and by parameter changes (empty: start without a map)"),
-    "matcher": Param("xfeat_lighterglue", "Matching backend; the map must have been built with it",
-                     choices=tuple(available_matchers()), read_only=True),
-    "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
-                    read_only=True),
-    "max_keypoints": Param(1024, "Keypoints per query image; must equal the map's", min=16, max=16384,
-                           read_only=True),
+    **matcher_spec("Matching backend; the map must have been built with it",
+                   "Keypoints per query image; must equal the map's"),
     "mode": Param("continuous", "continuous: localize the camera stream; on_request: only on ~/relocalize",
                   choices=("continuous", "on_request")),
     "rate_hz": Param(0.0, "Queries per second at most in continuous mode (0: as fast as they are processed)", "Hz",
@@ -294,18 +290,14 @@ class RelocalizerNode(Node):
 
     def _diagnostic_status(self):
         values = {**self.counts, "keyframes": len(self.map) if self.map is not None else 0,
-                  "received": self.input.received, "lost_before_node": self.input.lost,
-                  "dropped_busy": self.worker.slot.dropped, "errors": self.errors.count, **self.rate.values(),
-                  **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
+                  **input_values(self.input, self.worker, self.errors), **self.rate.values()}
         if self.map is None:
             return DiagnosticStatus.ERROR, "no map loaded", values
         if self.fail_streak >= self.p["lost_after"]:
             return DiagnosticStatus.WARN, f"lost: {self.last_status}", values
-        loss = self.input.loss_warning()
-        if loss:
-            return DiagnosticStatus.WARN, loss, values
-        if self.errors.recent():
-            return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
+        problem = input_problem(self.input, self.errors)
+        if problem:
+            return DiagnosticStatus.WARN, problem, values
         return DiagnosticStatus.OK, self.last_status, values
 
     def _apply_parameters(self, changes: dict) -> str:

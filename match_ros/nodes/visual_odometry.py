@@ -20,8 +20,8 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.device import DEVICE_CHOICES, resolve_device
-from match_ros.core.features.matcher import available_matchers, build_matcher
+from match_ros.core.device import resolve_device
+from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.geometry.two_view import pose_spec
@@ -30,16 +30,14 @@ from match_ros.core.tracking.keyframes import keyframe_spec
 from match_ros.core.tracking.odometry import R_BODY_OPTICAL, VisualOdometry, odometry_spec, twist_between
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec, run_node
+from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
+                                   input_problem, input_values, matcher_spec, run_node)
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 
 NODE_NAME = "visual_odometry"
 node_spec = {
-    "matcher": Param("xfeat_lighterglue", "Matching backend", choices=tuple(available_matchers()), read_only=True),
-    "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
-                    read_only=True),
-    "max_keypoints": Param(1024, "Keypoints extracted per image", min=16, max=16384, read_only=True),
+    **matcher_spec(),
     "odom_frame": Param("odom", "Odometry frame (REP 105)", read_only=True),
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: the "
                         "camera frame", read_only=True),
@@ -148,31 +146,22 @@ class VisualOdometryNode(Node):
         self.rate.add(1e3 * (now - frame.received))
 
     def _diagnostic_status(self):
-        values = {"received": self.input.received, "processed": self.processed, "lost_frames": self.lost,
-                  "distance_m": round(self.vo.distance_m, 3), "lost_before_node": self.input.lost,
-                  "dropped_busy": self.worker.slot.dropped, "errors": self.errors.count, **self.rate.values(),
-                  **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()},
-                  **{f"errors_{k}": v for k, v in self.errors.by_kind.items()}, "last_error": self.errors.last}
+        values = {"processed": self.processed, "lost_frames": self.lost, "distance_m": round(self.vo.distance_m, 3),
+                  **input_values(self.input, self.worker, self.errors), **self.rate.values(),
+                  **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()}}
         if self.input.K is None and self.input.received:
             return DiagnosticStatus.WARN, "no camera_info: no odometry", values
         if self.status_text.startswith("lost"):
             return DiagnosticStatus.WARN, self.status_text, values
-        loss = self.input.loss_warning()
-        if loss:
-            return DiagnosticStatus.WARN, loss, values
-        if self.errors.recent():
-            return DiagnosticStatus.WARN, f"recent errors: {self.errors.last}", values
+        problem = input_problem(self.input, self.errors)
+        if problem:
+            return DiagnosticStatus.WARN, problem, values
         return DiagnosticStatus.OK, self.status_text, values
 
     def _apply_parameters(self, changes: dict) -> str:
         self.p.update(changes.get("", {}))
         self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
-        if "keyframe" in changes:
-            sel = self.vo.tracker.selector
-            sel.conf = make_conf(keyframe_spec, {**sel.conf, **changes["keyframe"]}, "keyframe selection")
-        if "geometry" in changes:
-            tr = self.vo.tracker
-            tr.pose_conf = make_conf(pose_spec, {**tr.pose_conf, **changes["geometry"]}, "two-view geometry")
+        self.vo.tracker.update_conf(changes.get("keyframe"), changes.get("geometry"))
         if "odometry" in changes:
             self.vo.conf = make_conf(odometry_spec, {**self.vo.conf, **changes["odometry"]}, "visual odometry")
         return ""

@@ -324,6 +324,38 @@ def steady_clock():
     return Clock(clock_type=ClockType.STEADY_TIME)
 
 
+def matcher_spec(matcher_text: str = "Matching backend",
+                 keypoints_text: str = "Keypoints extracted per image") -> dict:
+    """The matcher, device and max_keypoints parameters every node declares (read-only: they build the model)."""
+    from match_ros.core.device import DEVICE_CHOICES
+    from match_ros.core.features.matcher import available_matchers
+
+    return {
+        "matcher": Param("xfeat_lighterglue", matcher_text, choices=tuple(available_matchers()), read_only=True),
+        "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
+                        read_only=True),
+        "max_keypoints": Param(1024, keypoints_text, min=16, max=16384, read_only=True),
+    }
+
+
+def input_values(camera_input: "CameraInput", worker: "Worker", errors: ErrorLog) -> dict:
+    """The diagnostic values every camera node reports: frames received, lost before the node, dropped while
+    busy, errors (by kind, the last one)."""
+    return {"received": camera_input.received, "lost_before_node": camera_input.lost,
+            "dropped_busy": worker.slot.dropped, "errors": errors.count,
+            **{f"errors_{k}": v for k, v in errors.by_kind.items()}, "last_error": errors.last}
+
+
+def input_problem(camera_input: "CameraInput", errors: ErrorLog) -> Optional[str]:
+    """The WARN message every camera node shares (frames lost before it, then recent errors), or None."""
+    loss = camera_input.loss_warning()
+    if loss:
+        return loss
+    if errors.recent():
+        return f"recent errors: {errors.last}"
+    return None
+
+
 class Diagnostics:
     """/diagnostics at 1 Hz: ``status()`` returns (level, message, values); ERROR/WARN/OK recover by themselves."""
 

@@ -11,8 +11,9 @@ from typing import Optional
 
 import numpy as np
 
-from match_ros.core.geometry.two_view import RelativePose, estimate_relative_pose
-from match_ros.core.tracking.keyframes import KeyframeSelector
+from match_ros.core.config import make_conf
+from match_ros.core.geometry.two_view import RelativePose, estimate_relative_pose, pose_spec
+from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
 
@@ -85,6 +86,13 @@ class KeyframeTracker:
 
     def reset(self) -> None:
         self.keyframe = None
+
+    def update_conf(self, keyframe: dict | None = None, geometry: dict | None = None) -> None:
+        """Apply changed keyframe-selection and two-view settings (checked against their specs; ValueError)."""
+        if keyframe:
+            self.selector.conf = make_conf(keyframe_spec, {**self.selector.conf, **keyframe}, "keyframe selection")
+        if geometry:
+            self.pose_conf = make_conf(pose_spec, {**self.pose_conf, **geometry}, "two-view geometry")
 
     def process(self, frame: Frame) -> TrackResult:
         image = check_image(frame.image)
