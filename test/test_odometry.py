@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from match_ros.core.features.matcher import build_matcher
-from match_ros.core.geometry.transforms import invert, make_T
+from match_ros.core.geometry.transforms import invert, make_T, perturb_pose, rotation_from_vector
 from match_ros.core.tracking.frontend import Frame
 from match_ros.core.tracking.odometry import R_BODY_OPTICAL, VisualOdometry, compose_covariance, twist_between
 from match_ros.evaluation.eval_odometry import run_sequence, trajectory_metrics
@@ -14,27 +14,17 @@ from match_ros.sim import make_sequence
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _rot(w):
-    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
-
-
-def _perturb(T, d):
-    out = T.copy()
-    out[:3, :3] = _rot(d[3:]) @ T[:3, :3]
-    out[:3, 3] = T[:3, 3] + d[:3]
-    return out
-
-
 def test_composed_covariance_matches_monte_carlo():
     rng = np.random.default_rng(0)
-    T_ab, T_bc = make_T(_rot([0.1, -0.4, 0.3]), [1.0, 2.0, -0.5]), make_T(_rot([0.2, 0.1, -0.2]), [0.8, -0.3, 1.5])
+    T_ab = make_T(rotation_from_vector([0.1, -0.4, 0.3]), [1.0, 2.0, -0.5])
+    T_bc = make_T(rotation_from_vector([0.2, 0.1, -0.2]), [0.8, -0.3, 1.5])
     A = rng.normal(size=(6, 6)) * 0.01
     B = rng.normal(size=(6, 6)) * 0.01
     cov_ab, cov_bc = A @ A.T, B @ B.T
     samples = []
     for _ in range(20000):
-        Tab = _perturb(T_ab, rng.multivariate_normal(np.zeros(6), cov_ab))
-        Tbc = _perturb(T_bc, rng.multivariate_normal(np.zeros(6), cov_bc))
+        Tab = perturb_pose(T_ab, rng.multivariate_normal(np.zeros(6), cov_ab))
+        Tbc = perturb_pose(T_bc, rng.multivariate_normal(np.zeros(6), cov_bc))
         T = Tab @ Tbc
         T0 = T_ab @ T_bc
         samples.append(np.r_[T[:3, 3] - T0[:3, 3], cv2.Rodrigues(T[:3, :3] @ T0[:3, :3].T)[0].ravel()])
@@ -44,11 +34,11 @@ def test_composed_covariance_matches_monte_carlo():
 
 
 def test_twist_is_in_the_moving_frame():
-    T0 = make_T(_rot([0, 0, np.pi / 2]), [1.0, 0.0, 0.0])  # facing +y in odom
-    T1 = T0 @ make_T(_rot([0, 0, 0.1]), [0.2, 0.0, 0.0])  # 0.2 m forward in its own x, turning left
+    T0 = make_T(rotation_from_vector([0, 0, np.pi / 2]), [1.0, 0.0, 0.0])  # facing +y in odom
+    T1 = T0 @ make_T(rotation_from_vector([0, 0, 0.1]), [0.2, 0.0, 0.0])  # 0.2 m forward in its own x, turning left
     v, w = twist_between(T0, T1, 0.5)
     assert np.allclose(w, [0, 0, 0.2], atol=1e-9)
-    assert np.allclose(v, _rot([0, 0, 0.1]).T @ [0.4, 0.0, 0.0], atol=1e-9)
+    assert np.allclose(v, rotation_from_vector([0, 0, 0.1]).T @ [0.4, 0.0, 0.0], atol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +119,12 @@ def test_window_adjustment_recovers_exact_keyframe_poses():
 
     rng = np.random.default_rng(1)
     K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
-    truth = [make_T(_rot([0, 0.05 * k, 0]), [0.2 * k, 0, 0]) for k in range(4)]
+    truth = [make_T(rotation_from_vector([0, 0.05 * k, 0]), [0.2 * k, 0, 0]) for k in range(4)]
     vo = VisualOdometry(build_matcher("orb_teblid"), {"window_keyframes": 3})
     placed = []
     for k, T in enumerate(truth):
         noise = np.r_[rng.normal(size=3) * 0.02, rng.normal(size=3) * np.radians(0.5)] if k else np.zeros(6)
-        pk = _PlacedKeyframe(Keyframe(k, k, "cam", None, K, None), _perturb(T, noise), np.eye(6) * 1e-4)
+        pk = _PlacedKeyframe(Keyframe(k, k, "cam", None, K, None), perturb_pose(T, noise), np.eye(6) * 1e-4)
         for i, ref in enumerate(placed):
             X = np.column_stack([rng.uniform(-1.5, 1.5, 80), rng.uniform(-1, 1, 80), rng.uniform(2, 4, 80)])
             P = (invert(T) @ truth[i] @ np.column_stack([X, np.ones(80)]).T).T[:, :3]

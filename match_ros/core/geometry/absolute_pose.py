@@ -12,7 +12,7 @@ import numpy as np
 
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.camera import project, transform_points
-from match_ros.core.geometry.transforms import invert, make_T
+from match_ros.core.geometry.transforms import invert, make_T, perturb_pose, skew
 
 pnp_spec = {
     "ransac_threshold_px": Param(3.0, "Reprojection error of a PnP inlier", "px", 0.1, 100.0),
@@ -109,10 +109,6 @@ def coverage(pts: np.ndarray, width: int, height: int) -> float:
     return float(span[0] * span[1] / (width * height))
 
 
-def _small_rotation(w: np.ndarray) -> np.ndarray:
-    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
-
-
 def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray,
                     sigma_px: float, T_frame_cam: np.ndarray | None = None) -> np.ndarray:
     """First-order covariance [6 x 6] of a frame's pose in the map frame from reprojection residuals.
@@ -125,9 +121,7 @@ def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarra
     T_frame_cam = np.eye(4) if T_frame_cam is None else T_frame_cam
 
     def residuals(delta):
-        T = T_map_frame.copy()
-        T[:3, :3] = _small_rotation(delta[3:]) @ T[:3, :3]
-        T[:3, 3] = T[:3, 3] + delta[:3]
+        T = perturb_pose(T_map_frame, delta)
         return project(transform_points(invert(T @ T_frame_cam), X_map), K)[0].ravel()
 
     r0 = residuals(np.zeros(6))
@@ -151,5 +145,5 @@ def covariance_of_attached_frame(cov_cam: np.ndarray, T_map_cam: np.ndarray, T_m
     """
     a = T_map_frame[:3, 3] - T_map_cam[:3, 3]
     J = np.eye(6)
-    J[:3, 3:] = -np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    J[:3, 3:] = -skew(a)
     return J @ cov_cam @ J.T

@@ -8,6 +8,32 @@ from __future__ import annotations
 import numpy as np
 
 
+def skew(v) -> np.ndarray:
+    """[3 x 3] matrix of the cross product with v (skew(v) @ w == v x w); [N x 3 x 3] for [N x 3] rows."""
+    v = np.asarray(v, np.float64)
+    out = np.zeros(v.shape[:-1] + (3, 3))
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = v[..., 2], -v[..., 1], v[..., 0]
+    return out
+
+
+def rotation_from_vector(w) -> np.ndarray:
+    """[3 x 3] rotation of the rotation vector w [rad] (axis * angle)."""
+    import cv2
+
+    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
+
+
+def perturb_pose(T: np.ndarray, delta) -> np.ndarray:
+    """T moved by delta = (dx, dy, dz, rot_x, rot_y, rot_z): translation added in the parent frame, the small
+    rotation applied about the parent's axes at the frame's origin (geometry_msgs/PoseWithCovariance's
+    parameters, in which the package's pose covariances are expressed)."""
+    out = np.array(T, np.float64, copy=True)
+    out[:3, :3] = rotation_from_vector(delta[3:]) @ out[:3, :3]
+    out[:3, 3] = out[:3, 3] + np.asarray(delta[:3], np.float64)
+    return out
+
+
 def invert(T: np.ndarray) -> np.ndarray:
     """Inverse of a rigid 4x4 transform."""
     Ti = np.eye(4)

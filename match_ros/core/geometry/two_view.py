@@ -29,7 +29,8 @@ import numpy as np
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import pose_covariance
 from match_ros.core.geometry.camera import backproject, check_K, depth_at, normalize_points
-from match_ros.core.geometry.transforms import invert, rotation_error_deg, translation_angle_deg
+from match_ros.core.geometry.transforms import (invert, rotation_error_deg, rotation_from_vector, skew,
+                                                translation_angle_deg)
 
 # Variance [m^2 or unit^2] written for a translation that is not observed (rotation-only poses).
 UNOBSERVED_VARIANCE = 1e6
@@ -259,10 +260,6 @@ def _essential_candidates(E: np.ndarray) -> list:
     return [(R, s * t.ravel()) for R in (R1, R2) for s in (1.0, -1.0)]
 
 
-def _skew(t: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
-
-
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cross product of [N x 3] (or [3]) arrays; np.cross costs more in dispatch than in arithmetic."""
     a, b = np.broadcast_arrays(np.atleast_2d(a), np.atleast_2d(b))
@@ -277,7 +274,7 @@ def _homogeneous(n: np.ndarray) -> np.ndarray:
 
 def _sampson(R, t, n_ref, n_query) -> np.ndarray:
     """Signed Sampson distance [normalised image units] of each match to x_query^T [t]x R x_ref = 0."""
-    E = _skew(t / np.linalg.norm(t)) @ R
+    E = skew(t / np.linalg.norm(t)) @ R
     x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
     Ex0, Etx1 = x0 @ E.T, x1 @ E
     den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
@@ -342,7 +339,7 @@ def _perturb(R, t, d):
     """(R, t) moved by d = (small rotation [3], step on the unit sphere [2])."""
     a, b = _sphere_basis(t)
     t_new = t + d[3] * a + d[4] * b
-    return cv2.Rodrigues(np.asarray(d[:3], np.float64).reshape(3, 1))[0] @ R, t_new / np.linalg.norm(t_new)
+    return rotation_from_vector(d[:3]) @ R, t_new / np.linalg.norm(t_new)
 
 
 def _small_log(R: np.ndarray) -> np.ndarray:
@@ -438,7 +435,7 @@ def _rotation_covariance(R, n_ref, n_query, focal) -> np.ndarray:
     b_ref = _homogeneous(n_ref)
 
     def residuals(d):
-        p = b_ref @ (cv2.Rodrigues(np.asarray(d, np.float64).reshape(3, 1))[0] @ R).T
+        p = b_ref @ (rotation_from_vector(d) @ R).T
         return (p[:, :2] / p[:, 2:3] - n_query).ravel()
 
     r, J = _jacobian(residuals, 3, step=1e-6)

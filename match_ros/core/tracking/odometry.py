@@ -32,7 +32,7 @@ from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.geometry.absolute_pose import PnPResult, solve_pnp
 from match_ros.core.geometry.camera import backproject, depth_at, transform_points
-from match_ros.core.geometry.transforms import invert, rotation_error_deg
+from match_ros.core.geometry.transforms import invert, perturb_pose, rotation_error_deg, skew
 from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE, RelativePose
 from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult
 from match_ros.core.tracking.keyframes import KeyframeSelector
@@ -60,24 +60,6 @@ default_odometry_conf = defaults(odometry_spec)
 
 # optical frame (z forward, x right, y down) -> body frame (x forward, y left, z up), REP 103
 R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-
-
-def _rotation(w: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
-
-
-def _skew_rows(v: np.ndarray) -> np.ndarray:
-    """[N x 3 x 3] skew matrices of [N x 3] vectors."""
-    out = np.zeros((len(v), 3, 3))
-    out[:, 0, 1], out[:, 0, 2], out[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
-    out[:, 1, 0], out[:, 2, 0], out[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
-    return out
-
-
-def skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
 
 def compose_covariance(T_a_b: np.ndarray, cov_a_b: np.ndarray, T_b_c: np.ndarray, cov_b_c: np.ndarray) -> np.ndarray:
@@ -326,19 +308,12 @@ class VisualOdometry:
         T0 = [pk.T_odom_kf for pk in kfs]
 
         def poses(x):
-            out = [T0[0]]
-            for k in range(1, len(kfs)):
-                d = x[6 * (k - 1):6 * k]
-                T = T0[k].copy()
-                T[:3, :3] = _rotation(d[3:]) @ T[:3, :3]
-                T[:3, 3] = T[:3, 3] + d[:3]
-                out.append(T)
-            return out
+            return [T0[0]] + [perturb_pose(T0[k], x[6 * (k - 1):6 * k]) for k in range(1, len(kfs))]
 
         n = len(kfs) - 1  # unknowns: (dt, dr) of keyframes 1..n, applied in odom as in ``pose_covariance``
 
         def project(x):
-            """Residuals [2M], and per observation the pieces of the Jacobian."""
+            """Residuals [2M], the poses, and per observation the pieces of the Jacobian."""
             Ts = poses(x)
             res, parts = [], []
             for i, k, X, uv in obs:
@@ -349,13 +324,13 @@ class VisualOdometry:
                 z = P[:, 2:3]
                 res.append((P[:, :2] / z * [K[0, 0], K[1, 1]] + K[:2, 2] - uv).ravel())
                 parts.append((i, k, Pw, P, K))
-            return np.concatenate(res), parts
+            return np.concatenate(res), Ts, parts
 
         def residuals(x):
             return project(x)[0]
 
         def jacobian(x):
-            _, parts = project(x)
+            _, Ts, parts = project(x)
             rows = []
             for i, k, Pw, P, K in parts:
                 m = len(P)
@@ -363,16 +338,14 @@ class VisualOdometry:
                 dproj = np.zeros((m, 2, 3))  # d(u, v) / d(point in camera k)
                 dproj[:, 0, 0], dproj[:, 0, 2] = K[0, 0] / z, -K[0, 0] * x_ / z ** 2
                 dproj[:, 1, 1], dproj[:, 1, 2] = K[1, 1] / z, -K[1, 1] * y_ / z ** 2
-                Rk_T = poses(x)[k][:3, :3].T
+                Rk_T = Ts[k][:3, :3].T
                 J = np.zeros((m, 2, 6 * n))
                 if i > 0:  # P_w moves by dt_i + dr_i x (P_w - t_i)
-                    Ti = poses(x)[i]
                     dPw = np.concatenate([np.broadcast_to(np.eye(3), (m, 3, 3)),
-                                          -_skew_rows(Pw - Ti[:3, 3])], axis=2)  # [m x 3 x 6]
+                                          -skew(Pw - Ts[i][:3, 3])], axis=2)  # [m x 3 x 6]
                     J[:, :, 6 * (i - 1):6 * i] += dproj @ (Rk_T @ dPw)
                 if k > 0:  # camera k moves: P = R_k^T (P_w - t_k) changes by -R_k^T dt_k + R_k^T [P_w - t_k]x dr_k
-                    Tk = poses(x)[k]
-                    dPk = np.concatenate([np.broadcast_to(-Rk_T, (m, 3, 3)), Rk_T @ _skew_rows(Pw - Tk[:3, 3])],
+                    dPk = np.concatenate([np.broadcast_to(-Rk_T, (m, 3, 3)), Rk_T @ skew(Pw - Ts[k][:3, 3])],
                                          axis=2)
                     J[:, :, 6 * (k - 1):6 * k] += dproj @ dPk
                 rows.append(J.reshape(2 * m, 6 * n))
