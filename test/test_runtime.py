@@ -141,6 +141,31 @@ def test_errors_are_counted_by_kind_and_recent_ones_expire(node):
     assert log.recent() == 0 and log.count == 6
 
 
+def test_worker_runs_calls_in_its_own_thread_between_frames(node):
+    """Worker.call: set-up work (model building, map loading) runs in the processing thread, its exception
+    reaches the caller, frames keep flowing, and after stop() a call runs inline."""
+    import threading
+
+    from match_ros.ros.runtime import ErrorLog, Worker
+
+    seen = []
+    worker = Worker(lambda item: seen.append((item, threading.current_thread().name)), ErrorLog(node), "test_worker")
+    try:
+        assert worker.call(lambda: threading.current_thread().name) == "test_worker"
+        with pytest.raises(ZeroDivisionError):
+            worker.call(lambda: 1 / 0)
+        worker.put("frame")
+        assert worker.call(lambda: 42) == 42
+        for _ in range(100):
+            if seen:
+                break
+            threading.Event().wait(0.01)
+        assert seen == [("frame", "test_worker")]
+    finally:
+        worker.stop(2.0)
+    assert worker.call(lambda: threading.current_thread().name) == threading.current_thread().name
+
+
 def test_parameters_are_declared_from_the_spec_with_ranges(node):
     from match_ros.ros.params import ParameterError, declare
 

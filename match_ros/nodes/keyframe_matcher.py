@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovariance, PoseWithCovarianceStamped
 from rclpy.node import Node
 from std_msgs.msg import Header
 
 from match_ros.core.config import Param
-from match_ros.core.device import resolve_device
-from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.two_view import pose_spec
 from match_ros.core.tracking.frontend import Frame, KeyframeTracker
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
@@ -28,7 +25,7 @@ from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   input_problem, input_values, matcher_spec, run_node)
+                                   input_problem, input_values, matcher_spec, run_node, warm_matcher)
 from match_ros.ros.tf import TfBroadcaster
 
 NODE_NAME = "keyframe_matcher"
@@ -52,18 +49,16 @@ class KeyframeMatcherNode(Node):
         groups = parameter_groups()
         self.p = p = declare(self, groups[""])
         kf_conf, pose_conf = declare(self, keyframe_spec, "keyframe"), declare(self, pose_spec, "geometry")
-        self.matcher = build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, resolve_device(p["device"]))
-        self.tracker = KeyframeTracker(self.matcher, KeyframeSelector(kf_conf), pose_conf)
-        f = self.matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
-        self.matcher.match(f, f)  # warm-up: the first real frame is not slower
         self.errors = ErrorLog(self)
+        self.worker = Worker(self._process, self.errors, "keyframe_matcher_worker")
+        self.matcher, _ = self.worker.call(warm_matcher, p)  # all inference in the worker thread
+        self.tracker = KeyframeTracker(self.matcher, KeyframeSelector(kf_conf), pose_conf)
         self.processed = self.keyframes = self.rotation_only = self.no_pose = 0
         self.rate = RateMeter()
         self.stage_ms: dict = {}
         self.pub_corr = self.create_publisher(CorrespondenceSet, "~/correspondences", 10)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/relative_pose", 10)
         self.tf = TfBroadcaster(self)
-        self.worker = Worker(self._process, self.errors, "keyframe_matcher_worker")
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
         self.diagnostics = Diagnostics(self, "keyframe matching", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)

@@ -59,11 +59,10 @@ class MapBuilderNode(Node):
         groups = parameter_groups()
         self.p = p = declare(self, groups[""])
         conf = declare(self, mapping_spec, "mapping")
-        dev = resolve_device(p["device"])
-        self.builder = MapBuilder(build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, dev),
-                                  GlobalDescriptor(device=dev), conf)
-        self._lock = threading.Lock()  # the builder: worker vs saves
         self.errors = ErrorLog(self)
+        self.worker = Worker(self._process, self.errors, "map_builder_worker")
+        self.builder = self.worker.call(self._make_builder, p, conf)  # all inference in the worker thread
+        self._lock = threading.Lock()  # the builder: worker vs saves
         self.saves = {"saved": 0, "failed": 0, "last": ""}
         self._saved_keyframes, self._last_save = 0, time.monotonic()
         self._poses: deque = deque(maxlen=200)
@@ -71,7 +70,6 @@ class MapBuilderNode(Node):
         if self.tf is None:
             self.create_subscription(PoseStamped, p["pose_source"], lambda m: self._poses.append(
                 (conv.stamp_to_ns(m.header.stamp), conv.pose_to_matrix(m.pose))), 50)
-        self.worker = Worker(self._process, self.errors, "map_builder_worker")
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
         self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
@@ -90,6 +88,12 @@ class MapBuilderNode(Node):
         if pose is None:
             self.errors("pose", f"no pose on {self.p['pose_source']} with the image stamp")
         return pose
+
+    @staticmethod
+    def _make_builder(p: dict, conf: dict) -> MapBuilder:
+        dev = resolve_device(p["device"])
+        return MapBuilder(build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, dev),
+                          GlobalDescriptor(device=dev), conf)
 
     def _process(self, item):
         frame = self.input.frame(item)

@@ -23,8 +23,6 @@ from rclpy.node import Node
 from std_msgs.msg import Header
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.device import resolve_device
-from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame, pnp_spec
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.localizer import Localizer, localizer_spec
@@ -34,7 +32,7 @@ from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   input_problem, input_values, log_outcome, matcher_spec, run_node)
+                                   input_problem, input_values, log_outcome, matcher_spec, run_node, warm_matcher)
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import LoadMap, Relocalize, SaveMap
@@ -71,16 +69,14 @@ class RelocalizerNode(Node):
         p = declare(self, groups[""])
         self.p = p
         loc_conf, pnp_conf = declare(self, localizer_spec, "localizer"), declare(self, pnp_spec, "pnp")
-        dev = resolve_device(p["device"])
-        self.matcher = build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, dev)
-        probe = self.matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
-        self.matcher.match(probe, probe)  # warm-up: the first real query is not slower
+        self.errors = ErrorLog(self)
+        self.worker = Worker(self._process, self.errors, "relocalizer_worker")
+        self.matcher, probe = self.worker.call(warm_matcher, p)  # all inference in the worker thread
         self._identity = matcher_identity(p["matcher"], p["max_keypoints"], probe.descriptors.shape[1],
                                           probe.descriptors.dtype)
         self.localizer = Localizer(None, self.matcher, None, loc_conf, pnp_conf)
         self.map = None
         self._lock = threading.Lock()  # map and localizer: the worker vs services and parameter changes
-        self.errors = ErrorLog(self)
         self.counts = {"queries": 0, "accepted": 0, "tracked": 0, "rejected": 0}
         self.fail_streak, self.last_status, self.T_map_odom, self.last_fix = 0, "no query yet", None, None
         self._warned_base, self._requests, self._last_query = False, [], 0.0
@@ -93,7 +89,6 @@ class RelocalizerNode(Node):
         self.pub_status = self.create_publisher(DiagnosticArray, "~/status", 10)
         self.tf = TfBroadcaster(self)
         self.tf_listener = TfListener(self)
-        self.worker = Worker(self._process, self.errors, "relocalizer_worker")
         self.input = CameraInput(self, p, self.worker.put, self.errors)
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
         for srv, name, cb in ((Relocalize, "~/relocalize", self._srv_relocalize), (SaveMap, "~/save_map",
@@ -111,7 +106,7 @@ class RelocalizerNode(Node):
         if not len(new_map):
             return False, f"map not loaded: {path} has no keyframes"
         with self._lock:
-            self.localizer.set_map(new_map)  # learns the vocabulary of a format-1 map
+            self.worker.call(self.localizer.set_map, new_map)  # learns the vocabulary of a format-1 map
             self.map, self.T_map_odom, self.last_fix = new_map, None, None
         return True, f"map {path} loaded: {len(new_map)} keyframes"
 

@@ -20,8 +20,6 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.device import resolve_device
-from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.geometry.two_view import pose_spec
@@ -31,7 +29,7 @@ from match_ros.core.tracking.odometry import R_BODY_OPTICAL, VisualOdometry, odo
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   input_problem, input_values, matcher_spec, run_node)
+                                   input_problem, input_values, matcher_spec, run_node, warm_matcher)
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 
@@ -57,11 +55,10 @@ class VisualOdometryNode(Node):
         groups = parameter_groups()
         self.p = p = declare(self, groups[""])
         confs = {g: declare(self, groups[g], g) for g in ("keyframe", "geometry", "odometry")}
-        self.matcher = build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, resolve_device(p["device"]))
-        self.vo = VisualOdometry(self.matcher, confs["odometry"], confs["keyframe"], confs["geometry"])
-        f = self.matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
-        self.matcher.match(f, f)  # warm-up: the first real frame is not slower
         self.errors = ErrorLog(self)
+        self.worker = Worker(self._process, self.errors, "visual_odometry_worker")
+        self.matcher, _ = self.worker.call(warm_matcher, p)  # all inference in the worker thread
+        self.vo = VisualOdometry(self.matcher, confs["odometry"], confs["keyframe"], confs["geometry"])
         self.processed = self.lost = 0
         self.status_text = "waiting for images"
         self.child_frame = None  # decided at the first frame
@@ -72,7 +69,6 @@ class VisualOdometryNode(Node):
         self.pub_odom = self.create_publisher(Odometry, "~/odom", 10)
         self.tf = TfBroadcaster(self)
         self.tf_listener = TfListener(self)
-        self.worker = Worker(self._process, self.errors, "visual_odometry_worker")
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=True)
         self.diagnostics = Diagnostics(self, "visual odometry", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)

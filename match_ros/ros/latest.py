@@ -18,6 +18,7 @@ class LatestSlot(Generic[T]):
         self._cond = threading.Condition()
         self._item: Optional[T] = None
         self._closed = False
+        self._woken = False
         self.received = 0
         self.dropped = 0
 
@@ -30,12 +31,19 @@ class LatestSlot(Generic[T]):
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Optional[T]:
-        """Newest item, or None on timeout or after close()."""
+        """Newest item, or None on timeout, after close() or when woken by wake()."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._item is not None or self._closed, timeout):
+            if not self._cond.wait_for(lambda: self._item is not None or self._closed or self._woken, timeout):
                 return None
+            self._woken = False
             item, self._item = self._item, None
             return item
+
+    def wake(self) -> None:
+        """Make a waiting (or the next) get() return at once, with the item if there is one."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify()
 
     @property
     def closed(self) -> bool:

@@ -6,6 +6,8 @@
   downscales images above ``max_image_pixels`` (the camera matrix with them); counts frames the middleware lost
   before the node (QoS ``message_lost`` events and gaps in the publishers' sequence numbers).
 - ``Worker``: the newest frame only (drop-oldest slot) handed to one processing thread; the executor never waits.
+  ``Worker.call`` runs set-up work (model building, warm-up, map loading) in that same thread: every torch
+  computation of a node happens in one thread (see ``Worker.call``).
 - ``ErrorLog``: errors counted by kind, logged at most every 2 s per kind, the recent ones kept for diagnostics.
 - ``Diagnostics``: /diagnostics at 1 Hz with levels that recover (WARN while errors or frame loss are recent).
 - ``run_node``: init, spin, and one shutdown path for Ctrl-C, SIGTERM and external shutdown that runs the node's
@@ -14,11 +16,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -292,15 +296,50 @@ class Worker:
         self.slot: LatestSlot = LatestSlot()
         self.process, self.errors = process, errors
         self.busy = False
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def put(self, item) -> None:
         self.slot.put(item)
 
+    def call(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` run in the worker thread (between frames); returns its result or raises its
+        exception here. Inline when called from the worker itself or after stop().
+
+        Why: PyTorch's CPU wheels use GNU OpenMP, which gives every thread that runs a parallel operation its own
+        thread pool. A model built or warmed up in the executor thread and then run in the worker left two pools
+        on 2 cores and made XFeat+LighterGlue 1.7x slower per frame (75 -> 127 ms, measured); so a node builds,
+        warms up and feeds its models through this one thread.
+        """
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            return fn(*args, **kwargs)
+        future: Future = Future()
+        self._calls.put((future, fn, args, kwargs))
+        self.slot.wake()
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except TimeoutError:
+                if not self._thread.is_alive():  # the worker ended before taking it: run it here
+                    self._run_calls()
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                future, fn, args, kwargs = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # handed to the caller, which raises it
+                future.set_exception(e)
+
     def _run(self) -> None:
         while not self.slot.closed:
+            self._run_calls()
             item = self.slot.get(timeout=0.5)
+            self._run_calls()
             if item is None:
                 continue
             self.busy = True
@@ -310,6 +349,7 @@ class Worker:
                 self.errors("processing", f"frame skipped: {e!r}")
             finally:
                 self.busy = False
+        self._run_calls()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.slot.close()
@@ -336,6 +376,18 @@ def matcher_spec(matcher_text: str = "Matching backend",
                         read_only=True),
         "max_keypoints": Param(1024, keypoints_text, min=16, max=16384, read_only=True),
     }
+
+
+def warm_matcher(p: dict):
+    """The matcher the ``matcher_spec`` parameters name, warmed up (the first real frame is not slower), and the
+    features of the warm-up image. Run it in the node's worker thread: ``worker.call(warm_matcher, p)``."""
+    from match_ros.core.device import resolve_device
+    from match_ros.core.features.matcher import build_matcher
+
+    matcher = build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, resolve_device(p["device"]))
+    probe = matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
+    matcher.match(probe, probe)
+    return matcher, probe
 
 
 def input_values(camera_input: "CameraInput", worker: "Worker", errors: ErrorLog) -> dict:
