@@ -131,6 +131,7 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
                                    prob=c["confidence"], threshold=th, maxIters=c["max_iterations"])
     if E is None or E.shape != (3, 3) or mask is None:
         return RelativePose(False, inliers=np.zeros(m, bool), reason="essential matrix failed")
+    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)  # every motion below is scored on these
     candidates = _essential_candidates(E)
     H, _ = cv2.findHomography(n_ref, n_query, cv2.USAC_MAGSAC, th, maxIters=c["max_iterations"],
                               confidence=c["confidence"])
@@ -138,21 +139,20 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
         _, Rs, ts, _ = cv2.decomposeHomographyMat(H, np.eye(3))
         candidates += [(R, t.ravel() / np.linalg.norm(t)) for R, t in zip(Rs, ts) if np.linalg.norm(t) > 1e-9]
     # x_query = R x_ref + t for every candidate
-    scored = sorted(((_support(R, t, n_ref, n_query, th), R, t) for R, t in candidates), key=lambda s: -s[0].sum())
+    scored = _scored(candidates, x0, x1, th)
     # RANSAC counts matches that fit the epipolar constraint; near the bas-relief ambiguity (short baselines)
     # a wrong motion fits about as many and puts a fifth of them behind a camera. Then minimal samples scored by
     # the strict support (fits and in front) add the candidates it missed.
     if scored[0][0].sum() < _STRICT_TRIGGER * int(mask.sum()):
         sampled = _strict_samples(n_ref, n_query, th, _STRICT_SAMPLES)
-        scored = sorted(scored + [(_support(R, t, n_ref, n_query, th), R, t) for R, t in sampled],
-                        key=lambda s: -s[0].sum())
+        scored = sorted(scored + _scored(sampled, x0, x1, th), key=lambda s: -s[0].sum())
     refined = []
     # the best after refinement is not always the best before: refine the few close to the best
     close = [x for x in scored[:_REFINED_CANDIDATES] if x[0].sum() >= _REFINE_WITHIN * scored[0][0].sum()]
     for inliers, R, t in close:
         if inliers.sum() >= 5:
-            R, t = _refine_essential(R, t, n_ref[inliers], n_query[inliers], th)
-            inliers = _support(R, t, n_ref, n_query, th)
+            R, t = _refine_essential(R, t, x0[inliers], x1[inliers], th)
+            inliers = _support(R, t, x0, x1, th)
         refined.append((inliers, R, t))
     inliers, R, t = max(refined, key=lambda s: int(s[0].sum()))
     candidates += [(R2, t2) for _, R2, t2 in refined]
@@ -161,8 +161,8 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
         return RelativePose(False, inliers=inliers, num_inliers=n_good,
                             reason=f"{n_good} inliers < min_inliers {c['min_inliers']}")
     parallax = _median_parallax(pts_ref[inliers], pts_query[inliers], K_ref, K_query, R.T)
-    other_t, other_R = _rivals(R, t, candidates, n_ref, n_query, th, c["ambiguity_ratio"])
-    cov = _essential_covariance(R, t, n_ref[inliers], n_query[inliers], focal) * c["covariance_scale"]
+    other_t, other_R = _rivals(R, t, candidates, x0, x1, th, c["ambiguity_ratio"])
+    cov = _essential_covariance(R, t, x0[inliers], x1[inliers], focal) * c["covariance_scale"]
     if parallax < c["min_parallax_deg"]:
         why_not = f"parallax {parallax:.2f} deg < {c['min_parallax_deg']:g}: translation not observable"
     elif other_t:
@@ -190,14 +190,17 @@ def _rivals(R, t, candidates, n_ref, n_query, th, ratio) -> tuple[str, str]:
     fairly: a point whose rays are near-parallel under both motions counts for both.
     """
     other_t = other_R = ""
+    apart = [(R2, t2, translation_angle_deg(t2, t), rotation_error_deg(R2, R)) for R2, t2 in candidates]
+    apart = [a for a in apart if a[2] >= _DIFFERENT_T_DEG or a[3] >= _DIFFERENT_R_DEG]
+    if not apart:
+        return other_t, other_R
+    Rs, ts = np.array([a[0] for a in apart]), np.array([a[1] for a in apart])
     parallel = _ray_angles(R, n_ref, n_query) < _PARALLEL_RAYS * th
-    for R2, t2 in candidates:
-        dt, dR = translation_angle_deg(t2, t), rotation_error_deg(R2, R)
-        if dt < _DIFFERENT_T_DEG and dR < _DIFFERENT_R_DEG:
-            continue
-        both = parallel & (_ray_angles(R2, n_ref, n_query) < _PARALLEL_RAYS * th)
-        own = int(_support(R, t, n_ref, n_query, th, exempt=both).sum())
-        rival = int(_support(R2, t2, n_ref, n_query, th, exempt=both).sum())
+    both = parallel & (_ray_angles(Rs, n_ref, n_query) < _PARALLEL_RAYS * th)  # [C x M]
+    fits, front = _fits_in_front(R[None], t[None], n_ref, n_query, th)
+    fits2, front2 = _fits_in_front(Rs, ts, n_ref, n_query, th)
+    owns, rivals = np.sum(fits & (front | both), axis=1), np.sum(fits2 & (front2 | both), axis=1)
+    for (_, _, dt, dR), own, rival in zip(apart, owns, rivals):
         if rival >= ratio * own:
             text = f"a motion {dt:.0f} deg / {dR:.1f} deg apart explains {rival} of the pose's {own} matches"
             other_t = other_t or (text if dt >= _DIFFERENT_T_DEG else "")
@@ -261,10 +264,11 @@ def _essential_candidates(E: np.ndarray) -> list:
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cross product of [N x 3] (or [3]) arrays; np.cross costs more in dispatch than in arithmetic."""
-    a, b = np.broadcast_arrays(np.atleast_2d(a), np.atleast_2d(b))
-    return np.column_stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
-                            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]])
+    """Cross product over the last axis of broadcastable [... x 3] arrays; np.cross costs more in dispatch than
+    in arithmetic."""
+    a, b = np.broadcast_arrays(a, b)
+    return np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                     a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)
 
 
 def _homogeneous(n: np.ndarray) -> np.ndarray:
@@ -272,13 +276,30 @@ def _homogeneous(n: np.ndarray) -> np.ndarray:
     return n if n.shape[1] == 3 else np.column_stack([n, np.ones(len(n))])
 
 
-def _sampson(R, t, n_ref, n_query) -> np.ndarray:
-    """Signed Sampson distance [normalised image units] of each match to x_query^T [t]x R x_ref = 0."""
-    E = skew(t / np.linalg.norm(t)) @ R
+def _sampson(Rs, ts, n_ref, n_query) -> np.ndarray:
+    """Signed Sampson distance [normalised image units] of each match to x_query^T [t]x R x_ref = 0.
+
+    One motion (R [3 x 3], t [3]) -> [M]; C motions (Rs [C x 3 x 3], ts [C x 3]) -> [C x M] in one pass.
+    n_ref, n_query: [M x 2] normalised points, or [M x 3] homogeneous ones (cheaper when reused).
+    """
+    ts = np.asarray(ts)
+    E = skew(ts / np.linalg.norm(ts, axis=-1, keepdims=True)) @ Rs
     x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
-    Ex0, Etx1 = x0 @ E.T, x1 @ E
-    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
-    return np.sum(x1 * Ex0, axis=1) / np.sqrt(np.maximum(den, 1e-30))
+    Ex0, Etx1 = x0 @ np.swapaxes(E, -1, -2), x1 @ E
+    den = Ex0[..., 0] ** 2 + Ex0[..., 1] ** 2 + Etx1[..., 0] ** 2 + Etx1[..., 1] ** 2
+    return np.sum(x1 * Ex0, axis=-1) / np.sqrt(np.maximum(den, 1e-30))
+
+
+def _fits_in_front(Rs, ts, n_ref, n_query, th) -> tuple[np.ndarray, np.ndarray]:
+    """[C x M] bool twice for C motions: the match fits (Sampson error < th); its point is in front of both
+    cameras (depth signs of z_q x_q = z_r (R x_r) + t, crossed with x_q for z_r and with R x_r for z_q)."""
+    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
+    fits = np.abs(_sampson(Rs, ts, x0, x1)) < th
+    y = x0 @ np.swapaxes(Rs, -1, -2)  # [C x M x 3]
+    t = np.asarray(ts)[:, None, :]
+    y_x = _cross(y, x1)
+    in_front = (np.sum(_cross(t, x1) * y_x, axis=-1) < 0) & (np.sum(_cross(t, y) * y_x, axis=-1) < 0)
+    return fits, in_front
 
 
 def _support(R, t, n_ref, n_query, th, exempt: np.ndarray | None = None) -> np.ndarray:
@@ -289,14 +310,20 @@ def _support(R, t, n_ref, n_query, th, exempt: np.ndarray | None = None) -> np.n
     the epipole: the noise decides the sign of their depth, ORB-SLAM's rule). Exempting per motion
     would let the planar twin win: it makes rays parallel by absorbing the parallax into its rotation.
     """
-    fits = np.abs(_sampson(R, t, n_ref, n_query)) < th
-    # depth signs of z_q x_q = z_r (R x_r) + t, crossed with x_q (for z_r) and with R x_r (for z_q)
-    y, x = _homogeneous(n_ref) @ R.T, _homogeneous(n_query)
-    y_x = _cross(y, x)
-    in_front = (np.sum(_cross(t, x) * y_x, axis=1) < 0) & (np.sum(_cross(t, y) * y_x, axis=1) < 0)
+    fits, in_front = _fits_in_front(np.asarray(R)[None], np.asarray(t)[None], n_ref, n_query, th)
     if exempt is not None:
         in_front |= exempt
-    return fits & in_front
+    return (fits & in_front)[0]
+
+
+def _scored(motions: list, x0, x1, th) -> list:
+    """[(support [M] bool, R, t)] of the motions (R, t), most support first (ties keep the given order)."""
+    if not motions:
+        return []
+    fits, in_front = _fits_in_front(np.array([R for R, _ in motions]), np.array([t for _, t in motions]), x0, x1,
+                                    th)
+    support = fits & in_front
+    return sorted(((support[k], R, t) for k, (R, t) in enumerate(motions)), key=lambda s: -s[0].sum())
 
 
 def _strict_samples(n_ref, n_query, th, samples: int, seed: int = 0) -> list:
@@ -317,14 +344,18 @@ def _strict_samples(n_ref, n_query, th, samples: int, seed: int = 0) -> list:
     den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
     err = np.abs(np.sum(x1.T * Ex0, axis=1)) / np.sqrt(np.maximum(den, 1e-30))
     best = np.argsort(-np.sum(err < th, axis=1))[:_STRICT_KEPT]
-    return [max(_essential_candidates(Es[k]), key=lambda Rt: int(_support(*Rt, n_ref, n_query, th).sum()))
-            for k in best]
+    decomposed = [Rt for k in best for Rt in _essential_candidates(Es[k])]  # 4 per essential matrix
+    fits, in_front = _fits_in_front(np.array([R for R, _ in decomposed]), np.array([t for _, t in decomposed]),
+                                    n_ref, n_query, th)
+    counts = np.sum(fits & in_front, axis=1).reshape(-1, 4)
+    return [decomposed[4 * i + int(np.argmax(row))] for i, row in enumerate(counts)]
 
 
 def _ray_angles(R, n_ref, n_query) -> np.ndarray:
-    """[M] angle [rad] between each reference ray and its query ray rotated into the reference frame."""
+    """[M] angle [rad] between each reference ray and its query ray rotated into the reference frame ([C x M]
+    for rotations [C x 3 x 3])."""
     a, b = _homogeneous(n_ref), _homogeneous(n_query) @ R  # rows of the latter: R^T x_query
-    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
@@ -353,13 +384,21 @@ def _jacobian(residuals, n_params: int, step: float = 1e-7) -> tuple[np.ndarray,
     return r0, J
 
 
+def _sampson_jacobian(R, t, x0, x1, step: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    """Sampson errors [M] of (R, t) and their forward-difference Jacobian [M x 5] in the ``_perturb`` parameters,
+    the six motions evaluated in one pass."""
+    moved = [_perturb(R, t, d) for d in np.vstack([np.zeros(5), step * np.eye(5)])]
+    S = _sampson(np.array([m[0] for m in moved]), np.array([m[1] for m in moved]), x0, x1)
+    return S[0], (S[1:] - S[0]).T / step
+
+
 def _refine_essential(R, t, n_ref, n_query, th, iterations: int = 10):
     """Levenberg-Marquardt on the Cauchy-weighted Sampson errors over (rotation, unit translation)."""
     t = t / np.linalg.norm(t)
     n_ref, n_query = _homogeneous(n_ref), _homogeneous(n_query)
     lam = 1e-3
     for _ in range(iterations):
-        r, J = _jacobian(lambda d: _sampson(*_perturb(R, t, d), n_ref, n_query), 5)
+        r, J = _sampson_jacobian(R, t, n_ref, n_query)
         w = 1.0 / (1.0 + (r / th) ** 2)
         A, g = (J.T * w) @ J, (J.T * w) @ r
         cost = np.sum(w * r ** 2)
@@ -379,7 +418,7 @@ def _refine_essential(R, t, n_ref, n_query, th, iterations: int = 10):
 
 def _essential_covariance(R, t, n_ref, n_query, focal) -> np.ndarray:
     """First-order [6 x 6] covariance of T_ref_query for a unit-translation pose, from the Sampson residuals."""
-    r, J = _jacobian(lambda d: _sampson(*_perturb(R, t, d), n_ref, n_query), 5)
+    r, J = _sampson_jacobian(R, t, _homogeneous(n_ref), _homogeneous(n_query))
     sigma2 = max(float(np.sum(r ** 2)) / max(len(r) - 5, 1), (0.1 / focal) ** 2)
     try:
         cov5 = sigma2 * np.linalg.inv(J.T @ J)
@@ -405,28 +444,29 @@ def _fit_rotation(n_ref, n_query, th, iterations: int = 200, seed: int = 0):
     u_ref = b_ref / np.linalg.norm(b_ref, axis=1, keepdims=True)
     u_query = b_query / np.linalg.norm(b_query, axis=1, keepdims=True)
 
-    def kabsch(idx):
-        U, _, Vt = np.linalg.svd(u_query[idx].T @ u_ref[idx])
-        return U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    def kabsch(idx):  # [S x k] samples of k matches -> [S x 3 x 3] rotations
+        U, _, Vt = np.linalg.svd(np.einsum("skd,ske->sde", u_query[idx], u_ref[idx]))
+        D = np.ones((len(idx), 3))
+        D[:, 2] = np.linalg.det(U @ Vt)
+        return (U * D[:, None, :]) @ Vt
 
-    def inliers_of(R):
-        p = b_ref @ R.T
+    def inliers_of(Rs):  # [S x 3 x 3] -> [S x M] bool
+        p = b_ref @ np.swapaxes(Rs, -1, -2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            err = np.linalg.norm(p[:, :2] / p[:, 2:3] - n_query, axis=1)
-        return (p[:, 2] > 0) & (np.nan_to_num(err, nan=np.inf) < th)
+            err = np.linalg.norm(p[..., :2] / p[..., 2:3] - n_query, axis=-1)
+        return (p[..., 2] > 0) & (np.nan_to_num(err, nan=np.inf) < th)
 
     rng = np.random.default_rng(seed)
-    best_R, best = np.eye(3), np.zeros(len(n_ref), bool)
-    for _ in range(iterations):
-        R = kabsch(rng.choice(len(n_ref), 2, replace=False))
-        inl = inliers_of(R)
-        if inl.sum() > best.sum():
-            best_R, best = R, inl
+    Rs = kabsch(np.array([rng.choice(len(n_ref), 2, replace=False) for _ in range(iterations)]))
+    inliers = inliers_of(Rs)
+    counts = inliers.sum(axis=1)
+    k = int(np.argmax(counts))  # the first sample with most inliers
+    best_R, best = (Rs[k], inliers[k]) if counts[k] > 0 else (np.eye(3), np.zeros(len(n_ref), bool))
     for _ in range(2):
         if best.sum() < 2:
             break
-        best_R = kabsch(np.flatnonzero(best))
-        best = inliers_of(best_R)
+        best_R = kabsch(np.flatnonzero(best)[None])[0]
+        best = inliers_of(best_R[None])[0]
     return best_R, best
 
 
