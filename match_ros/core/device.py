@@ -1,6 +1,9 @@
 """Device selection: CUDA automatically when a CUDA build and a GPU are present."""
 from __future__ import annotations
 
+import contextlib
+from typing import Callable
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -19,3 +22,22 @@ def resolve_device(name: str = "auto") -> torch.device:
                              f"(torch {torch.__version__}); use 'auto' or 'cpu'")
         return torch.device(name)
     raise ValueError(f"unknown device '{name}', expected one of {DEVICE_CHOICES} or 'cuda:N'")
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX); elsewhere bf16 is emulated
+    and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(device: torch.device, fp16_cuda: bool, bf16_cpu: bool) -> Callable:
+    """A factory of the mixed-precision context a backend runs its networks in: float16 autocast on CUDA
+    (``fp16_cuda``), bfloat16 autocast on a CPU with native bf16 (``bf16_cpu``), else no autocast."""
+    if device.type == "cuda" and fp16_cuda:
+        return lambda: torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and bf16_cpu and cpu_has_bf16():
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext

