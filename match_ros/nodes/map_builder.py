@@ -20,8 +20,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.device import resolve_device
-from match_ros.core.features.matcher import build_matcher
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
 from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapping import MapBuilder, mapping_spec
@@ -29,7 +27,7 @@ from match_ros.core.relocalization.mapstore import MapError
 from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, input_problem,
-                                   input_values, log_outcome, matcher_spec, run_node, steady_clock)
+                                   input_values, log_outcome, matcher_spec, run_node, steady_clock, warm_matcher)
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import SaveMap
 
@@ -91,9 +89,8 @@ class MapBuilderNode(Node):
 
     @staticmethod
     def _make_builder(p: dict, conf: dict) -> MapBuilder:
-        dev = resolve_device(p["device"])
-        return MapBuilder(build_matcher(p["matcher"], {"max_keypoints": p["max_keypoints"]}, dev),
-                          GlobalDescriptor(device=dev), conf)
+        matcher, _ = warm_matcher(p)
+        return MapBuilder(matcher, GlobalDescriptor(device=matcher.device), conf)
 
     def _process(self, item):
         frame = self.input.frame(item)
