@@ -84,7 +84,7 @@ def test_match_ros_types_registered_with_rosidl_hashes():
     """rosbags' registration equals the rosidl build: same type hash, bytes readable by rclpy."""
     ts = make_typestore()
     msg_dir = find_msg_dir()
-    for name in ("Correspondence", "CorrespondenceSet"):
+    for name in ("CorrespondenceSet",):
         json_file = Path(sys.prefix) / "share" / "match_ros" / "msg" / f"{name}.json"
         if json_file.is_file():
             expected = json.loads(json_file.read_text())["type_hashes"][0]["hash_string"]
@@ -96,20 +96,22 @@ def test_match_ros_types_registered_with_rosidl_hashes():
     from match_ros.msg import CorrespondenceSet
 
     T = ts.types
-    corr = T["match_ros/msg/Correspondence"](x_ref=1.5, y_ref=2.5, x_query=3.5, y_query=4.5, index_ref=7,
-                                             index_query=9, score=0.75, distinctiveness=float("nan"), inlier=True)
     pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=1.0, y=0.0, z=0.0),
                                        orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
     stamp = T["builtin_interfaces/msg/Time"](sec=5, nanosec=6)
     msg = T["match_ros/msg/CorrespondenceSet"](
         header=T["std_msgs/msg/Header"](stamp=stamp, frame_id="cam"), reference_stamp=stamp,
         reference_frame_id="cam", reference_id=3, query_id=4, matcher="sift", num_keypoints_ref=10,
-        num_keypoints_query=11, correspondences=[corr, corr], pose_valid=True, relative_pose=pose, scale_known=False,
+        num_keypoints_query=11, points_ref=np.array([1.5, 2.5, 1.5, 2.5], np.float32),
+        points_query=np.array([3.5, 4.5, 3.5, 4.5], np.float32), index_ref=np.array([7, 7], np.uint32),
+        index_query=np.array([9, 9], np.uint32), score=np.array([0.75, 0.75], np.float32),
+        distinctiveness=np.array([np.nan, np.nan], np.float32), inlier=np.array([True, True]),
+        pose_valid=True, relative_pose=pose, scale_known=False,
         num_inliers=2, parallax_deg=1.25, is_keyframe=False, translation_valid=False, pose_reason="parallax 0.2 deg",
         relative_pose_covariance=np.arange(36, dtype=np.float64))
     out = deserialize_message(bytes(ts.serialize_cdr(msg, "match_ros/msg/CorrespondenceSet")), CorrespondenceSet)
-    assert out.matcher == "sift" and out.query_id == 4 and len(out.correspondences) == 2
-    assert out.correspondences[1].index_query == 9 and out.correspondences[1].y_query == 4.5
+    assert out.matcher == "sift" and out.query_id == 4 and len(out.score) == 2
+    assert out.index_query[1] == 9 and out.points_query[3] == 4.5 and list(out.inlier) == [True, True]
     assert out.relative_pose.position.x == 1.0 and out.parallax_deg == 1.25
     assert not out.translation_valid and out.pose_reason == "parallax 0.2 deg"
     assert list(out.relative_pose_covariance) == list(range(36))

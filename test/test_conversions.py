@@ -99,4 +99,10 @@ def test_correspondence_set_round_trip_keeps_every_field():
     np.testing.assert_allclose(conv.pose_to_matrix(back.relative_pose), T, atol=1e-6)
     # a matcher without distinctiveness publishes NaN
     m.distinctiveness = None
-    assert all(math.isnan(c.distinctiveness) for c in conv.correspondence_set(res, Header(), "x").correspondences)
+    assert all(math.isnan(d) for d in conv.correspondence_set(res, Header(), "x").distinctiveness)
+    # no match: empty arrays, same shapes
+    empty = conv.correspondence_arrays(conv.correspondence_message(
+        Header(), "x", Matches.empty(), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, bool), reference_stamp_ns=0,
+        reference_frame_id="a", reference_id=0, query_id=0, num_keypoints_ref=0, num_keypoints_query=0,
+        pose_valid=False, T_ref_query=np.eye(4), scale_known=False, num_inliers=0))
+    assert empty["pts_ref"].shape == (0, 2) and empty["indices"].shape == (0, 2) and empty["inliers"].shape == (0,)

@@ -5,6 +5,7 @@ rclpy and rosbags messages alike; this module adds what needs the rclpy message 
 """
 from __future__ import annotations
 
+import array
 import math
 
 import numpy as np
@@ -68,20 +69,21 @@ def correspondence_message(header, matcher: str, matches, pts_ref: np.ndarray, p
                            covariance: np.ndarray | None = None):
     """match_ros/CorrespondenceSet from arrays: matches (core Matches, indices [M x 2] = (reference, query)),
     pts_ref / pts_query [M x 2] pixels, inliers [M] bool; stamped with the query image's header."""
-    from match_ros.msg import Correspondence, CorrespondenceSet
+    from match_ros.msg import CorrespondenceSet
 
     msg = CorrespondenceSet(header=header, reference_stamp=ns_to_stamp(reference_stamp_ns),
                             reference_frame_id=reference_frame_id, reference_id=int(reference_id),
                             query_id=int(query_id), matcher=matcher, num_keypoints_ref=int(num_keypoints_ref),
                             num_keypoints_query=int(num_keypoints_query))
     m = matches
-    inl = inliers if len(inliers) == len(m) else np.zeros(len(m), bool)
-    dist = m.distinctiveness if m.distinctiveness is not None else np.full(len(m), math.nan, np.float32)
-    rows = zip(np.asarray(pts_ref).tolist(), np.asarray(pts_query).tolist(), m.indices.tolist(), m.scores.tolist(),
-               dist.tolist(), inl.tolist())
-    msg.correspondences = [Correspondence(x_ref=xr, y_ref=yr, x_query=xq, y_query=yq, index_ref=ir, index_query=iq,
-                                          score=s_, distinctiveness=d, inlier=ok)
-                           for (xr, yr), (xq, yq), (ir, iq), s_, d, ok in rows]
+    n = len(m)
+    inl = inliers if len(inliers) == n else np.zeros(n, bool)
+    dist = m.distinctiveness if m.distinctiveness is not None else np.full(n, math.nan, np.float32)
+    msg.points_ref = _array("f", np.asarray(pts_ref).reshape(n, 2))
+    msg.points_query = _array("f", np.asarray(pts_query).reshape(n, 2))
+    msg.index_ref, msg.index_query = _array("I", m.indices[:, 0]), _array("I", m.indices[:, 1])
+    msg.score, msg.distinctiveness = _array("f", m.scores), _array("f", dist)
+    msg.inlier = np.asarray(inl, bool).tolist()
     msg.pose_valid = bool(pose_valid)
     msg.relative_pose = matrix_to_pose(T_ref_query)
     msg.scale_known = bool(scale_known)
@@ -109,12 +111,19 @@ def correspondence_set(result, header, matcher_name: str):
 
 def correspondence_arrays(msg) -> dict:
     """CorrespondenceSet -> dict of numpy arrays (pts_ref [M x 2], pts_query [M x 2], scores, inliers, ...)."""
-    c = msg.correspondences
     return {
-        "pts_ref": np.array([[x.x_ref, x.y_ref] for x in c], np.float64).reshape(-1, 2),
-        "pts_query": np.array([[x.x_query, x.y_query] for x in c], np.float64).reshape(-1, 2),
-        "indices": np.array([[x.index_ref, x.index_query] for x in c], np.int64).reshape(-1, 2),
-        "scores": np.array([x.score for x in c], np.float32),
-        "distinctiveness": np.array([x.distinctiveness for x in c], np.float32),
-        "inliers": np.array([x.inlier for x in c], bool),
+        "pts_ref": np.asarray(msg.points_ref, np.float64).reshape(-1, 2),
+        "pts_query": np.asarray(msg.points_query, np.float64).reshape(-1, 2),
+        "indices": np.column_stack([np.asarray(msg.index_ref, np.int64), np.asarray(msg.index_query, np.int64)]),
+        "scores": np.asarray(msg.score, np.float32),
+        "distinctiveness": np.asarray(msg.distinctiveness, np.float32),
+        "inliers": np.asarray(msg.inlier, bool),
     }
+
+
+def _array(typecode: str, values: np.ndarray) -> array.array:
+    """A numpy array as the array.array rclpy keeps for a primitive sequence field (one copy, no per-item work)."""
+    dtype = {"f": np.float32, "I": np.uint32}[typecode]
+    out = array.array(typecode)
+    out.frombytes(np.ascontiguousarray(values, dtype).tobytes())
+    return out

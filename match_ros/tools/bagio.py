@@ -2,7 +2,7 @@
 
 Bags are rosbag2 folders (metadata.yaml + .db3 or .mcap) or bare .db3/.mcap files.
 Messages are built and decoded with a rosbags typestore for ROS 2 Kilted, extended with
-match_ros/msg/{Correspondence,CorrespondenceSet} read from the package's .msg files, so
+match_ros/msg/CorrespondenceSet read from the package's .msg files, so
 the type hashes equal those of the rosidl build.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from match_ros.core.geometry.transforms import quaternion_from_matrix
 
 STORAGES = ("sqlite3", "mcap")
-MATCH_ROS_MSGS = ("Correspondence", "CorrespondenceSet")  # in dependency order
+MATCH_ROS_MSGS = ("CorrespondenceSet",)  # in dependency order
 _TF_MESSAGE_MSG = "geometry_msgs/TransformStamped[] transforms\n"
 
 
