@@ -45,6 +45,12 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def test_device() -> str:
+    """The device the backend tests build their matchers on: cpu (CI), cuda under scripts/gpu_check.sh."""
+    return os.environ.get("MATCH_ROS_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
 

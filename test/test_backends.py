@@ -35,12 +35,12 @@ BACKENDS = available_matchers()
 
 
 @pytest.fixture(scope="module")
-def matchers():
+def matchers(test_device):
     cache = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = build_matcher(name, device="cpu")
+            cache[name] = build_matcher(name, device=test_device)
         return cache[name]
 
     return get
@@ -91,13 +91,13 @@ def test_graf_homography(name, graf_results, graf_pair):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_features_and_matches_contract(name, graf_results, graf_pair):
+def test_features_and_matches_contract(name, graf_results, graf_pair, test_device):
     f1, f3, matches = graf_results(name)
     im1 = graf_pair[0]
     assert f1.image_size == (im1.shape[1], im1.shape[0])
-    assert 0 < len(f1) and f1.device.type == "cpu"
+    assert 0 < len(f1) and f1.device.type == torch.device(test_device).type
     assert f1.keypoints.dtype == torch.float32 and f1.scores.dtype == torch.float32
-    kp = f1.keypoints.numpy()
+    kp = f1.keypoints.cpu().numpy()
     assert (kp >= 0).all() and (kp[:, 0] <= im1.shape[1] - 1).all() and (kp[:, 1] <= im1.shape[0] - 1).all()
     assert matches.indices[:, 0].max() < len(f1) and matches.indices[:, 1].max() < len(f3)
     assert matches.indices.min() >= 0

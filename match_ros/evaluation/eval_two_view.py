@@ -90,15 +90,19 @@ def main(argv=None) -> int:
     ap.add_argument("--gaps", type=int, nargs="+", default=[1, 3, 5, 8])
     ap.add_argument("--stride", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="backend configuration entries, e.g. cpu_bf16=True (values parsed as Python literals)")
     args = ap.parse_args(argv)
 
     import torch
 
     from match_ros.core.device import resolve_device
+    from match_ros.core.config import parse_overrides
     from match_ros.core.features.matcher import build_matcher
 
     torch.set_num_threads(2)
-    matcher = build_matcher(args.matcher, {"max_keypoints": 1024}, resolve_device("auto"))
+    matcher = build_matcher(args.matcher, {"max_keypoints": 1024, **parse_overrides(args.conf)},
+                            resolve_device("auto"))
     report, every = {}, []
     print(f"{'scene':10s} {'pairs':>5s} {'full':>5s} {'wrong':>5s} {'rot-only':>8s} {'wrong':>5s} {'none':>5s}"
           f" {'dir err':>7s} {'rot err':>7s} {'ms':>5s}")

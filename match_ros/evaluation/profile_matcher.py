@@ -10,13 +10,13 @@ Time of a stage not covered by a listed submodule (NMS, top-k, filtering, prunin
 from __future__ import annotations
 
 import argparse
-import ast
 import statistics
 import time
 from collections import defaultdict
 
 import torch
 
+from match_ros.core.config import parse_overrides
 from match_ros.core.features.matcher import available_matchers, build_matcher
 
 
@@ -54,14 +54,6 @@ def _hook(modules: dict, acc: dict) -> list:
     return handles
 
 
-def _parse_item(item: str) -> tuple:
-    key, _, value = item.partition("=")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # a plain string
-
-
 def _frames(gap: int):
     from match_ros.sim import make_sequence
 
@@ -80,7 +72,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--gap", type=int, default=3, help="query = frame GAP of the rendered 'room' sequence")
     args = p.parse_args(argv)
-    conf = dict(_parse_item(item) for item in args.conf)
+    conf = parse_overrides(args.conf)
     if args.max_keypoints is not None:
         conf["max_keypoints"] = args.max_keypoints
     if args.threads is not None:
