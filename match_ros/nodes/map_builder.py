@@ -34,7 +34,8 @@ from match_ros.srv import SaveMap
 NODE_NAME = "map_builder"
 node_spec = {
     "map_path": Param("", "Where ~/save_map, autosaves and the shutdown save write the map"),
-    **matcher_spec("Local features of the map (the relocalizer must use the same)", "Keypoints per keyframe"),
+    **matcher_spec("Local features of the map (the relocalizer must use the same)", "Keypoints per keyframe",
+                   cpu_bf16=False),
     "use_depth": Param(False, "Use aligned depth (32FC1 m / 16UC1 mm) for 3D points; otherwise triangulate",
                        read_only=True),
     "pose_source": Param("tf", "'tf' (look up map_frame <- image frame) or the name of a PoseStamped topic with the "

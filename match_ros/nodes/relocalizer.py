@@ -42,7 +42,7 @@ MAX_SERVICE_TIMEOUT_S = 10.0
 node_spec = {
     "map_path": Param("", "Map file loaded at start and by parameter changes (empty: start without a map)"),
     **matcher_spec("Matching backend; the map must have been built with it",
-                   "Keypoints per query image; must equal the map's"),
+                   "Keypoints per query image; must equal the map's", cpu_bf16=False),
     "mode": Param("continuous", "continuous: localize the camera stream; on_request: only on ~/relocalize",
                   choices=("continuous", "on_request")),
     "rate_hz": Param(0.0, "Queries per second at most in continuous mode (0: as fast as they are processed)", "Hz",

@@ -35,7 +35,7 @@ from match_ros.ros.tf_buffer import TfListener, TfLookupError
 
 NODE_NAME = "visual_odometry"
 node_spec = {
-    **matcher_spec(),
+    **matcher_spec(cpu_bf16=False),
     "odom_frame": Param("odom", "Odometry frame (REP 105)", read_only=True),
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: the "
                         "camera frame", read_only=True),
