@@ -23,13 +23,12 @@ KEYS = ("recall_5cm_2deg", "recall_25cm_5deg", "recall_1m_10deg", "wrong_poses",
         "ms_per_query_p95", "retrieval_hit_at_3", "within_3sigma", "nees_mean")
 
 
-def accuracy(out: Path, matcher: str, scenes, stride: int, modes, queries=("changed_day", "classic")) -> list:
-    from match_ros.evaluation.eval_reloc import run_offline
-    from match_ros.evaluation.reloc_metrics import score
+def ensure_maps(out: Path, matcher: str, scenes, queries=("changed_day",)) -> dict:
+    """{(scene, query kind): (map path, query bag)}: the rendered bags and their maps, made once and reused."""
     from match_ros.evaluation.reloc_scenes import scene_bags
     from match_ros.tools.build_map import build_map_from_bag
 
-    rows = []
+    paths = {}
     for scene in scenes:
         for kind in queries:
             map_bag, query_bag = scene_bags(out / "bags", scene, kind, 300, 300, progress=False)
@@ -37,10 +36,20 @@ def accuracy(out: Path, matcher: str, scenes, stride: int, modes, queries=("chan
             map_path.parent.mkdir(parents=True, exist_ok=True)
             if not map_path.exists():
                 build_map_from_bag(map_bag, map_path, matcher, progress=False, log=lambda *_: None)
-            for mode in modes:
-                s = score(run_offline(map_path, query_bag, matcher, mode, stride, progress=False))
-                rows.append({"scene": scene, "query": kind, "mode": mode, **{k: s[k] for k in KEYS}})
-                print(f"{scene:9s} {kind:12s} {mode:10s} " + " ".join(f"{k}={s[k]:.3g}" for k in KEYS), flush=True)
+            paths[scene, kind] = (map_path, query_bag)
+    return paths
+
+
+def accuracy(out: Path, matcher: str, scenes, stride: int, modes, queries=("changed_day", "classic")) -> list:
+    from match_ros.evaluation.eval_reloc import run_offline
+    from match_ros.evaluation.reloc_metrics import score
+
+    rows = []
+    for (scene, kind), (map_path, query_bag) in ensure_maps(out, matcher, scenes, queries).items():
+        for mode in modes:
+            s = score(run_offline(map_path, query_bag, matcher, mode, stride, progress=False))
+            rows.append({"scene": scene, "query": kind, "mode": mode, **{k: s[k] for k in KEYS}})
+            print(f"{scene:9s} {kind:12s} {mode:10s} " + " ".join(f"{k}={s[k]:.3g}" for k in KEYS), flush=True)
     return rows
 
 
@@ -77,8 +86,9 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
     return rows
 
 
-def big_map_timing(out: Path, matcher: str, scenes, stride: int) -> dict:
-    """Changed-day queries of every scene against ONE map of all scenes (each 100 m from the others)."""
+def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: dict | None = None) -> dict:
+    """Changed-day queries of every scene against ONE map of all scenes (each 100 m from the others), the query
+    side's backend configured with ``matcher_conf`` (e.g. cpu_bf16) on top of the map's max_keypoints."""
     from match_ros.core.features.matcher import build_matcher
     from match_ros.core.geometry.transforms import make_T, rotation_error_deg
     from match_ros.core.relocalization.localizer import Localizer
@@ -99,7 +109,8 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int) -> dict:
     t0 = time.perf_counter()
     merged.build_vocabulary()
     vocab_s = time.perf_counter() - t0
-    mt = build_matcher(matcher, {"max_keypoints": int(merged.matcher_conf.get("max_keypoints", 1024))})
+    mt = build_matcher(matcher, {"max_keypoints": int(merged.matcher_conf.get("max_keypoints", 1024)),
+                                 **(matcher_conf or {})})
     loc = Localizer(merged, mt)
     ms, ok, wrong, stages = [], 0, 0, []
     for scene in scenes:
@@ -128,6 +139,7 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int) -> dict:
 
 
 def main(argv=None) -> int:
+    from match_ros.core.config import parse_overrides
     from match_ros.core.features.matcher import available_matchers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +151,9 @@ def main(argv=None) -> int:
                     help="accuracy, retrieval, timing")
     ap.add_argument("--queries", nargs="+", default=["changed_day", "classic"], help="query runs of the accuracy part")
     ap.add_argument("--out", default="build/bench_reloc", help="cache and results folder")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="query-side backend options of the timing part, e.g. cpu_bf16=True")
+    ap.add_argument("--json", default=None, help="results file (default: OUT/results_<matcher>.json)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,14 +162,14 @@ def main(argv=None) -> int:
     print(f"match_ros_bench_reloc: {args.matcher}, torch {torch.__version__}, {torch.get_num_threads()} threads",
           flush=True)
     results = {"matcher": args.matcher, "stride": args.stride}
-    if "accuracy" in args.parts or "retrieval" in args.parts or "timing" in args.parts:
-        results["accuracy"] = accuracy(out, args.matcher, args.scenes, args.stride, args.modes,
-                                       tuple(args.queries) if "accuracy" in args.parts else ("changed_day",))
+    ensure_maps(out, args.matcher, args.scenes)
+    if "accuracy" in args.parts:
+        results["accuracy"] = accuracy(out, args.matcher, args.scenes, args.stride, args.modes, tuple(args.queries))
     if "retrieval" in args.parts:
         results["retrieval"] = retrieval(out, args.matcher, args.scenes, args.stride)
     if "timing" in args.parts:
-        results["timing"] = big_map_timing(out, args.matcher, args.scenes, args.stride)
-    (out / f"results_{args.matcher}.json").write_text(json.dumps(results, indent=2))
+        results["timing"] = big_map_timing(out, args.matcher, args.scenes, args.stride, parse_overrides(args.conf))
+    Path(args.json or out / f"results_{args.matcher}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

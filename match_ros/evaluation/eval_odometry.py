@@ -157,10 +157,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="odometry_eval", help="directory for plots")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="backend options, e.g. cpu_bf16=True (values parsed as Python literals)")
     args = ap.parse_args(argv)
 
     import torch
 
+    from match_ros.core.config import parse_overrides
     from match_ros.core.device import resolve_device
     from match_ros.core.features.matcher import build_matcher
     from match_ros.sim import make_sequence
@@ -168,7 +171,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    matcher = build_matcher(args.matcher, {"max_keypoints": args.max_keypoints}, resolve_device("auto"))
+    matcher = build_matcher(args.matcher, {"max_keypoints": args.max_keypoints, **parse_overrides(args.conf)},
+                            resolve_device("auto"))
     conf = {} if args.window_keyframes is None else {"window_keyframes": args.window_keyframes}
     report = {}
     runs = [(s, None) for s in args.scenes] + ([("chessboard", None)] if args.chessboard else [])
