@@ -20,8 +20,11 @@ Scores (all in [0, 1], higher is better):
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from match_ros.core.device import cpu_has_bf16
 from match_ros.core.features.types import Features, Matches
 
 METRICS = ("l2", "cosine", "hamming")
@@ -56,15 +59,28 @@ def _vectors(desc: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.nn.functional.normalize(desc, dim=1) if metric == "cosine" else desc
 
 
-def _nearest(x0: torch.Tensor, x1: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(x0: torch.Tensor, x1: torch.Tensor, k: int, bits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of x0 [N0 x D], its k nearest rows of x1 [N1 x D]: ([N0 x k] squared distances, indices).
 
     One matmul and a row-wise top-k (fast on CPU and GPU; a column-wise top-k is several times slower on CPU).
+    bits: x0, x1 are {0, 1} vectors. With at most 256 of them and native bfloat16 (AMX, CUDA) the search runs on
+    their +-1 forms in bf16: the dot product of two +-1 vectors is n - 2 d (d: differing bits), an integer of
+    magnitude <= 256 and so exact in bf16, and the nearest row is the one with the largest; same result, about
+    3x faster than the float32 product on this CPU.
     """
+    n = x0.shape[1]
+    if bits and n <= 256 and _native_bf16(x0.device):
+        top = ((2 * x0 - 1).bfloat16() @ (2 * x1 - 1).bfloat16().t()).topk(k, dim=1)
+        return (n - top.values.float()).mul_(0.5), top.indices
     sq0, sq1 = (x0 * x0).sum(1), (x1 * x1).sum(1)
     v = torch.addmm(sq1[None], x0, x1.t(), beta=-1.0, alpha=2.0)  # [N0 x N1] = |x0|^2 - |x0 - x1|^2
     top = v.topk(k, dim=1)
     return (sq0[:, None] - top.values).clamp_(min=0), top.indices
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
 def _similarity(dist: torch.Tensor, metric: str, n_bits: int) -> torch.Tensor:
@@ -115,8 +131,9 @@ def mutual_nn(desc0: torch.Tensor, desc1: torch.Tensor, metric: str = "l2", rati
                 torch.zeros(0, device=device))
 
     x0, x1 = _vectors(desc0, metric), _vectors(desc1, metric)
-    sq01, nn01 = _nearest(x0, x1, min(2, n1))  # per reference: best query candidates
-    sq10, nn10 = _nearest(x1, x0, min(2, n0))  # per query: best reference candidates
+    bits = metric == "hamming"
+    sq01, nn01 = _nearest(x0, x1, min(2, n1), bits)  # per reference: best query candidates
+    sq10, nn10 = _nearest(x1, x0, min(2, n0), bits)  # per query: best reference candidates
     # Lowe ratios on distances: Hamming counts as they are, Euclidean distances as sqrt
     d01, d10 = (sq01, sq10) if metric == "hamming" else (sq01.sqrt(), sq10.sqrt())
     idx0 = torch.arange(n0, device=device)
