@@ -289,6 +289,25 @@ def test_hamming_mutual_nn_recovers_permutation():
     np.testing.assert_allclose(scores.numpy(), 1 - 2 * d / 256, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_bytes", [32, 64])
+def test_hamming_search_in_bf16_equals_float32(monkeypatch, n_bytes):
+    """Where bf16 is native the Hamming search runs on +-1 vectors in bf16 (exact up to 256 bits); the result is
+    the float32 one, distances, ratios and order included (512 bits always take the float32 path)."""
+    import match_ros.core.features.nn as nn_mod
+
+    rng = np.random.default_rng(3)
+    a = torch.from_numpy(rng.integers(0, 256, (500, n_bytes), dtype=np.uint8))
+    b = torch.from_numpy(rng.integers(0, 256, (600, n_bytes), dtype=np.uint8))
+    b[::3] = a[:200]  # exact matches and ties beside random pairs
+    monkeypatch.setattr(nn_mod, "_native_bf16", lambda device: True)
+    fast = mutual_nn(a, b, "hamming", ratio_test=0.9)
+    monkeypatch.setattr(nn_mod, "_native_bf16", lambda device: False)
+    slow = mutual_nn(a, b, "hamming", ratio_test=0.9)
+    assert len(fast[0]) > 150
+    for x, y in zip(fast, slow):
+        assert torch.equal(x, y)
+
+
 def test_mutual_nn_rejects_mismatched_inputs():
     with pytest.raises(ValueError):
         mutual_nn(torch.zeros(3, 4), torch.zeros(3, 5), "l2")
