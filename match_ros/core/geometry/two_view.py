@@ -85,6 +85,9 @@ _DIFFERENT_T_DEG, _DIFFERENT_R_DEG = 15.0, 1.0
 _PARALLEL_RAYS = 3.0
 # Candidates (by support) refined before the best is chosen.
 _REFINED_CANDIDATES, _REFINE_WITHIN = 3, 0.8
+# The homography only proposes candidates (its twin decompositions): a shorter search suffices (measured on 464
+# pairs: the same decisions within 1-3 pairs, ORB's pose stage 18 -> 16 ms per frame)
+_H_ITERATIONS = 500
 # Minimal 5-point samples scored by strict support, and how many of their best essential matrices are decomposed.
 _STRICT_SAMPLES, _STRICT_KEPT = 40, 6
 # ... drawn when the best candidate keeps less than this share of RANSAC's epipolar inliers in front of the cameras
@@ -133,7 +136,7 @@ def _pose_essential(pts_ref, pts_query, K_ref, K_query, c) -> RelativePose:
         return RelativePose(False, inliers=np.zeros(m, bool), reason="essential matrix failed")
     x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)  # every motion below is scored on these
     candidates = _essential_candidates(E)
-    H, _ = cv2.findHomography(n_ref, n_query, cv2.USAC_MAGSAC, th, maxIters=c["max_iterations"],
+    H, _ = cv2.findHomography(n_ref, n_query, cv2.USAC_MAGSAC, th, maxIters=min(c["max_iterations"], _H_ITERATIONS),
                               confidence=c["confidence"])
     if H is not None and H.shape == (3, 3):
         _, Rs, ts, _ = cv2.decomposeHomographyMat(H, np.eye(3))
