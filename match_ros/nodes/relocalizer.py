@@ -105,10 +105,15 @@ class RelocalizerNode(Node):
             return False, f"map not loaded: {e}"
         if not len(new_map):
             return False, f"map not loaded: {path} has no keyframes"
-        with self._lock:
-            self.worker.call(self.localizer.set_map, new_map)  # learns the vocabulary of a format-1 map
-            self.map, self.T_map_odom, self.last_fix = new_map, None, None
+        self.worker.call(self._install_map, new_map)  # between two frames, in the thread that runs the models
         return True, f"map {path} loaded: {len(new_map)} keyframes"
+
+    def _install_map(self, new_map: Map) -> None:
+        """Runs in the worker thread (``Worker.call``); the lock is taken there, never held while waiting for the
+        worker (which takes it in every query)."""
+        with self._lock:
+            self.localizer.set_map(new_map)  # learns the vocabulary of a format-1 map
+            self.map, self.T_map_odom, self.last_fix = new_map, None, None
 
     def _srv_load(self, req, res):
         res.success, res.message = self._load(req.path)

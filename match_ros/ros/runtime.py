@@ -305,7 +305,8 @@ class Worker:
 
     def call(self, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` run in the worker thread (between frames); returns its result or raises its
-        exception here. Inline when called from the worker itself or after stop().
+        exception here. Inline when called from the worker itself or after stop(). The caller waits for the frame
+        in progress, so it must not hold a lock that ``process`` takes (let ``fn`` take it).
 
         Why: PyTorch's CPU wheels use GNU OpenMP, which gives every thread that runs a parallel operation its own
         thread pool. A model built or warmed up in the executor thread and then run in the worker left two pools
