@@ -342,7 +342,10 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
     write_sequence_bag(bag, seq, layout=BagLayout(tf=""), with_depth=True)
     domain = 78
     confine_to_loopback(domain)
-    vo_params = {"matcher": "orb_teblid", "image_qos": "reliable", "use_sim_time": True, "base_frame": ""}
+    # one torch thread each, as odometry_relocalize.launch.py sets on 2 cores (two nodes with two spinning threads
+    # each oversubscribe the cores)
+    vo_params = {"matcher": "orb_teblid", "image_qos": "reliable", "use_sim_time": True, "base_frame": "",
+                 "torch_threads": 1}
     topics = ("/camera/image_raw", "/camera/camera_info", "/camera/depth")
     remaps = {"image": topics[0], "camera_info": topics[1], "depth": topics[2]}
     from nav_msgs.msg import Odometry
@@ -360,7 +363,8 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
         while "image_qos=" not in vo.log() and vo.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert vo.alive() and "image_qos=" in vo.log(), vo.log()[-2000:]
-        records, map_odom, log = replay_relocalization(d / "room.db", bag, {"matcher": "orb_teblid"}, rate=0.2,
+        records, map_odom, log = replay_relocalization(d / "room.db", bag, {"matcher": "orb_teblid",
+                                                                            "torch_threads": 1}, rate=0.2,
                                                        domain_id=domain, topics=topics, tf_sink=tf,
                                                        subscribe={"/visual_odometry/odom": (Odometry, on_odom)})
         vo_log = vo.log()

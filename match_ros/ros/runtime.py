@@ -379,6 +379,9 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
         "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
                         read_only=True),
         "max_keypoints": Param(1024, keypoints_text, min=16, max=16384, read_only=True),
+        "torch_threads": Param(0, "Intra-op threads of torch (0: torch's default, one per core); where several "
+                               "match_ros nodes share the cores give each its share (two nodes on 2 cores: 1 each)",
+                               min=0, max=256, read_only=True),
         "cpu_bf16": Param(cpu_bf16, "XFeat backbone in bfloat16 on a CPU with native bf16 (AMX / AVX512-BF16): "
                           "extraction 1.5x faster, measured effect in README Speed; no effect elsewhere",
                           read_only=True),
@@ -388,9 +391,13 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
 def warm_matcher(p: dict):
     """The matcher the ``matcher_spec`` parameters name, warmed up (the first real frame is not slower), and the
     features of the warm-up image. Run it in the node's worker thread: ``worker.call(warm_matcher, p)``."""
+    import torch
+
     from match_ros.core.device import resolve_device
     from match_ros.core.features.matcher import build_matcher, matcher_class
 
+    if p["torch_threads"] > 0:
+        torch.set_num_threads(int(p["torch_threads"]))
     conf = {"max_keypoints": p["max_keypoints"]}
     if "cpu_bf16" in matcher_class(p["matcher"]).default_conf:
         conf["cpu_bf16"] = p["cpu_bf16"]
