@@ -166,6 +166,27 @@ def test_worker_runs_calls_in_its_own_thread_between_frames(node):
     assert worker.call(lambda: threading.current_thread().name) == threading.current_thread().name
 
 
+def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
+    """warm_matcher: the backend the parameters name (cpu_bf16 only where the backend has it), warmed up, torch's
+    intra-op threads set when torch_threads > 0 (restored here: the setting is process-wide)."""
+    import torch
+
+    from match_ros.core.config import defaults
+    from match_ros.ros.runtime import matcher_spec, warm_matcher
+
+    before = torch.get_num_threads()
+    try:
+        p = {**defaults(matcher_spec()), "matcher": "orb_teblid", "max_keypoints": 300, "device": "cpu",
+             "torch_threads": 1}
+        matcher, probe = warm_matcher(p)
+        assert matcher.name == "orb_teblid" and "cpu_bf16" not in matcher.conf
+        assert 0 < len(probe) <= 300 and torch.get_num_threads() == 1
+        xfeat, _ = warm_matcher({**p, "matcher": "xfeat_mnn", "cpu_bf16": False, "torch_threads": 0})
+        assert xfeat.conf["cpu_bf16"] is False and xfeat.conf["max_keypoints"] == 300
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_parameters_are_declared_from_the_spec_with_ranges(node):
     from match_ros.ros.params import ParameterError, declare
 
