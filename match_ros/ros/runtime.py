@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout  # the builtin TimeoutError only from Python 3.11
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -321,7 +322,7 @@ class Worker:
         while True:
             try:
                 return future.result(timeout=0.5)
-            except TimeoutError:
+            except FutureTimeout:
                 if not self._thread.is_alive():  # the worker ended before taking it: run it here
                     self._run_calls()
 
