@@ -19,24 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.evaluation.bench_reference import match_set, rendered_pairs
+
 DEFAULT_MATCHERS = ("xfeat_lighterglue", "xfeat_mnn")
-
-
-def _pairs(n: int) -> list:
-    from match_ros.sim import make_sequence
-
-    out = []
-    for scene in ("room", "office", "corridor"):
-        seq = make_sequence(scene, n_frames=60, seed=0)
-        out += [(seq[i].rgb, seq[i + 5].rgb) for i in range(0, 50, 10)]
-    return out[:n]
 
 
 def _match_set(matcher, a, b) -> set:
     fa, fb = matcher.extract(a), matcher.extract(b)
-    m = matcher.match(fa, fb)
-    ka, kb = fa.keypoints.cpu().numpy(), fb.keypoints.cpu().numpy()
-    return {tuple(np.round(np.r_[ka[i], kb[j]] * 100).astype(np.int64)) for i, j in m.indices}
+    return match_set(fa.keypoints.cpu().numpy(), fb.keypoints.cpu().numpy(), matcher.match(fa, fb).indices)
 
 
 def measure(matcher, pairs, repeats: int) -> dict:
@@ -75,7 +65,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     low = "fp16" if device.type == "cuda" else ("bf16" if cpu_has_bf16() else None)
-    pairs = _pairs(args.pairs)
+    pairs = rendered_pairs(args.pairs)
     print(f"{len(pairs)} rendered pairs 640x480, {args.repeats} repeats, torch {torch.__version__}, {device} ({name})")
     print(f"{'matcher':18s} {'kpts':>5s} {'prec':>5s} {'pair ms':>8s} {'pairs/s':>8s} {'frame ms':>9s} "
           f"{'frames/s':>9s} {'same as fp32':>12s}")

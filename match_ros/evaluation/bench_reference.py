@@ -120,7 +120,8 @@ def reference_for(matcher) -> object:
 
 
 # ----------------------------------------------------------------------------- measurement
-def _pairs(n: int) -> list:
+def rendered_pairs(n: int) -> list:
+    """Up to n (image, image 5 frames later) pairs, 640x480, from the rendered room, office and corridor scenes."""
     from match_ros.sim import make_sequence
 
     out = []
@@ -130,7 +131,8 @@ def _pairs(n: int) -> list:
     return out[:n]
 
 
-def _match_set(pts_a, pts_b, idx) -> set:
+def match_set(pts_a, pts_b, idx) -> set:
+    """Matches as a set of pixel pairs rounded to 0.01 px, for comparing two pipelines' matches."""
     return {tuple(np.round(np.r_[pts_a[i], pts_b[j]] * 100).astype(np.int64)) for i, j in idx}
 
 
@@ -158,7 +160,7 @@ def bench(matcher, pairs, repeats: int) -> dict:
                 res[name] = fn(a, b)
                 t[name].append(time.perf_counter() - t0)
             if r == 0:
-                mine, their = _match_set(*res["ours"]), _match_set(*res["ref"])
+                mine, their = match_set(*res["ours"]), match_set(*res["ref"])
                 same.append(len(mine & their) / max(len(their), 1))
     ours_ps, ref_ps = 1.0 / np.median(t["ours"]), 1.0 / np.median(t["ref"])
     return {"matcher": matcher.name, "pairs_per_s": float(ours_ps), "reference_pairs_per_s": float(ref_ps),
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     from match_ros.core.features.matcher import build_matcher, matcher_class
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    pairs = _pairs(args.pairs)
+    pairs = rendered_pairs(args.pairs)
     rows = []
     device, overrides = resolve_device(args.device), parse_overrides(args.conf)
     print(f"{len(pairs)} pairs 640x480, {args.max_keypoints} keypoints, {args.repeats} interleaved repeats, "
