@@ -286,8 +286,13 @@ def _sampson(Rs, ts, n_ref, n_query) -> np.ndarray:
     n_ref, n_query: [M x 2] normalised points, or [M x 3] homogeneous ones (cheaper when reused).
     """
     ts = np.asarray(ts)
-    E = skew(ts / np.linalg.norm(ts, axis=-1, keepdims=True)) @ Rs
-    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
+    return _sampson_of(skew(ts / np.linalg.norm(ts, axis=-1, keepdims=True)) @ Rs, _homogeneous(n_ref),
+                       _homogeneous(n_query))
+
+
+def _sampson_of(E, x0, x1) -> np.ndarray:
+    """Signed Sampson distances of homogeneous matches x0, x1 [M x 3] to essential matrices E [3 x 3] -> [M]
+    or [S x 3 x 3] -> [S x M] (any scale of E: the distance does not depend on it)."""
     Ex0, Etx1 = x0 @ np.swapaxes(E, -1, -2), x1 @ E
     den = Ex0[..., 0] ** 2 + Ex0[..., 1] ** 2 + Etx1[..., 0] ** 2 + Etx1[..., 1] ** 2
     return np.sum(x1 * Ex0, axis=-1) / np.sqrt(np.maximum(den, 1e-30))
@@ -342,10 +347,7 @@ def _strict_samples(n_ref, n_query, th, samples: int, seed: int = 0) -> list:
     if not Es:
         return []
     Es = np.array(Es)  # [S x 3 x 3], Sampson errors of all at once
-    x0, x1 = _homogeneous(n_ref), _homogeneous(n_query)
-    Ex0, Etx1 = Es @ x0.T, Es.transpose(0, 2, 1) @ x1.T  # [S x 3 x N]
-    den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
-    err = np.abs(np.sum(x1.T * Ex0, axis=1)) / np.sqrt(np.maximum(den, 1e-30))
+    err = np.abs(_sampson_of(Es, _homogeneous(n_ref), _homogeneous(n_query)))
     best = np.argsort(-np.sum(err < th, axis=1))[:_STRICT_KEPT]
     decomposed = [Rt for k in best for Rt in _essential_candidates(Es[k])]  # 4 per essential matrix
     fits, in_front = _fits_in_front(np.array([R for R, _ in decomposed]), np.array([t for _, t in decomposed]),
