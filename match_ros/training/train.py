@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+# model kinds trained by another module with the same command line (its main(argv) parses it)
+OTHER_TRAINERS = {"nemf": "match_ros.training.dense", "a2net": "match_ros.training.align"}
 
 default_config = {
     "kind": "omniglue",  # omniglue | coam
@@ -345,6 +347,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    import yaml
+
+    kind = (yaml.safe_load(Path(args.config).read_text()) or {}).get("kind", default_config["kind"])
+    if kind in OTHER_TRAINERS:  # the dense models train on images, not on cached keypoints: their own module
+        import importlib
+
+        return importlib.import_module(OTHER_TRAINERS[kind]).main(argv)
     config = load_config(args.config)
     if args.steps is not None:
         config["train"]["steps"] = args.steps

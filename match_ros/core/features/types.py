@@ -54,11 +54,15 @@ class Matches:
     indices:         [M x 2] int64, (index into reference keypoints, index into query keypoints)
     scores:          [M] float32 confidence in [0, 1]
     distinctiveness: [M] float32 in [0, 1], or None when the matcher has no such score
+    points_query:    [M x 2] float32 sub-pixel query positions, or None. Set by matchers that place a match in
+                     the query between its keypoints (dense matching, matching on a pre-warped query); indices[:, 1]
+                     is then the query keypoint nearest to that position, and ``points()`` returns these positions.
     """
 
     indices: np.ndarray
     scores: np.ndarray
     distinctiveness: Optional[np.ndarray] = None
+    points_query: Optional[np.ndarray] = None
 
     def __post_init__(self):
         self.indices = np.asarray(self.indices, dtype=np.int64).reshape(-1, 2)
@@ -69,6 +73,10 @@ class Matches:
             self.distinctiveness = np.asarray(self.distinctiveness, dtype=np.float32).reshape(-1)
             if self.distinctiveness.shape[0] != self.indices.shape[0]:
                 raise ValueError("distinctiveness must have one value per match")
+        if self.points_query is not None:
+            self.points_query = np.asarray(self.points_query, dtype=np.float32).reshape(-1, 2)
+            if self.points_query.shape[0] != self.indices.shape[0]:
+                raise ValueError("points_query must have one position per match")
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -80,8 +88,13 @@ class Matches:
     def points(self, ref: Features, query: Features) -> tuple[np.ndarray, np.ndarray]:
         """Matched pixel coordinates: ([M x 2] in reference, [M x 2] in query), float64."""
         kr = ref.keypoints.detach().cpu().numpy().astype(np.float64)
-        kq = query.keypoints.detach().cpu().numpy().astype(np.float64)
-        return kr[self.indices[:, 0]], kq[self.indices[:, 1]]
+        return kr[self.indices[:, 0]], self.query_points(query)
+
+    def query_points(self, query: Features) -> np.ndarray:
+        """[M x 2] float64 query pixel of every match: ``points_query`` when the matcher set it, else its keypoint."""
+        if self.points_query is not None:
+            return self.points_query.astype(np.float64)
+        return query.keypoints.detach().cpu().numpy().astype(np.float64)[self.indices[:, 1]]
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

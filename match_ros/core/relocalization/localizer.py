@@ -247,7 +247,8 @@ class Localizer:
         m = self.matcher.match(self.keyframe_features(kf), q.feats)
         X = kf.points3d[m.indices[:, 0]].astype(np.float64) if len(m) else np.zeros((0, 3))
         has3d = np.all(np.isfinite(X), axis=1)
-        return X[has3d], q.kp[m.indices[has3d, 1]]
+        q_px = m.points_query if m.points_query is not None else q.kp[m.indices[:, 1]]
+        return X[has3d], q_px[has3d]
 
     def _hypothesis_conf(self) -> dict:
         """PnP for a hypothesis: robust, but only a proposal (``_verify`` decides)."""
