@@ -91,21 +91,33 @@ class XFeatExtractor(Matcher):
         # RGB -> the grey level XFeat computes first (x.mean(dim=1) of x / 255), on the interleaved uint8 image
         self._rgb_to_grey = torch.full((3, 1), 1.0 / 765.0, device=self.device)
 
-    @torch.inference_mode()
-    def extract(self, image: np.ndarray) -> Features:
-        """image: [H x W] or [H x W x 3] uint8 RGB -> Features on self.device."""
+    def grey(self, image: np.ndarray) -> torch.Tensor:
+        """[H x W] or [H x W x 3] uint8 -> [1 x 1 x H x W] float32 grey level in [0, 1] on self.device (the grey
+        level XFeat computes first)."""
         image = check_image(image)
         h0, w0 = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = (x.float() / 255.0 if x.ndim == 2 else x.float() @ self._rgb_to_grey).view(1, 1, h0, w0)
-        # the network needs sides divisible by 32
+        return (x.float() / 255.0 if x.ndim == 2 else x.float() @ self._rgb_to_grey).view(1, 1, h0, w0)
+
+    def backbone(self, grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[1 x 1 x H0 x W0] grey -> XFeat's dense descriptors [1 x 64 x h/8 x w/8] (unit norm), keypoint logits
+        [1 x 65 x h/8 x w/8] and reliability [1 x 1 x h/8 x w/8], float32, computed on the image resized to
+        (h, w) = sides rounded down to multiples of 32 (the maps cover the whole image)."""
+        h0, w0 = grey.shape[-2:]
         h, w = max(32, (h0 // 32) * 32), max(32, (w0 // 32) * 32)
         if (h, w) != (h0, w0):
-            x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False)
+            grey = F.interpolate(grey, (h, w), mode="bilinear", align_corners=False)
         with self._amp():
-            dense, logits, reliability = self.net(x)  # [1x64xh/8xw/8], [1x65xh/8xw/8], [1x1xh/8xw/8]
-        dense, logits, reliability = dense.float(), logits.float(), reliability.float()
-        dense = F.normalize(dense, dim=1)
+            dense, logits, reliability = self.net(grey)
+        return F.normalize(dense.float(), dim=1), logits.float(), reliability.float()
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray) -> Features:
+        """image: [H x W] or [H x W x 3] uint8 RGB -> Features on self.device."""
+        x = self.grey(image)
+        h0, w0 = x.shape[-2:]
+        dense, logits, reliability = self.backbone(x)
+        h, w = 8 * dense.shape[-2], 8 * dense.shape[-1]
 
         # keypoint heatmap at full resolution: softmax over 64 cells + dustbin, 8x8 cells to pixels
         heat = F.softmax(logits, 1)[:, :64]

@@ -1,0 +1,221 @@
+"""A dense matching field with PatchMatch inference, after NeMF (Hong et al., "Neural Matching Fields:
+Implicit Representation of Matching Fields for Visual Correspondence", NeurIPS 2022).
+
+NeMF represents the matching cost as a function of a *continuous* pair of positions (p in image 0, q in image 1)
+instead of a discrete cost volume, and finds each p's match with PatchMatch (random initialisation, propagation
+of neighbours' hypotheses, random search) because the field cannot be enumerated at full resolution.
+Our formulation, small enough to train on two CPU cores:
+
+- **Field.** ``score(p, q) = <c0(p), c1(q)> / tau_c + <f0(p), f1(q)> / tau_f``: c = a learned 2-layer head on
+  the frozen XFeat dense map (64-d, stride 8), f = a learned fine map (32-d, stride 2) from a small CNN on the
+  grey image with the coarse head's context added. Both are sampled bilinearly at continuous positions, so the
+  field is defined everywhere (the implicit part); it is never evaluated on a full [N0 x N1] volume.
+- **Inference** (``patchmatch``): coarse field, hypotheses q(p) for a grid of reference points; initialisation
+  by random positions and by the identity, then iterations of propagation (each point tries its grid
+  neighbours' displacements at 1, 2, 4, ... cells: jump-flooding, so a good hypothesis spreads over the whole
+  grid in log2(grid) iterations) and random search in a window that halves every iteration.
+- **Refinement** (``refine``): the fine field on a (2r+1)^2 window of 1-px steps around q, soft-argmax in the
+  3 x 3 neighbourhood of its peak for the sub-pixel position; run twice (the window re-centred).
+- **Confidence**: cycle consistency (PatchMatch from image 1 back to image 0 lands within ``cycle_px`` of p)
+  and the coarse cosine similarity.
+
+Position convention of every map: a map covering the whole image, normalised coordinate
+``g = 2 (x + 0.5) / W - 1`` for pixel x of a W-pixel side (``grid_sample`` with ``align_corners=False``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+default_conf = {
+    "coarse_dim": 64,  # coarse field features (head on XFeat's 64-d map)
+    "fine_dim": 32,  # fine field features (stride-2 map)
+    "fine_width": 24,  # channels of the fine CNN's hidden layers
+}
+
+
+class NeMFField(nn.Module):
+    """The two learned maps of the matching field.
+
+    coarse(xfeat_dense [B x 64 x h/8 x w/8]) -> [B x coarse_dim x h/8 x w/8], unit norm
+    fine(grey [B x 1 x H x W], coarse map) -> [B x fine_dim x H/2 x W/2], unit norm
+    """
+
+    def __init__(self, conf: dict | None = None):
+        super().__init__()
+        self.conf = {**default_conf, **(conf or {})}
+        unknown = set(self.conf) - set(default_conf)
+        if unknown:
+            raise ValueError(f"unknown NeMF configuration keys {sorted(unknown)}")
+        c, d, w = int(self.conf["coarse_dim"]), int(self.conf["fine_dim"]), int(self.conf["fine_width"])
+        self.coarse_head = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(128, c, 1))
+        self.fine_local = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(16, w, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True))
+        self.fine_context = nn.Conv2d(c, w, 1)
+        self.fine_out = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(w, d, 1))
+        # log temperatures of the two terms (learned; initial 0.1 and 0.1)
+        self.log_tau_c = nn.Parameter(torch.tensor(math.log(0.1)))
+        self.log_tau_f = nn.Parameter(torch.tensor(math.log(0.1)))
+
+    def coarse(self, xfeat_dense: torch.Tensor) -> torch.Tensor:
+        return F.normalize(xfeat_dense + self.coarse_head(xfeat_dense), dim=1)
+
+    def fine(self, grey: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        local = self.fine_local(grey)
+        ctx = F.interpolate(self.fine_context(coarse), size=local.shape[-2:], mode="bilinear", align_corners=False)
+        return F.normalize(self.fine_out(local + ctx), dim=1)
+
+
+def sample(maps: torch.Tensor, xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """maps [B x C x h x w] covering images of size (W, H); xy [B x N x 2] pixels -> [B x N x C]."""
+    w, h = size
+    g = torch.stack([2 * (xy[..., 0] + 0.5) / w - 1, 2 * (xy[..., 1] + 0.5) / h - 1], -1)
+    out = F.grid_sample(maps, g[:, :, None].to(maps.dtype), mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out[..., 0].transpose(1, 2)
+
+
+def grid_points(size: tuple[int, int], stride: int, device=None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pixel centres of a regular grid: ([gh * gw x 2] (x, y) float32, (gh, gw)); cell centres of a stride-s map."""
+    w, h = size
+    gw, gh = max(1, w // stride), max(1, h // stride)
+    ys, xs = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    off = (stride - 1) / 2.0
+    xy = torch.stack([xs * stride + off, ys * stride + off], -1).reshape(-1, 2).float()
+    return xy, (gh, gw)
+
+
+def cell_centres(size: tuple[int, int], shape: tuple[int, int], device=None) -> torch.Tensor:
+    """Pixel centres [h * w x 2] (row-major) of the cells of an [h x w] map covering an image of size (W, H)."""
+    w_img, h_img = size
+    h, w = shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    xy = torch.stack([(xs + 0.5) * (w_img / w) - 0.5, (ys + 0.5) * (h_img / h) - 0.5], -1)
+    return xy.reshape(-1, 2).float()
+
+
+def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """[gh x gw x ...] -> the value of the neighbour (y + dy, x + dx), edges replicated."""
+    gh, gw = t.shape[:2]
+    iy = (torch.arange(gh, device=t.device) + dy).clamp(0, gh - 1)
+    ix = (torch.arange(gw, device=t.device) + dx).clamp(0, gw - 1)
+    return t[iy][:, ix]
+
+
+@torch.no_grad()
+def patchmatch(desc0: torch.Tensor, grid: tuple[int, int], p: torch.Tensor, coarse1: torch.Tensor,
+               size1: tuple[int, int], iterations: int = 6, n_random: int = 4,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PatchMatch on the coarse field for a grid of reference points.
+
+    desc0: [gh * gw x C] coarse features at the reference points p [gh * gw x 2] (pixels of image 0, row-major
+    grid ``grid`` = (gh, gw)); coarse1: [1 x C x h x w] coarse map of image 1 (size1 = (W1, H1)).
+    Returns (q [gh * gw x 2] pixels of image 1, cosine similarity [gh * gw]).
+    """
+    gh, gw = grid
+    n = p.shape[0]
+    w1, h1 = size1
+    dev = p.device
+    hi = torch.tensor([w1 - 1.0, h1 - 1.0], device=dev)
+
+    def score(cands: torch.Tensor) -> torch.Tensor:  # [n x k x 2] -> [n x k]
+        k = cands.shape[1]
+        d1 = sample(coarse1, cands.reshape(1, n * k, 2), size1)[0].view(n, k, -1)
+        return (d1 * desc0[:, None]).sum(-1)
+
+    def keep_best(q, s, cands):
+        cands = torch.minimum(cands.clamp(min=0), hi)
+        sc = score(cands)
+        best, arg = sc.max(1)
+        better = best > s
+        q = torch.where(better[:, None], cands[torch.arange(n, device=dev), arg], q)
+        return q, torch.where(better, best, s)
+
+    rand = torch.rand(n, n_random, 2, device=dev, generator=generator) * hi
+    init = torch.cat([p[:, None].clone(), rand], 1)
+    q, s = keep_best(torch.zeros_like(p), torch.full((n,), -2.0, device=dev), init)
+    max_jump = max(1, 2 ** int(math.floor(math.log2(max(gh, gw)))))
+    radius = 0.5 * max(w1, h1)
+    for _ in range(iterations):
+        # propagation: every grid neighbour at 1, 2, 4, ... cells offers its displacement
+        disp = (q - p).view(gh, gw, 2)
+        cands = []
+        step = max_jump
+        while step >= 1:
+            for dy, dx in ((0, step), (0, -step), (step, 0), (-step, 0)):
+                cands.append(_shift(disp, dy, dx).reshape(n, 2))
+            step //= 2
+        q, s = keep_best(q, s, p[:, None] + torch.stack(cands, 1))
+        # random search around the current hypothesis, window halving each iteration
+        jitter = (torch.rand(n, n_random, 2, device=dev, generator=generator) * 2 - 1) * radius
+        q, s = keep_best(q, s, q[:, None] + jitter)
+        radius = max(4.0, radius / 2)
+    return q, s
+
+
+def refine(f0: torch.Tensor, fine1: torch.Tensor, q: torch.Tensor, size1: tuple[int, int], tau: float,
+           radius: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel position of each match on the fine field.
+
+    f0: [n x D] fine features at the reference points; fine1: [1 x D x H1/2 x W1/2]; q: [n x 2] initial
+    positions in image 1. The field on a (2r+1)^2 window of 1-px steps around q; soft-argmax (temperature tau)
+    over the 3 x 3 neighbourhood of its peak. Returns (q refined [n x 2], peak probability [n] over the window).
+    """
+    n = q.shape[0]
+    r = int(radius)
+    k = 2 * r + 1
+    off = torch.arange(-r, r + 1, device=q.device, dtype=q.dtype)
+    oy, ox = torch.meshgrid(off, off, indexing="ij")
+    win = torch.stack([ox, oy], -1).reshape(1, k * k, 2)
+    cands = q[:, None] + win  # [n x k^2 x 2]
+    d1 = sample(fine1, cands.reshape(1, -1, 2), size1)[0].view(n, k * k, -1)
+    logits = (d1 * f0[:, None]).sum(-1) / tau  # [n x k^2]
+    prob = logits.softmax(-1).view(n, k, k)
+    peak = prob.view(n, -1).argmax(-1)
+    py, px = (peak // k).clamp(1, k - 2), (peak % k).clamp(1, k - 2)
+    idx = torch.arange(n, device=q.device)
+    nb_y = py[:, None, None] + torch.arange(-1, 2, device=q.device)[None, :, None]
+    nb_x = px[:, None, None] + torch.arange(-1, 2, device=q.device)[None, None, :]
+    local = prob[idx[:, None, None], nb_y, nb_x]  # [n x 3 x 3]
+    local = local / local.sum((1, 2), keepdim=True).clamp(min=1e-12)
+    dy = (local.sum(2) * off[:3].new_tensor([-1.0, 0.0, 1.0])).sum(1)
+    dx = (local.sum(1) * off[:3].new_tensor([-1.0, 0.0, 1.0])).sum(1)
+    shift = torch.stack([px.to(q.dtype) - r + dx, py.to(q.dtype) - r + dy], -1)
+    return q + shift, prob.view(n, -1).max(-1).values
+
+
+@torch.no_grad()
+def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fine0: torch.Tensor,
+                fine1: torch.Tensor, size0: tuple[int, int], size1: tuple[int, int], stride: int = 8,
+                iterations: int = 6, cycle_px: float = 8.0, radius: int = 4, seed: int = 0) -> dict:
+    """Match a grid of reference points of image 0 into image 1 through the field.
+
+    coarse*: [1 x C x h/8 x w/8] ``net.coarse`` maps, fine*: [1 x D x H/2 x W/2] ``net.fine`` maps, size* (W, H).
+    Returns {"p": [n x 2] reference pixels (grid, row-major), "q": [n x 2] refined matches in image 1,
+    "sim": [n] coarse cosine similarity, "peak": [n] fine peak probability, "cycle": [n] bool (the match from
+    image 1 back to image 0 lands within ``cycle_px`` of p), "grid": (gh, gw)}.
+    """
+    dev = coarse0.device
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(seed))
+    p, grid = grid_points(size0, stride, dev)
+    q, sim = patchmatch(sample(coarse0, p[None], size0)[0], grid, p, coarse1, size1, iterations, generator=gen)
+    # backward field on image 1's grid; the cycle check reads it at the grid cell nearest to q
+    p1, grid1 = grid_points(size1, stride, dev)
+    qb, _ = patchmatch(sample(coarse1, p1[None], size1)[0], grid1, p1, coarse0, size0, iterations, generator=gen)
+    off = (stride - 1) / 2.0
+    cx = ((q[:, 0] - off) / stride).round().long().clamp(0, grid1[1] - 1)
+    cy = ((q[:, 1] - off) / stride).round().long().clamp(0, grid1[0] - 1)
+    cycle = (qb[cy * grid1[1] + cx] - p).norm(dim=1) <= cycle_px
+    f0 = sample(fine0, p[None], size0)[0]
+    tau = float(net.log_tau_f.exp())
+    q, _ = refine(f0, fine1, q, size1, tau, radius)
+    q, peak = refine(f0, fine1, q, size1, tau, 2)
+    w1, h1 = size1
+    inside = (q[:, 0] >= 0) & (q[:, 0] <= w1 - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h1 - 1)
+    return {"p": p, "q": q, "sim": sim, "peak": peak, "cycle": cycle & inside, "grid": grid}
