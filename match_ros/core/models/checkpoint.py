@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 FORMAT = "match_ros.learned/1"
-SHIPPED = {"coam": "coam_xfeat.pt", "omniglue": "omniglue_xfeat.pt", "nemf": "nemf_dense.pt", "a2net": "a2net_align.pt"}
+SHIPPED = {"coam": "coam_xfeat.pt", "omniglue": "omniglue_xfeat.pt", "nemf": "nemf_dense.pt",
+           "a2net": "a2net_align.pt"}
 
 
 def shipped_path(kind: str) -> Path:
