@@ -146,6 +146,34 @@ def test_rendered_pair_labels_respect_depth_and_pose():
     assert not right[label == pairs.UNMATCHED].any()
 
 
+def test_hard_pairs_changed_day_photo_and_cross_day_rendered():
+    """The hard training data: a photo pair whose second view has a changed day's light (darker on average, same
+    geometry: the exact transfer is unchanged), and rendered pairs across a mapping and a changed-day run whose
+    depth transfer puts XFeat's correct matches where the ground truth says."""
+    from match_ros.sim import load_photos
+    from match_ros.training.train import default_config, training_pairs
+
+    photo = load_photos(names=("building",))["building"]
+    plain = pairs.homography_pair(photo, np.random.default_rng(3), {"size": (320, 240)})
+    hard = pairs.homography_pair(photo, np.random.default_rng(3), {"size": (320, 240), "changed_day": 1.0})
+    pts = np.random.default_rng(0).uniform([0, 0], [319, 239], (200, 2))
+    assert np.allclose(plain.transfer01(pts)[0], hard.transfer01(pts)[0])
+    assert (plain.image0 == hard.image0).all() and hard.image1.mean() < plain.image1.mean()
+    data = {**default_config["data"], "homography_pairs": 0, "rendered_pairs": 0, "cross_day_pairs": 4,
+            "rendered_scenes": ["room"]}
+    cross = list(training_pairs(data, "train"))
+    assert len(cross) == 4 and all(p.source.startswith("room-changed-day:") for p in cross)
+    x = build_matcher("xfeat_mnn", {"max_keypoints": 512})
+    right = 0
+    for pair in cross:
+        f0, f1 = x.extract(pair.image0), x.extract(pair.image1)
+        m = x.match(f0, f1)
+        p0, p1 = m.points(f0, f1)
+        q, ok = pair.transfer01(p0)
+        right += int((ok & (np.linalg.norm(q - p1, axis=1) < 3.0)).sum())
+    assert right >= 40, right
+
+
 @pytest.fixture(scope="module")
 def sample(photo):
     """One training sample built as match_ros_train builds them (real XFeat + guidance features)."""

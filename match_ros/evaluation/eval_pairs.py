@@ -83,7 +83,9 @@ def motorcycle_metrics(matcher, data: Path) -> dict:
 # Rendered-scene pairs: seeds no training run uses (match_ros_train's scene seeds are its data seed + < 20 000,
 # texture seeds those + 5000); "facade" is never in training data.
 RENDER_SEED = 90_000
-SCENE_SPLIT = {"room": "training scene", "corridor": "training scene", "facade": "held out"}
+SCENE_SPLIT = {"room": "training scene", "corridor": "training scene", "facade": "held out",
+               "room_changed_day": "changed day", "corridor_changed_day": "changed day",
+               "facade_changed_day": "changed day, held out"}
 
 
 def rendered_pairs(scene: str, n_pairs: int, gap=(6, 20), seed: int = RENDER_SEED):
@@ -98,19 +100,35 @@ def rendered_pairs(scene: str, n_pairs: int, gap=(6, 20), seed: int = RENDER_SEE
     return pairs, seq.camera.K
 
 
+def changed_day_pairs(scene: str, n_pairs: int, seed: int = RENDER_SEED):
+    """Pairs (mapping-day frame, changed-day frame) of one scene: the changed-day query run the relocalization
+    evaluation uses (off the path, turned, dim and uneven light, blur, noise; ``make_changed_day_sequence``)
+    against the mapping run's frame with the closest viewing direction 0.15-1 m away (``closest_view_pairs``).
+    The scene textures (scene_seed 0) and both trajectories are in no training set."""
+    from match_ros.sim import closest_view_pairs, make_changed_day_sequence, make_sequence
+
+    frames = 240
+    mapped = make_sequence(scene, n_frames=frames, seed=0, scene_seed=0)
+    day = make_changed_day_sequence(scene, frames, seed=seed, scene_seed=0)
+    pairs = closest_view_pairs(mapped, day, np.linspace(0, frames - 1, 3 * n_pairs).astype(int))
+    return pairs[:n_pairs], mapped.camera.K
+
+
 def pose_auc_metrics(matcher, pairs, K) -> dict:
     """Relative pose from the matches (essential matrix, USAC-MAGSAC) against the exact poses:
     error = max(rotation error, translation direction error); AUC at 5/10/20 deg."""
     from match_ros.core.geometry.two_view import estimate_relative_pose
     from match_ros.evaluation.metrics import pose_auc, pose_errors, relative_pose_gt
 
-    feats, errors = {}, []
+    feats, errors, ms = {}, [], []
     for fa, fb in pairs:
-        for f in (fa, fb):
-            if f.index not in feats:
-                feats[f.index] = matcher.extract(f.rgb)
-        a, b = feats[fa.index], feats[fb.index]
+        for f in (fa, fb):  # a frame object per pair side (pairs may mix sequences with the same indices)
+            if id(f) not in feats:
+                feats[id(f)] = matcher.extract(f.rgb)
+        a, b = feats[id(fa)], feats[id(fb)]
+        t0 = time.perf_counter()
         m = matcher.match(a, b)
+        ms.append(1e3 * (time.perf_counter() - t0))
         pa, pb = m.points(a, b)
         est = estimate_relative_pose(pa, pb, K, K)
         if not est.valid:
@@ -118,7 +136,8 @@ def pose_auc_metrics(matcher, pairs, K) -> dict:
             continue
         e = pose_errors(est.T_ref_query, relative_pose_gt(fa.T_world_cam, fb.T_world_cam), scale_known=False)
         errors.append(max(e["rot_deg"], e["trans_deg"]))
-    return {**pose_auc(errors), "pairs": len(pairs), "median_err_deg": float(np.median(errors))}
+    return {**pose_auc(errors), "pairs": len(pairs), "median_err_deg": float(np.median(errors)),
+            "match_ms": float(np.median(ms))}
 
 
 def main(argv=None) -> int:
@@ -132,13 +151,21 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(default_data_dir()), help="folder with graf*/aloe*/motorcycle* files")
     ap.add_argument("--scenes", nargs="*", default=list(SCENE_SPLIT), help="rendered scenes for pose AUC")
     ap.add_argument("--scene-pairs", type=int, default=30, help="frame pairs per rendered scene")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="configuration of the (single) backend of --matchers, e.g. photometric_window=0")
     ap.add_argument("--json", default="build/eval/pairs.json", help="where to write the figures")
     args = ap.parse_args(argv)
+    from match_ros.core.config import parse_overrides
+
     data, device = Path(args.data), resolve_device(args.device)
-    scenes = {s: rendered_pairs(s, args.scene_pairs) for s in args.scenes}
+    overrides = parse_overrides(args.conf)
+    if overrides and len(args.matchers or []) != 1:
+        raise SystemExit("--conf needs exactly one backend in --matchers")
+    scenes = {s: (changed_day_pairs(s[:-len("_changed_day")], args.scene_pairs) if s.endswith("_changed_day")
+                  else rendered_pairs(s, args.scene_pairs)) for s in args.scenes}
     rows = {}
     for name in args.matchers or available_matchers():
-        conf = {"max_keypoints": args.max_keypoints} if args.max_keypoints else None
+        conf = {**({"max_keypoints": args.max_keypoints} if args.max_keypoints else {}), **overrides}
         matcher = build_matcher(name, conf, device)
         graf_metrics(matcher, data)  # warm-up (first call allocates)
         rows[name] = {"conf": matcher.conf, "graf": graf_metrics(matcher, data), "aloe": aloe_metrics(matcher, data),

@@ -330,3 +330,19 @@ def make_changed_day_sequence(scene: str, n_frames: int = 120, *, seed: int = 1,
     stamps = [int(start_ns) + int(round(k * 1e9 / rate_hz)) for k in range(n_frames)]
     return Sequence(make_scene(scene, textures_dir, seed=scene_seed), camera or Camera(), list(zip(stamps, poses)),
                     gamma=gamma.tolist(), noise_sigma=noise_sigma, seed=seed, lighting=light, blur=blur)
+
+
+def closest_view_pairs(mapped: Sequence, other: Sequence, indices, baseline_m=(0.15, 1.0)) -> list:
+    """Frame pairs (mapped frame, other frame) for the ``other`` frames at ``indices``: the mapped frame with the
+    closest viewing direction among those ``baseline_m`` (min, max) away [m] (a baseline for two-view geometry);
+    frames without such a partner are skipped. Used for changed-day pairs (evaluation and training)."""
+    poses = np.stack([T for _, T in mapped.poses])
+    pairs = []
+    for j in indices:
+        T = other.poses[int(j)][1]
+        angle = np.degrees(np.arccos(np.clip(poses[:, :3, 2] @ T[:3, 2], -1.0, 1.0)))
+        dist = np.linalg.norm(poses[:, :3, 3] - T[:3, 3], axis=1)
+        ok = (dist >= baseline_m[0]) & (dist <= baseline_m[1])
+        if ok.any():
+            pairs.append((mapped[int(np.flatnonzero(ok)[np.argmin(angle[ok])])], other[int(j)]))
+    return pairs

@@ -39,6 +39,8 @@ default_config = {
         "rendered_scenes": ["room", "corridor"],
         "rendered_pairs": 300,
         "rendered_gap": [4, 16],
+        "changed_day": 0.0,  # share of photo pairs whose second view gets a changed day's light and blur
+        "cross_day_pairs": 0,  # rendered pairs (mapping run, changed-day run)
         "val_pairs": 40,
         "size": [320, 240],
         "max_keypoints": 512,  # unused here (the pair generator's shared configuration)
@@ -92,7 +94,8 @@ def build_samples(data: dict, split: str, progress: bool = True) -> list[dict]:
 
     frozen = _Frozen()
     total = (int(data["val_pairs"]) if split == "val"
-             else int(data["homography_pairs"]) + int(data["rendered_pairs"]) * bool(data["rendered_scenes"]))
+             else int(data["homography_pairs"]) + (int(data["rendered_pairs"]) + int(data["cross_day_pairs"]))
+             * bool(data["rendered_scenes"]))
     out = []
     for k, pair in enumerate(tqdm(training_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair",
                                   disable=not progress)):

@@ -45,6 +45,7 @@ default_homography_conf = {
     "scale_range": (0.6, 1.6),  # zoom of view 1 relative to view 0 (log-uniform)
     "perspective": 0.15,  # corner displacement of view 1, fraction of the view size
     "photometric": True,  # independent brightness, contrast, gamma, noise and blur per view
+    "changed_day": 0.0,  # share of pairs whose view 1 also gets a changed day's light and blur (changed_day())
 }
 
 
@@ -76,6 +77,26 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
+def changed_day(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A changed day's look of a uint8 view, as ``make_changed_day_sequence`` renders one: dim ambient light plus
+    one light falling off from a random point (uneven), a strong gamma, motion blur of 5-15 px on 30 % of the
+    views and noise of 5 grey levels."""
+    from match_ros.sim.scene import motion_blur
+
+    h, w = image.shape[:2]
+    x = image.astype(np.float32) / 255.0
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    lx, ly = rng.uniform(-0.3, 1.3) * w, rng.uniform(-0.3, 1.3) * h
+    falloff = rng.uniform(0.4, 1.2) * max(w, h)
+    light = rng.uniform(0.2, 0.4) + 1.0 / (1.0 + ((xx - lx) ** 2 + (yy - ly) ** 2) / falloff ** 2)
+    x = np.clip(x * light[..., None] if x.ndim == 3 else x * light, 0, 1) ** rng.uniform(0.7, 1.4)
+    x = x * 255.0
+    if rng.random() < 0.3:
+        x = motion_blur(x, rng.uniform(5.0, 15.0), rng.uniform(0.0, 180.0))
+    x = x + rng.normal(0.0, 5.0, x.shape)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
 def _apply_h(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
     p = np.column_stack([pts, np.ones(len(pts))]) @ H.T
     return p[:, :2] / p[:, 2:3]
@@ -97,6 +118,8 @@ def homography_pair(photo: np.ndarray, rng: np.random.Generator, conf: Optional[
                                  borderMode=cv2.BORDER_CONSTANT) for H in (H0, H1)]
     if c["photometric"]:
         views = [photometric(v, rng) for v in views]
+    if float(c["changed_day"]) > 0 and rng.random() < float(c["changed_day"]):
+        views[1] = changed_day(views[1], rng)
     H01 = np.linalg.inv(H1) @ H0  # view-0 px -> photo px -> view-1 px
     return Pair(views[0], views[1], _homography_transfer(H01, H0, (w, h), (pw, ph)),
                 _homography_transfer(np.linalg.inv(H01), H1, (w, h), (pw, ph)), source or "homography")

@@ -39,6 +39,8 @@ default_config = {
         "rendered_scenes": ["room", "corridor"],  # scenes for rendered pairs ("facade" is held out)
         "rendered_pairs": 600,  # training pairs from rendered scenes (split evenly over the scenes)
         "rendered_gap": [4, 16],  # frame gap range of a rendered pair (30 Hz trajectories, ~2 deg per frame)
+        "changed_day": 0.0,  # share of photo pairs whose second view gets a changed day's light and blur
+        "cross_day_pairs": 0,  # rendered pairs (mapping run, changed-day run) of the rendered scenes, split evenly
         "val_pairs": 100,  # validation pairs (other seeds, same sources)
         "size": [320, 240],  # image size [px]
         "max_keypoints": 512,  # XFeat keypoints per image
@@ -99,14 +101,16 @@ def training_pairs(data: dict, split: str):
     val = split == "val"
     n_h = int(data["val_pairs"] * 0.75) if val else int(data["homography_pairs"])
     n_r = (data["val_pairs"] - n_h) if val else int(data["rendered_pairs"])
-    scenes = list(data["rendered_scenes"]) if n_r > 0 else []
+    scenes = list(data["rendered_scenes"]) if n_r > 0 or int(data["cross_day_pairs"]) > 0 else []
     base = int(data["seed"]) + (10_000 if val else 0)
     for k in range(n_h):
         rng = np.random.default_rng([base, 1, k])
         i = int(rng.integers(len(photos)))
-        yield homography_pair(photos[i], rng, {"size": tuple(data["size"])}, source=f"photo:{files[i].name}")
+        yield homography_pair(photos[i], rng, {"size": tuple(data["size"]), "changed_day": float(data["changed_day"])},
+                              source=f"photo:{files[i].name}")
     if not scenes:
         return
+    yield from _cross_day_pairs(data, scenes, base, val)
     w, h = data["size"]
     camera = Camera().scaled(w / Camera().width)
     if (camera.width, camera.height) != (w, h):
@@ -126,6 +130,35 @@ def training_pairs(data: dict, split: str):
             for a in starts:
                 b = int(a + rng.integers(data["rendered_gap"][0], data["rendered_gap"][1] + 1))
                 yield rendered_pair(seq[int(a)], seq[b], camera.K, source=f"{scene}:{seed}:{a}-{b}")
+                done += 1
+            seq_id += 1
+
+
+def _cross_day_pairs(data: dict, scenes: list, base: int, val: bool):
+    """Rendered pairs across days: a mapping run and a changed-day run (``make_changed_day_sequence``: off the
+    path, turned up to +-40 deg, dim uneven light, blur) of the same scene, each changed-day frame with the
+    mapping frame of the closest view 0.15-1 m away. Scene seeds >= 5000: never the evaluation's (0)."""
+    from match_ros.sim import Camera, closest_view_pairs, make_changed_day_sequence, make_sequence
+    from match_ros.training.pairs import rendered_pair
+
+    n = int(data["cross_day_pairs"]) if not val else (int(data["val_pairs"]) // 8 if data["cross_day_pairs"] else 0)
+    if n <= 0:
+        return
+    w, h = data["size"]
+    camera = Camera().scaled(w / Camera().width)
+    per_scene = math.ceil(n / len(scenes))
+    frames = 240
+    for si, scene in enumerate(scenes):
+        done, seq_id = 0, 0
+        while done < per_scene:
+            seed = base + 100 * si + 50 + seq_id
+            mapped = make_sequence(scene, n_frames=frames, seed=seed, scene_seed=seed + 5000, photometric=True,
+                                   noise_sigma=2.0, camera=camera)
+            day = make_changed_day_sequence(scene, frames, seed=seed + 1, scene_seed=seed + 5000, camera=camera)
+            rng = np.random.default_rng([base, 4, si, seq_id])
+            picks = np.sort(rng.choice(frames, size=min(40, per_scene - done), replace=False))
+            for a, b in closest_view_pairs(mapped, day, picks):
+                yield rendered_pair(a, b, camera.K, source=f"{scene}-changed-day:{seed}:{a.index}-{b.index}")
                 done += 1
             seq_id += 1
 
@@ -160,7 +193,8 @@ def build_samples(data: dict, kind: str, split: str, progress: bool = True) -> l
     xfeat = build_matcher("xfeat_mnn", {"max_keypoints": int(data["max_keypoints"])}, "cpu")
     guidance = Guidance(device="cpu")
     total = (int(data["val_pairs"]) if split == "val"
-             else int(data["homography_pairs"]) + int(data["rendered_pairs"]) * bool(data["rendered_scenes"]))
+             else int(data["homography_pairs"]) + (int(data["rendered_pairs"]) + int(data["cross_day_pairs"]))
+             * bool(data["rendered_scenes"]))
     samples = []
     for pair in tqdm(training_pairs(data, split), total=total, desc=f"{split} pairs", unit="pair",
                      disable=not progress):

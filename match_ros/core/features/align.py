@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from match_ros.core.features.nn import match_features
+from match_ros.core.features.subpixel import grey_u8, lucas_kanade
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.features.xfeat import XFeatExtractor
 from match_ros.core.models.checkpoint import load_checkpoint
@@ -135,14 +136,8 @@ class A2NetAlignMatcher(XFeatExtractor):
         """Sub-pixel positions in the warped query of reference keypoints kr [M x 2] matched to warped keypoints
         kw [M x 2]: Lucas-Kanade (one level, win x win px) from the reference into the warped query, started at
         kw; kept where it converged within 1.5 px of kw, else kw."""
-        grey = [im if im.ndim == 2 else cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in (ref_image, warped)]
-        p0, p1 = kr.astype(np.float32).reshape(-1, 1, 2), kw.astype(np.float32).reshape(-1, 1, 2).copy()
-        p1, status, _ = cv2.calcOpticalFlowPyrLK(grey[0], grey[1], p0, p1, winSize=(win, win), maxLevel=0,
-                                                 flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
-                                                 criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01))
-        p1 = p1.reshape(-1, 2).astype(np.float64)
-        ok = (status.reshape(-1) == 1) & (np.linalg.norm(p1 - kw, axis=1) <= 1.5)
-        return np.where(ok[:, None], p1, kw)
+        refined, ok = lucas_kanade(grey_u8(ref_image), grey_u8(warped), kr, kw, win, 1.5)
+        return np.where(ok[:, None], refined, kw)
 
     @torch.inference_mode()
     def match(self, ref: Features, query: Features) -> Matches:

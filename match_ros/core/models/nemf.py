@@ -34,6 +34,8 @@ default_conf = {
     "coarse_dim": 64,  # coarse field features (head on XFeat's 64-d map)
     "fine_dim": 32,  # fine field features (stride-2 map)
     "fine_width": 24,  # channels of the fine CNN's hidden layers
+    "fine_dilated": False,  # one more fine layer, dilated 2 (receptive field 14 -> 22 px)
+    "normalise_input": False,  # fine CNN on the grey level normalised by its local mean and deviation (light)
 }
 
 
@@ -52,10 +54,12 @@ class NeMFField(nn.Module):
             raise ValueError(f"unknown NeMF configuration keys {sorted(unknown)}")
         c, d, w = int(self.conf["coarse_dim"]), int(self.conf["fine_dim"]), int(self.conf["fine_width"])
         self.coarse_head = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(128, c, 1))
-        self.fine_local = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(16, w, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True))
+        layers = [nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(inplace=True),
+                  nn.Conv2d(16, w, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                  nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True)]
+        if self.conf["fine_dilated"]:
+            layers += [nn.Conv2d(w, w, 3, padding=2, dilation=2), nn.ReLU(inplace=True)]
+        self.fine_local = nn.Sequential(*layers)
         self.fine_context = nn.Conv2d(c, w, 1)
         self.fine_out = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(w, d, 1))
         # log temperatures of the two terms (learned; initial 0.1 and 0.1)
@@ -66,9 +70,19 @@ class NeMFField(nn.Module):
         return F.normalize(xfeat_dense + self.coarse_head(xfeat_dense), dim=1)
 
     def fine(self, grey: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        if self.conf["normalise_input"]:
+            grey = local_contrast(grey)
         local = self.fine_local(grey)
         ctx = F.interpolate(self.fine_context(coarse), size=local.shape[-2:], mode="bilinear", align_corners=False)
         return F.normalize(self.fine_out(local + ctx), dim=1)
+
+
+def local_contrast(grey: torch.Tensor, size: int = 15) -> torch.Tensor:
+    """[B x 1 x H x W] -> (grey - local mean) / local standard deviation over size x size windows: a dim or
+    unevenly lit view looks like a bright one (up to noise)."""
+    mean = F.avg_pool2d(grey, size, 1, size // 2, count_include_pad=False)
+    var = F.avg_pool2d(grey * grey, size, 1, size // 2, count_include_pad=False) - mean * mean
+    return (grey - mean) / (var.clamp(min=0) + 1e-4).sqrt()
 
 
 def sample(maps: torch.Tensor, xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -107,14 +121,26 @@ def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return t[iy][:, ix]
 
 
+def _cell_index(xy: torch.Tensor, size: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
+    """Row-major index of the cell of an [h x w] map (covering an image of size (W, H)) that holds each pixel."""
+    w_img, h_img = size
+    h, w = shape
+    cx = ((xy[..., 0] + 0.5) * (w / w_img)).long().clamp(0, w - 1)
+    cy = ((xy[..., 1] + 0.5) * (h / h_img)).long().clamp(0, h - 1)
+    return cy * w + cx
+
+
 @torch.no_grad()
 def patchmatch(desc0: torch.Tensor, grid: tuple[int, int], p: torch.Tensor, coarse1: torch.Tensor,
-               size1: tuple[int, int], iterations: int = 6, n_random: int = 4,
+               size1: tuple[int, int], iterations: int = 7, n_random: int = 4,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PatchMatch on the coarse field for a grid of reference points.
 
     desc0: [gh * gw x C] coarse features at the reference points p [gh * gw x 2] (pixels of image 0, row-major
-    grid ``grid`` = (gh, gw)); coarse1: [1 x C x h x w] coarse map of image 1 (size1 = (W1, H1)).
+    grid ``grid`` = (gh, gw)); coarse1: [1 x C x h x w] coarse map of image 1 (size1 = (W1, H1)). A hypothesis is
+    a continuous position; the coarse field is read in the map cell holding it (the fine field refines).
+    Per iteration, each point tries its four grid neighbours' displacements at 1 cell and at a jump that
+    halves every iteration (jump flooding), and ``n_random`` positions in a search window that halves too.
     Returns (q [gh * gw x 2] pixels of image 1, cosine similarity [gh * gw]).
     """
     gh, gw = grid
@@ -122,39 +148,31 @@ def patchmatch(desc0: torch.Tensor, grid: tuple[int, int], p: torch.Tensor, coar
     w1, h1 = size1
     dev = p.device
     hi = torch.tensor([w1 - 1.0, h1 - 1.0], device=dev)
+    table = coarse1[0].flatten(1).t().contiguous()  # [h * w x C]
+    shape = tuple(coarse1.shape[-2:])
 
-    def score(cands: torch.Tensor) -> torch.Tensor:  # [n x k x 2] -> [n x k]
-        k = cands.shape[1]
-        d1 = sample(coarse1, cands.reshape(1, n * k, 2), size1)[0].view(n, k, -1)
-        return (d1 * desc0[:, None]).sum(-1)
-
-    def keep_best(q, s, cands):
+    def keep_best(q, s, cands):  # cands [n x k x 2]
         cands = torch.minimum(cands.clamp(min=0), hi)
-        sc = score(cands)
+        sc = (table[_cell_index(cands, size1, shape)] * desc0[:, None]).sum(-1)
         best, arg = sc.max(1)
         better = best > s
         q = torch.where(better[:, None], cands[torch.arange(n, device=dev), arg], q)
         return q, torch.where(better, best, s)
 
     rand = torch.rand(n, n_random, 2, device=dev, generator=generator) * hi
-    init = torch.cat([p[:, None].clone(), rand], 1)
-    q, s = keep_best(torch.zeros_like(p), torch.full((n,), -2.0, device=dev), init)
-    max_jump = max(1, 2 ** int(math.floor(math.log2(max(gh, gw)))))
-    radius = 0.5 * max(w1, h1)
+    q, s = keep_best(torch.zeros_like(p), torch.full((n,), -2.0, device=dev), torch.cat([p[:, None], rand], 1))
+    jump = max(1, 2 ** int(math.floor(math.log2(max(gh, gw)))) // 2)
+    radius = 0.25 * max(w1, h1)
     for _ in range(iterations):
-        # propagation: every grid neighbour at 1, 2, 4, ... cells offers its displacement
         disp = (q - p).view(gh, gw, 2)
-        cands = []
-        step = max_jump
-        while step >= 1:
-            for dy, dx in ((0, step), (0, -step), (step, 0), (-step, 0)):
-                cands.append(_shift(disp, dy, dx).reshape(n, 2))
-            step //= 2
+        steps = {1, jump}
+        cands = [_shift(disp, dy * k, dx * k).reshape(n, 2) for k in steps
+                 for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))]
         q, s = keep_best(q, s, p[:, None] + torch.stack(cands, 1))
-        # random search around the current hypothesis, window halving each iteration
         jitter = (torch.rand(n, n_random, 2, device=dev, generator=generator) * 2 - 1) * radius
         q, s = keep_best(q, s, q[:, None] + jitter)
         radius = max(4.0, radius / 2)
+        jump = max(1, jump // 2)
     return q, s
 
 
@@ -192,30 +210,38 @@ def refine(f0: torch.Tensor, fine1: torch.Tensor, q: torch.Tensor, size1: tuple[
 @torch.no_grad()
 def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fine0: torch.Tensor,
                 fine1: torch.Tensor, size0: tuple[int, int], size1: tuple[int, int], stride: int = 8,
-                iterations: int = 6, cycle_px: float = 8.0, radius: int = 4, seed: int = 0) -> dict:
+                iterations: int = 7, cycle_px: float = 8.0, radius: int = 3, min_similarity: float = -1.0,
+                max_matches: int = 0, seed: int = 0) -> dict:
     """Match a grid of reference points of image 0 into image 1 through the field.
 
     coarse*: [1 x C x h/8 x w/8] ``net.coarse`` maps, fine*: [1 x D x H/2 x W/2] ``net.fine`` maps, size* (W, H).
-    Returns {"p": [n x 2] reference pixels (grid, row-major), "q": [n x 2] refined matches in image 1,
-    "sim": [n] coarse cosine similarity, "peak": [n] fine peak probability, "cycle": [n] bool (the match from
-    image 1 back to image 0 lands within ``cycle_px`` of p), "grid": (gh, gw)}.
+    Kept: grid points whose match passes the cycle check (PatchMatch from image 1 back to image 0 lands within
+    ``cycle_px`` of p) with coarse similarity >= min_similarity, the ``max_matches`` most similar (0: all); only
+    those are refined. Returns {"index": [n] kept grid points (row-major), "p": [n x 2] their pixels,
+    "q": [n x 2] refined matches in image 1, "sim": [n] coarse cosine similarity, "peak": [n] fine peak
+    probability, "grid": (gh, gw)}.
     """
     dev = coarse0.device
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
     p, grid = grid_points(size0, stride, dev)
     q, sim = patchmatch(sample(coarse0, p[None], size0)[0], grid, p, coarse1, size1, iterations, generator=gen)
-    # backward field on image 1's grid; the cycle check reads it at the grid cell nearest to q
+    # backward field on image 1's grid; the cycle check reads it at the grid point nearest to q
     p1, grid1 = grid_points(size1, stride, dev)
     qb, _ = patchmatch(sample(coarse1, p1[None], size1)[0], grid1, p1, coarse0, size0, iterations, generator=gen)
     off = (stride - 1) / 2.0
     cx = ((q[:, 0] - off) / stride).round().long().clamp(0, grid1[1] - 1)
     cy = ((q[:, 1] - off) / stride).round().long().clamp(0, grid1[0] - 1)
-    cycle = (qb[cy * grid1[1] + cx] - p).norm(dim=1) <= cycle_px
+    keep = ((qb[cy * grid1[1] + cx] - p).norm(dim=1) <= cycle_px) & (sim >= min_similarity)
+    index = keep.nonzero()[:, 0]
+    if max_matches > 0 and len(index) > max_matches:
+        index = index[sim[index].topk(max_matches).indices]
+    p, q, sim = p[index], q[index], sim[index]
     f0 = sample(fine0, p[None], size0)[0]
     tau = float(net.log_tau_f.exp())
     q, _ = refine(f0, fine1, q, size1, tau, radius)
     q, peak = refine(f0, fine1, q, size1, tau, 2)
     w1, h1 = size1
     inside = (q[:, 0] >= 0) & (q[:, 0] <= w1 - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h1 - 1)
-    return {"p": p, "q": q, "sim": sim, "peak": peak, "cycle": cycle & inside, "grid": grid}
+    return {"index": index[inside], "p": p[inside], "q": q[inside], "sim": sim[inside], "peak": peak[inside],
+            "grid": grid}
