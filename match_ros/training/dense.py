@@ -154,8 +154,8 @@ def field_loss(net, b: dict, p: torch.Tensor, q: torch.Tensor, tc: dict, gen: to
     off = torch.arange(-r, r + 1, dtype=torch.float32)
     oy, ox = torch.meshgrid(off, off, indexing="ij")
     win = centre[:, :, None] + torch.stack([ox, oy], -1).reshape(1, 1, k * k, 2)  # [B x N x k^2 x 2]
-    e0 = sample(f0, p, size)
-    e1 = sample(f1, win.reshape(bsz, n * k * k, 2), size).view(bsz, n, k * k, -1)
+    e0 = net.read_fine(f0, p, size)
+    e1 = net.read_fine(f1, win.reshape(bsz, n * k * k, 2), size).view(bsz, n, k * k, -1)
     flog = (e1 * e0[:, :, None]).sum(-1) / net.log_tau_f.exp()
     # bilinear weights of the truth on the window's 1-px grid
     t = (1 - (win - q[:, :, None]).abs()).clamp(min=0).prod(-1)

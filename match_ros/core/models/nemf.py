@@ -36,6 +36,9 @@ default_conf = {
     "fine_width": 24,  # channels of the fine CNN's hidden layers
     "fine_dilated": False,  # one more fine layer, dilated 2 (receptive field 14 -> 22 px)
     "normalise_input": False,  # fine CNN on the grey level normalised by its local mean and deviation (light)
+    "fine_implicit": False,  # fine field read through an MLP at each continuous position from the stride-2
+    #                          features and the first layer's full-resolution ones, both sampled there (a plain
+    #                          bilinear read of a stride-2 map peaks on its samples: even pixels only)
 }
 
 
@@ -43,7 +46,8 @@ class NeMFField(nn.Module):
     """The two learned maps of the matching field.
 
     coarse(xfeat_dense [B x 64 x h/8 x w/8]) -> [B x coarse_dim x h/8 x w/8], unit norm
-    fine(grey [B x 1 x H x W], coarse map) -> [B x fine_dim x H/2 x W/2], unit norm
+    fine(grey [B x 1 x H x W], coarse map) -> [B x fine_dim x H/2 x W/2], unit norm (fine_implicit: the maps
+    {"half": [B x fine_dim x H/2 x W/2], "full": [B x 16 x H x W]} that ``read_fine`` reads through its MLP)
     """
 
     def __init__(self, conf: dict | None = None):
@@ -62,6 +66,8 @@ class NeMFField(nn.Module):
         self.fine_local = nn.Sequential(*layers)
         self.fine_context = nn.Conv2d(c, w, 1)
         self.fine_out = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(w, d, 1))
+        if self.conf["fine_implicit"]:
+            self.fine_mlp = nn.Sequential(nn.Linear(d + 16, d), nn.ReLU(inplace=True), nn.Linear(d, d))
         # log temperatures of the two terms (learned; initial 0.1 and 0.1)
         self.log_tau_c = nn.Parameter(torch.tensor(math.log(0.1)))
         self.log_tau_f = nn.Parameter(torch.tensor(math.log(0.1)))
@@ -72,9 +78,21 @@ class NeMFField(nn.Module):
     def fine(self, grey: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         if self.conf["normalise_input"]:
             grey = local_contrast(grey)
-        local = self.fine_local(grey)
+        first = self.fine_local[:2](grey)  # [B x 16 x H x W]
+        local = self.fine_local[2:](first)
         ctx = F.interpolate(self.fine_context(coarse), size=local.shape[-2:], mode="bilinear", align_corners=False)
-        return F.normalize(self.fine_out(local + ctx), dim=1)
+        out = self.fine_out(local + ctx)
+        if self.conf["fine_implicit"]:
+            return {"half": out, "full": first}
+        return F.normalize(out, dim=1)
+
+    def read_fine(self, fine, xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The fine field's features at continuous pixel positions: fine = ``self.fine(...)`` of an image of size
+        (W, H), xy [B x N x 2] -> [B x N x fine_dim], unit norm."""
+        if not isinstance(fine, dict):
+            return sample(fine, xy, size)
+        x = torch.cat([sample(fine["half"], xy, size), sample(fine["full"], xy, size)], -1)
+        return F.normalize(self.fine_mlp(x), dim=-1)
 
 
 def local_contrast(grey: torch.Tensor, size: int = 15) -> torch.Tensor:
@@ -176,13 +194,13 @@ def patchmatch(desc0: torch.Tensor, grid: tuple[int, int], p: torch.Tensor, coar
     return q, s
 
 
-def refine(f0: torch.Tensor, fine1: torch.Tensor, q: torch.Tensor, size1: tuple[int, int], tau: float,
-           radius: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def refine(f0: torch.Tensor, read1, q: torch.Tensor, tau: float, radius: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel position of each match on the fine field.
 
-    f0: [n x D] fine features at the reference points; fine1: [1 x D x H1/2 x W1/2]; q: [n x 2] initial
-    positions in image 1. The field on a (2r+1)^2 window of 1-px steps around q; soft-argmax (temperature tau)
-    over the 3 x 3 neighbourhood of its peak. Returns (q refined [n x 2], peak probability [n] over the window).
+    f0: [n x D] fine features at the reference points; read1(xy [1 x M x 2]) -> [1 x M x D] the fine field of
+    image 1 at pixel positions; q: [n x 2] initial positions in image 1. The field on a (2r+1)^2 window of 1-px
+    steps around q; soft-argmax (temperature tau) over the 3 x 3 neighbourhood of its peak.
+    Returns (q refined [n x 2], peak probability [n] over the window).
     """
     n = q.shape[0]
     r = int(radius)
@@ -191,7 +209,7 @@ def refine(f0: torch.Tensor, fine1: torch.Tensor, q: torch.Tensor, size1: tuple[
     oy, ox = torch.meshgrid(off, off, indexing="ij")
     win = torch.stack([ox, oy], -1).reshape(1, k * k, 2)
     cands = q[:, None] + win  # [n x k^2 x 2]
-    d1 = sample(fine1, cands.reshape(1, -1, 2), size1)[0].view(n, k * k, -1)
+    d1 = read1(cands.reshape(1, -1, 2))[0].view(n, k * k, -1)
     logits = (d1 * f0[:, None]).sum(-1) / tau  # [n x k^2]
     prob = logits.softmax(-1).view(n, k, k)
     peak = prob.view(n, -1).argmax(-1)
@@ -214,7 +232,8 @@ def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fi
                 max_matches: int = 0, seed: int = 0) -> dict:
     """Match a grid of reference points of image 0 into image 1 through the field.
 
-    coarse*: [1 x C x h/8 x w/8] ``net.coarse`` maps, fine*: [1 x D x H/2 x W/2] ``net.fine`` maps, size* (W, H).
+    coarse*: [1 x C x h/8 x w/8] ``net.coarse`` maps, fine*: ``net.fine`` maps (read by ``net.read_fine``),
+    size* (W, H).
     Kept: grid points whose match passes the cycle check (PatchMatch from image 1 back to image 0 lands within
     ``cycle_px`` of p) with coarse similarity >= min_similarity, the ``max_matches`` most similar (0: all); only
     those are refined. Returns {"index": [n] kept grid points (row-major), "p": [n x 2] their pixels,
@@ -237,10 +256,14 @@ def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fi
     if max_matches > 0 and len(index) > max_matches:
         index = index[sim[index].topk(max_matches).indices]
     p, q, sim = p[index], q[index], sim[index]
-    f0 = sample(fine0, p[None], size0)[0]
+    f0 = net.read_fine(fine0, p[None], size0)[0]
     tau = float(net.log_tau_f.exp())
-    q, _ = refine(f0, fine1, q, size1, tau, radius)
-    q, peak = refine(f0, fine1, q, size1, tau, 2)
+
+    def read1(xy):
+        return net.read_fine(fine1, xy, size1)
+
+    q, _ = refine(f0, read1, q, tau, radius)
+    q, peak = refine(f0, read1, q, tau, 2)
     w1, h1 = size1
     inside = (q[:, 0] >= 0) & (q[:, 0] <= w1 - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h1 - 1)
     return {"index": index[inside], "p": p[inside], "q": q[inside], "sim": sim[inside], "peak": peak[inside],
