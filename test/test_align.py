@@ -109,3 +109,17 @@ def test_pixel_normalised_round_trip():
     H = np.array([[1.1, 0.1, 5.0], [0.05, 0.9, -3.0], [1e-4, 2e-4, 1.0]])
     Hn = normalised_homography(H, (800, 640), (640, 480))
     np.testing.assert_allclose(pixel_homography(Hn, (800, 640), (640, 480)), H, atol=1e-9)
+
+
+def test_features_without_extras_fall_back_to_mutual_nn(matcher, graf_features, graf_pair):
+    """A keyframe rebuilt from a stored map has keypoints and descriptors only: plain mutual NN, query
+    keypoints themselves (no points_query), mostly right on graf1 -> graf3."""
+    from match_ros.core.features.types import Features
+
+    f1, f3 = graf_features
+    bare = [Features(f.keypoints, f.descriptors, f.scores, f.image_size) for f in (f1, f3)]
+    m = matcher.match(*bare)
+    assert m.points_query is None and len(m) >= 200
+    p1, p3 = m.points(*bare)
+    err = np.linalg.norm(cv2.perspectiveTransform(p1[None], graf_pair[2])[0] - p3, axis=1)
+    assert (err < 3.0).mean() >= 0.4

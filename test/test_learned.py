@@ -245,8 +245,8 @@ def test_omniglue_rejects_features_of_another_extractor(graf_pair):
 # Accuracy floors of the shipped checkpoints at the default configuration (1024 keypoints), below the
 # figures of the README's `match_ros_eval_pairs` run:
 #   backend          graf correct  graf corner err  aloe within 1 px  motorcycle within 1 px
-#   coam_xfeat          45.0 %        2.43 px           43.4 %             38.0 %
-#   omniglue_xfeat      66.0 %        3.01 px           46.6 %             43.0 %
+#   coam_xfeat          45.5 %        2.64 px           44.4 %             39.0 %   (hard-pair checkpoint)
+#   omniglue_xfeat      66.0 %        2.27 px           47.4 %             42.8 %   (hard-pair checkpoint)
 FLOORS = {
     "coam_xfeat": {"graf_correct": 0.38, "graf_corner": 5.0, "aloe": 0.35, "motorcycle": 0.30},
     "omniglue_xfeat": {"graf_correct": 0.55, "graf_corner": 5.0, "aloe": 0.38, "motorcycle": 0.35},

@@ -153,14 +153,23 @@ def main(argv=None) -> int:
     ap.add_argument("--scene-pairs", type=int, default=30, help="frame pairs per rendered scene")
     ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
                     help="configuration of the (single) backend of --matchers, e.g. photometric_window=0")
+    ap.add_argument("--label", default=None, help="row name of the (single) backend (default: its name)")
     ap.add_argument("--json", default="build/eval/pairs.json", help="where to write the figures")
+    ap.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of earlier runs' JSON files (rows in order, later files win) and exit")
     args = ap.parse_args(argv)
+    if args.tables_from:
+        rows = {}
+        for f in args.tables_from:
+            rows.update(json.loads(Path(f).read_text()))
+        print_tables(rows)
+        return 0
     from match_ros.core.config import parse_overrides
 
     data, device = Path(args.data), resolve_device(args.device)
     overrides = parse_overrides(args.conf)
-    if overrides and len(args.matchers or []) != 1:
-        raise SystemExit("--conf needs exactly one backend in --matchers")
+    if (overrides or args.label) and len(args.matchers or []) != 1:
+        raise SystemExit("--conf and --label need exactly one backend in --matchers")
     scenes = {s: (changed_day_pairs(s[:-len("_changed_day")], args.scene_pairs) if s.endswith("_changed_day")
                   else rendered_pairs(s, args.scene_pairs)) for s in args.scenes}
     rows = {}
@@ -168,9 +177,10 @@ def main(argv=None) -> int:
         conf = {**({"max_keypoints": args.max_keypoints} if args.max_keypoints else {}), **overrides}
         matcher = build_matcher(name, conf, device)
         graf_metrics(matcher, data)  # warm-up (first call allocates)
-        rows[name] = {"conf": matcher.conf, "graf": graf_metrics(matcher, data), "aloe": aloe_metrics(matcher, data),
-                      "motorcycle": motorcycle_metrics(matcher, data),
-                      "scenes": {s: pose_auc_metrics(matcher, *p) for s, p in scenes.items()}}
+        rows[args.label or name] = {
+            "conf": matcher.conf, "graf": graf_metrics(matcher, data), "aloe": aloe_metrics(matcher, data),
+            "motorcycle": motorcycle_metrics(matcher, data),
+            "scenes": {s: pose_auc_metrics(matcher, *p) for s, p in scenes.items()}}
         print(f"{name}: done", file=sys.stderr, flush=True)
     print_tables(rows)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -180,24 +190,35 @@ def main(argv=None) -> int:
 
 def print_tables(rows: dict) -> None:
     """Markdown: correspondences on the real pairs, then relative pose AUC on the rendered scenes."""
-    print("| matcher | keypoints | graf matches | graf correct (3 px) | graf corner err | aloe within 1 px | "
-          "motorcycle within 1 px | extract ms (800x640) | match ms |")
+    print("| matcher | keypoints | graf matches | graf correct (3 px) | graf corner err | "
+          "aloe within 1 px (matches) | motorcycle within 1 px (matches) | extract ms (800x640) | match ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         g = r["graf"]
         print(f"| {name} | {r['conf'].get('max_keypoints', '-')} | {g['matches']} | "
               f"{100 * g.get('correct', 0):.1f}% | "
-              f"{g.get('corner_err_px', float('nan')):.2f} px | {100 * r['aloe']['within_1px']:.1f}% | "
-              f"{100 * r['motorcycle']['within_1px']:.1f}% | {g['extract_ms']:.0f} | {g['match_ms']:.0f} |")
+              f"{g.get('corner_err_px', float('nan')):.2f} px | "
+              f"{100 * r['aloe']['within_1px']:.1f}% ({r['aloe']['with_gt']}) | "
+              f"{100 * r['motorcycle']['within_1px']:.1f}% ({r['motorcycle']['with_gt']}) | "
+              f"{g['extract_ms']:.0f} | {g['match_ms']:.0f} |")
     scenes = list(next(iter(rows.values()))["scenes"]) if rows else []
-    if not scenes:
-        return
-    print()
-    print("| matcher | " + " | ".join(f"{s} ({SCENE_SPLIT.get(s, '?')}) AUC@5/10/20" for s in scenes) + " |")
-    print("|---|" + "---|" * len(scenes))
+    changed = [s for s in scenes if s.endswith("_changed_day")]
+    for group in ([s for s in scenes if s not in changed], changed):
+        if group:
+            print()
+            _scene_table(rows, group)
+
+
+def _scene_table(rows: dict, scenes: list) -> None:
+    """One markdown table of pose AUC over ``scenes``, with the mean AUC@10 and the median match time."""
+    print("| matcher | " + " | ".join(f"{s} ({SCENE_SPLIT.get(s, '?')}) AUC@5/10/20" for s in scenes)
+          + " | mean AUC@10 | match ms (640x480, median) |")
+    print("|---|" + "---|" * (len(scenes) + 2))
     for name, r in rows.items():
         cells = [" / ".join(f"{100 * r['scenes'][s][f'auc@{t}']:.1f}" for t in (5, 10, 20)) for s in scenes]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        mean10 = 100 * np.mean([r["scenes"][s]["auc@10"] for s in scenes])
+        ms = np.median([r["scenes"][s].get("match_ms", np.nan) for s in scenes])
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean10:.1f} | {ms:.0f} |")
 
 
 if __name__ == "__main__":

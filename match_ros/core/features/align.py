@@ -19,10 +19,12 @@ match(ref, query):
      same points in both);
   (in step 3 of every round, each match's warped-query position is refined by Lucas-Kanade from the reference
   image into the warped query, ``subpixel_window``: XFeat keypoints are whole pixels).
-When the model's homography is unusable (not finite, or folding the image) the identity is used (plain mutual NN
-on the unwarped query, then the radius filter is off).
-Measured on graf1 -> graf3 (800 x 640, CPU, one thread): coarse homography alone 5.96 px corner error; matches +
-USAC-MAGSAC 3 px 0.60 px (xfeat_mnn 1.13 px); without re-warp 2.32 px, one re-warp 1.62 px.
+Features without the two extras (e.g. a keyframe rebuilt from a stored map) are matched by plain mutual NN, as
+``xfeat_mnn``. When the model's homography is unusable (not finite, or folding the image) the identity is used
+(plain mutual NN on the unwarped query, then the radius filter is off).
+Measured on graf1 -> graf3 (800 x 640, CPU, one thread; the first checkpoint): coarse homography alone 5.96 px
+corner error; matches + USAC-MAGSAC 3 px 0.60 px (xfeat_mnn 1.13 px); without re-warp 2.32 px, one re-warp
+1.62 px. The shipped checkpoint: 0.69 px (match_ros_eval_pairs, README).
 """
 from __future__ import annotations
 
@@ -143,8 +145,9 @@ class A2NetAlignMatcher(XFeatExtractor):
     def match(self, ref: Features, query: Features) -> Matches:
         if len(ref) == 0 or len(query) == 0:
             return Matches.empty()
-        if "a2net_image" not in query.extra:
-            raise ValueError(f"{self.name}: query Features without 'a2net_image' (extract them with this backend)")
+        if not all(k in f.extra for f in (ref, query) for k in ("a2net_dense", "a2net_image")):
+            # e.g. a keyframe rebuilt from a stored map (keypoints and descriptors only): no alignment possible
+            return match_features(ref, query, "cosine", None, float(self.conf["min_cossim"]))
         image = query.extra["a2net_image"].cpu().numpy()
         H = self.homography(ref, query)
         aligned = self._usable(H, ref.image_size)

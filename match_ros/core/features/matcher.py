@@ -24,6 +24,8 @@ BACKENDS = {
     "xfeat_lighterglue": "match_ros.core.features.xfeat:XFeatLighterGlue",
     "coam_xfeat": "match_ros.core.features.learned:CoAMXFeat",
     "omniglue_xfeat": "match_ros.core.features.learned:OmniGlueXFeat",
+    "a2net_align": "match_ros.core.features.align:A2NetAlignMatcher",
+    "nemf_dense": "match_ros.core.features.dense:NeMFDense",
 }
 
 
