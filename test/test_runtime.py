@@ -167,8 +167,8 @@ def test_worker_runs_calls_in_its_own_thread_between_frames(node):
 
 
 def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
-    """warm_matcher: the backend the parameters name (cpu_bf16 only where the backend has it), warmed up, torch's
-    intra-op threads set when torch_threads > 0 (restored here: the setting is process-wide)."""
+    """warm_matcher: the backend the parameters name (cpu_bf16 / max_keypoints only where the backend has them),
+    warmed up, torch's intra-op threads set when torch_threads > 0 (restored here: the setting is process-wide)."""
     import torch
 
     from match_ros.core.config import defaults
@@ -183,6 +183,12 @@ def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
         assert 0 < len(probe) <= 300 and torch.get_num_threads() == 1
         xfeat, _ = warm_matcher({**p, "matcher": "xfeat_mnn", "cpu_bf16": False, "torch_threads": 0})
         assert xfeat.conf["cpu_bf16"] is False and xfeat.conf["max_keypoints"] == 300
+        # a dense backend takes no max_keypoints: every node's parameter must not stop it from starting
+        dense, grid = warm_matcher({**p, "matcher": "nemf_dense", "torch_threads": 0})
+        assert dense.name == "nemf_dense" and "max_keypoints" not in dense.conf and len(grid) == 80 * 60
+        # with the nodes' default cpu_bf16 (on for keyframe_matcher) every backend builds and runs
+        for name in ("a2net_align", "nemf_dense", "coam_xfeat"):
+            assert warm_matcher({**p, "matcher": name, "cpu_bf16": True, "torch_threads": 0})[0].name == name
     finally:
         torch.set_num_threads(before)
 

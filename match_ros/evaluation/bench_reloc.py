@@ -55,7 +55,7 @@ def accuracy(out: Path, matcher: str, scenes, stride: int, modes, queries=("chan
 
 def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
     """hit@1/3/10 of bow / global, with and without re-ranking, on the changed-day queries."""
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.core.relocalization.global_desc import GlobalDescriptor
     from match_ros.core.relocalization.localizer import Localizer
     from match_ros.core.relocalization.mapstore import Map
@@ -66,7 +66,7 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
     rows = []
     for scene in scenes:
         m = Map.load(out / "maps" / f"{scene}_map_300_{matcher}.db")
-        mt = build_matcher(matcher, {"max_keypoints": int(m.matcher_conf.get("max_keypoints", 1024))})
+        mt = build_matcher(matcher, shared_conf(matcher, max_keypoints=int(m.matcher_conf.get("max_keypoints", 1024))))
         locs = {(method, rerank): Localizer(m, mt, gd, {"retrieval": method, "rerank": rerank})
                 for method in ("bow", "global") for rerank in (False, True)}
         hits = {k: [] for k in locs}
@@ -89,7 +89,7 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
 def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: dict | None = None) -> dict:
     """Changed-day queries of every scene against ONE map of all scenes (each 100 m from the others), the query
     side's backend configured with ``matcher_conf`` (e.g. cpu_bf16) on top of the map's max_keypoints."""
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.core.geometry.transforms import make_T, rotation_error_deg
     from match_ros.core.relocalization.localizer import Localizer
     from match_ros.core.relocalization.mapstore import Map, MapKeyframe
@@ -109,8 +109,8 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: d
     t0 = time.perf_counter()
     merged.build_vocabulary()
     vocab_s = time.perf_counter() - t0
-    mt = build_matcher(matcher, {"max_keypoints": int(merged.matcher_conf.get("max_keypoints", 1024)),
-                                 **(matcher_conf or {})})
+    max_kp = int(merged.matcher_conf.get("max_keypoints", 1024))
+    mt = build_matcher(matcher, {**shared_conf(matcher, max_keypoints=max_kp), **(matcher_conf or {})})
     loc = Localizer(merged, mt)
     ms, ok, wrong, stages = [], 0, 0, []
     for scene in scenes:

@@ -165,14 +165,14 @@ def main(argv=None) -> int:
 
     from match_ros.core.config import parse_overrides
     from match_ros.core.device import resolve_device
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.sim import make_sequence
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    matcher = build_matcher(args.matcher, {"max_keypoints": args.max_keypoints, **parse_overrides(args.conf)},
-                            resolve_device("auto"))
+    matcher_conf = {**shared_conf(args.matcher, max_keypoints=args.max_keypoints), **parse_overrides(args.conf)}
+    matcher = build_matcher(args.matcher, matcher_conf, resolve_device("auto"))
     conf = {} if args.window_keyframes is None else {"window_keyframes": args.window_keyframes}
     report = {}
     runs = [(s, None) for s in args.scenes] + ([("chessboard", None)] if args.chessboard else [])

@@ -142,7 +142,7 @@ def pose_auc_metrics(matcher, pairs, K) -> dict:
 
 def main(argv=None) -> int:
     from match_ros.core.device import resolve_device
-    from match_ros.core.features.matcher import available_matchers, build_matcher
+    from match_ros.core.features.matcher import available_matchers, build_matcher, shared_conf
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matchers", nargs="+", default=None, help="backends (default: all)")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                   else rendered_pairs(s, args.scene_pairs)) for s in args.scenes}
     rows = {}
     for name in args.matchers or available_matchers():
-        conf = {**({"max_keypoints": args.max_keypoints} if args.max_keypoints else {}), **overrides}
+        conf = {**(shared_conf(name, max_keypoints=args.max_keypoints) if args.max_keypoints else {}), **overrides}
         matcher = build_matcher(name, conf, device)
         graf_metrics(matcher, data)  # warm-up (first call allocates)
         rows[args.label or name] = {

@@ -41,7 +41,7 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     from tqdm import tqdm
 
     from match_ros.core.device import resolve_device
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.core.relocalization.global_desc import GlobalDescriptor
     from match_ros.core.relocalization.localizer import Localizer
     from match_ros.core.relocalization.mapstore import Map
@@ -54,7 +54,8 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     conf = dict(localizer_conf or {})
     gd = GlobalDescriptor(device=dev) if conf.get("retrieval") == "global" else None
     max_kp = int(m.matcher_conf.get("max_keypoints", 1024))
-    loc = Localizer(m, build_matcher(m.matcher_name, {"max_keypoints": max_kp}, dev), gd, conf, pnp_conf)
+    matcher = build_matcher(m.matcher_name, shared_conf(m.matcher_name, max_keypoints=max_kp), dev)
+    loc = Localizer(m, matcher, gd, conf, pnp_conf)
     frames = BagFrames(query_bag, image_topic, info_topic, "", gt_topic)
     records, T_map_odom, last = [], None, None
     for i, f in enumerate(tqdm(frames, desc=f"queries ({mode})", unit="frame", disable=not progress)):

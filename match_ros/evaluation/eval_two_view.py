@@ -98,11 +98,11 @@ def main(argv=None) -> int:
 
     from match_ros.core.device import resolve_device
     from match_ros.core.config import parse_overrides
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
 
     torch.set_num_threads(2)
-    matcher = build_matcher(args.matcher, {"max_keypoints": 1024, **parse_overrides(args.conf)},
-                            resolve_device("auto"))
+    conf = {**shared_conf(args.matcher, max_keypoints=1024), **parse_overrides(args.conf)}
+    matcher = build_matcher(args.matcher, conf, resolve_device("auto"))
     report, every = {}, []
     print(f"{'scene':10s} {'pairs':>5s} {'full':>5s} {'wrong':>5s} {'rot-only':>8s} {'wrong':>5s} {'none':>5s}"
           f" {'dir err':>7s} {'rot err':>7s} {'ms':>5s}")

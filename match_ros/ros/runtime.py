@@ -379,7 +379,8 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
         "matcher": Param("xfeat_lighterglue", matcher_text, choices=tuple(available_matchers()), read_only=True),
         "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
                         read_only=True),
-        "max_keypoints": Param(1024, keypoints_text, min=16, max=16384, read_only=True),
+        "max_keypoints": Param(1024, keypoints_text + " (not for nemf_dense, whose grid is fixed)", min=16,
+                               max=16384, read_only=True),
         "torch_threads": Param(0, "Intra-op threads of torch (0: torch's default, one per core); where several "
                                "match_ros nodes share the cores give each its share (two nodes on 2 cores: 1 each)",
                                min=0, max=256, read_only=True),
@@ -395,13 +396,11 @@ def warm_matcher(p: dict):
     import torch
 
     from match_ros.core.device import resolve_device
-    from match_ros.core.features.matcher import build_matcher, matcher_class
+    from match_ros.core.features.matcher import build_matcher, shared_conf
 
     if p["torch_threads"] > 0:
         torch.set_num_threads(int(p["torch_threads"]))
-    conf = {"max_keypoints": p["max_keypoints"]}
-    if "cpu_bf16" in matcher_class(p["matcher"]).default_conf:
-        conf["cpu_bf16"] = p["cpu_bf16"]
+    conf = shared_conf(p["matcher"], max_keypoints=p["max_keypoints"], cpu_bf16=p["cpu_bf16"])
     matcher = build_matcher(p["matcher"], conf, resolve_device(p["device"]))
     probe = matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
     matcher.match(probe, probe)

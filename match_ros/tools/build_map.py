@@ -25,7 +25,7 @@ def build_map_from_bag(bag, out, matcher_name="orb_teblid", max_keypoints=1024, 
     from tqdm import tqdm
 
     from match_ros.core.device import resolve_device
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.core.relocalization.global_desc import GlobalDescriptor
     from match_ros.core.relocalization.mapping import MapBuilder
     from match_ros.tools.bagframes import BagFrames
@@ -46,7 +46,7 @@ def build_map_from_bag(bag, out, matcher_name="orb_teblid", max_keypoints=1024, 
     else:
         log("depth ignored (--no-depth): 3D points are triangulated between keyframes")
     dev = resolve_device(device)
-    builder = MapBuilder(build_matcher(matcher_name, {"max_keypoints": max_keypoints}, dev),
+    builder = MapBuilder(build_matcher(matcher_name, shared_conf(matcher_name, max_keypoints=max_keypoints), dev),
                          GlobalDescriptor(device=dev), {"map_frame_id": map_frame, **(builder_conf or {})})
     skipped = 0
     bar = tqdm(frames, desc="map", unit="frame", disable=not progress)

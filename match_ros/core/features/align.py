@@ -31,6 +31,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from match_ros.core.features.nn import match_features
 from match_ros.core.features.subpixel import grey_u8, lucas_kanade
@@ -78,8 +79,11 @@ class A2NetAlignMatcher(XFeatExtractor):
 
         image = check_image(image)
         f = super().extract(image)
+        w, h = self.model.conf["size"]
+        # the antialiased resize in float32, outside the autocast (no bfloat16 kernel on the CPU)
+        grey = F.interpolate(self.grey(image), (h, w), mode="bilinear", align_corners=False, antialias=True)
         with self._amp():
-            dense = xfeat_dense(self.net, self.grey(image), self.model.conf["size"])
+            dense = xfeat_dense(self.net, grey, (w, h))
         f.extra["a2net_dense"] = dense.float()
         f.extra["a2net_image"] = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         return f

@@ -64,6 +64,13 @@ def matcher_class(name: str) -> type["Matcher"]:
     return getattr(importlib.import_module(module), cls)
 
 
+def shared_conf(name: str, **values) -> dict:
+    """The entries of ``values`` that backend ``name`` has (settings every node or tool offers for all backends,
+    such as max_keypoints or cpu_bf16, which a dense backend without keypoints does not take)."""
+    known = matcher_class(name).default_conf
+    return {k: v for k, v in values.items() if k in known}
+
+
 def build_matcher(name: str, conf: dict | None = None, device: torch.device | str = "cpu") -> Matcher:
     """Build a backend by name; unknown names raise ValueError listing the choices."""
     return matcher_class(name)(conf, device=device)
