@@ -49,13 +49,14 @@ def test_patchmatch_finds_what_exhaustive_search_finds(matcher, graf_feats):
     assert agree >= 0.85, f"PatchMatch found the exhaustive best cell for {agree:.1%} of the points"
 
 
-def test_subpixel_shift_of_a_real_photo(matcher, graf_pair):
+def test_subpixel_shift_of_a_real_photo(test_device, graf_pair):
     """graf1 and graf1 shifted by (3.3, -1.6) px (bilinear warp): median error of the field's refined matches
     (no Lucas-Kanade) <= 0.3 px and >= 70 % within 0.5 px (measured: 0.19 px, 81.6 %)."""
     im = graf_pair[0]
     shift = np.array([3.3, -1.6])
     moved = cv2.warpAffine(im, np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float64), (im.shape[1], im.shape[0]),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    matcher = build_matcher("nemf_dense", {"photometric_window": 0}, test_device)  # the field alone
     fa, fb = matcher.extract(im), matcher.extract(moved)
     m = matcher.match(fa, fb)
     pa, pb = m.points(fa, fb)
@@ -65,13 +66,15 @@ def test_subpixel_shift_of_a_real_photo(matcher, graf_pair):
     assert np.median(err) <= 0.3 and (err <= 0.5).mean() >= 0.70, (np.median(err), (err <= 0.5).mean())
 
 
-def test_dense_mode_on_aloe(test_device, data_dir):
-    """Dense mode (every grid point, Lucas-Kanade last step) on aloe (1282 x 1110 rectified stereo): matches with
-    ground truth and the share within 1 px of the ground-truth disparity (measured: 6879, 95.4 %)."""
-    m = build_matcher("nemf_dense", {"max_matches": 0, "photometric_window": 15}, test_device)
-    r = aloe_metrics(m, data_dir)
+@pytest.mark.parametrize("normalise, floor", [(False, 0.93), (True, 0.92)])
+def test_dense_mode_on_aloe(normalise, floor, test_device, data_dir):
+    """Dense mode (every grid point, Lucas-Kanade last step on plain / contrast-normalised images) on aloe
+    (1282 x 1110 rectified stereo): matches with ground truth and the share within 1 px of the ground-truth
+    disparity (measured: plain 6879, 95.4 %; normalised (the default) 7267, 94.6 %)."""
+    conf = {"max_matches": 0, "photometric_normalise": normalise}
+    r = aloe_metrics(build_matcher("nemf_dense", conf, test_device), data_dir)
     assert r["with_gt"] >= 5000, r
-    assert r["within_1px"] >= 0.93, r
+    assert r["within_1px"] >= floor, r
 
 
 def test_features_without_maps_fall_back_to_grid_descriptors(matcher, graf_feats, graf_pair):

@@ -5,7 +5,9 @@ Features of an image are a regular grid of points (every ``grid_stride`` px) wit
 descriptors, plus the two field maps in ``Features.extra["nemf"]``. A match puts every reference grid point
 (that passes the cycle check and ``min_similarity``) at a sub-pixel position of the query: ``Matches.points_query``;
 ``indices[:, 1]`` is the query grid point nearest to it. ``max_matches`` keeps the most similar ones (spread over
-the image: the grid is regular), as sparse backends publish a bounded set.
+the image: the grid is regular), as sparse backends publish a bounded set. A last step refines each kept match
+by Lucas-Kanade on locally contrast-normalised images and drops those it moves more than ``photometric_max_px``
+or that do not track back to their point (``photometric_*``; README "Dense matching" has the measured effect).
 
 Features without the maps (e.g. rebuilt from a stored map's keypoints and descriptors) are matched by mutual
 nearest neighbours on the grid descriptors: coarse, grid-precise positions.
@@ -17,7 +19,7 @@ import torch
 
 from match_ros.core.features.matcher import Matcher, build_matcher
 from match_ros.core.features.nn import match_features
-from match_ros.core.features.subpixel import grey_u8, lucas_kanade
+from match_ros.core.features.subpixel import grey_u8, lucas_kanade, normalise_contrast
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.models.checkpoint import load_checkpoint
 
@@ -30,9 +32,10 @@ class NeMFDense(Matcher):
         "cycle_px": 8.0,  # a match is kept when the match back from the query lands within this of the point [px]
         "refine_radius": 3,  # first fine-field window (2 r + 1)^2 at 1-px steps around the coarse match
         "min_similarity": 0.5,  # minimum coarse cosine similarity of a kept match
-        "photometric_window": 0,  # Lucas-Kanade window [px] of a last refinement (0: off; 15 for stereo, README)
+        "photometric_window": 15,  # Lucas-Kanade window [px] of the last refinement (0: off, the field's own)
         "photometric_max_px": 1.5,  # a match is dropped when Lucas-Kanade moves it further than this [px]
         "photometric_fb_px": 0.25,  # ... or when tracking it back misses its reference point by more [px]
+        "photometric_normalise": True,  # Lucas-Kanade on locally contrast-normalised images (light changes)
         "max_matches": 2048,  # most similar matches kept (0: all; the "dense mode" of match_ros_eval_pairs)
         "seed": 0,  # PatchMatch's random initialisation and search (fixed: the same pair gives the same matches)
         "fp16": True,  # float16 autocast of the XFeat backbone on CUDA
@@ -69,8 +72,12 @@ class NeMFDense(Matcher):
         desc = sample(coarse, p[None], (w, h))[0].contiguous()
         f = Features(p, desc, torch.ones(len(p), device=self.device), (int(w), int(h)))
         f.extra["nemf"] = {"coarse": coarse, "fine": fine, "grid": grid, "src": (self._token, f.keypoints),
-                           "grey": grey_u8(check_image(image))}
+                           "grey": self._lk_image(image)}
         return f
+
+    def _lk_image(self, image: np.ndarray) -> np.ndarray:
+        grey = grey_u8(check_image(image))
+        return normalise_contrast(grey) if self.conf["photometric_normalise"] else grey
 
     def _maps(self, f: Features):
         maps = f.extra.get("nemf")

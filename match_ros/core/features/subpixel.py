@@ -36,3 +36,12 @@ def lucas_kanade(ref_grey: np.ndarray, query_grey: np.ndarray, p_ref: np.ndarray
 def grey_u8(image: np.ndarray) -> np.ndarray:
     """[H x W] or [H x W x 3] RGB uint8 -> [H x W] uint8."""
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def normalise_contrast(grey: np.ndarray, window: int = 15) -> np.ndarray:
+    """[H x W] uint8 -> uint8 of (grey - local mean) / local deviation over window x window px, mapped around 128:
+    brightness constancy between a dim, unevenly lit view and a bright one holds again (up to noise)."""
+    g = grey.astype(np.float32)
+    mean = cv2.blur(g, (window, window))
+    std = np.sqrt(np.maximum(cv2.blur(g * g, (window, window)) - mean * mean, 0.0))
+    return np.clip((g - mean) / (std + 4.0) * 40.0 + 128.0, 0, 255).astype(np.uint8)
