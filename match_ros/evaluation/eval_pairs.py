@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(default_data_dir()), help="folder with graf*/aloe*/motorcycle* files")
     ap.add_argument("--scenes", nargs="*", default=list(SCENE_SPLIT), help="rendered scenes for pose AUC")
     ap.add_argument("--scene-pairs", type=int, default=30, help="frame pairs per rendered scene")
+    ap.add_argument("--seed", type=int, default=RENDER_SEED,
+                    help="seed of the rendered evaluation runs (another seed: other trajectories, light and pairs)")
     ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
                     help="configuration of the (single) backend of --matchers, e.g. photometric_window=0")
     ap.add_argument("--label", default=None, help="row name of the (single) backend (default: its name)")
@@ -170,8 +172,9 @@ def main(argv=None) -> int:
     overrides = parse_overrides(args.conf)
     if (overrides or args.label) and len(args.matchers or []) != 1:
         raise SystemExit("--conf and --label need exactly one backend in --matchers")
-    scenes = {s: (changed_day_pairs(s[:-len("_changed_day")], args.scene_pairs) if s.endswith("_changed_day")
-                  else rendered_pairs(s, args.scene_pairs)) for s in args.scenes}
+    scenes = {s: (changed_day_pairs(s[:-len("_changed_day")], args.scene_pairs, args.seed)
+                  if s.endswith("_changed_day") else rendered_pairs(s, args.scene_pairs, seed=args.seed))
+              for s in args.scenes}
     rows = {}
     for name in args.matchers or available_matchers():
         conf = {**(shared_conf(name, max_keypoints=args.max_keypoints) if args.max_keypoints else {}), **overrides}
