@@ -45,7 +45,7 @@ fi
 status=0
 echo "== backend tests on CUDA (graf / aloe / motorcycle against ground truth, contracts)"
 MATCH_ROS_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider test/test_backends.py test/test_geometry.py \
-  test/test_learned.py 2>&1 | tee "$OUT/tests.log" || status=1
+  test/test_dense.py test/test_align.py test/test_learned.py 2>&1 | tee "$OUT/tests.log" || status=1
 echo "== throughput by precision and keypoints (match_ros_bench_device)"
 "$PY" -m match_ros.evaluation.bench_device --device cuda --keypoints 1024 2048 4096 \
   --json "$OUT/bench_device.json" || status=1

@@ -31,8 +31,8 @@ def corner_error(H_est, H_gt, w, h):
 
 
 @pytest.fixture(scope="module")
-def matcher():
-    return build_matcher("a2net_align")
+def matcher(test_device):
+    return build_matcher("a2net_align", device=test_device)
 
 
 @pytest.fixture(scope="module")
