@@ -29,6 +29,7 @@ import numpy as np
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import pose_covariance
 from match_ros.core.geometry.camera import backproject, check_K, depth_at, normalize_points
+from match_ros.core.geometry.five_point import essential_from_five
 from match_ros.core.geometry.transforms import (invert, rotation_error_deg, rotation_from_vector, skew,
                                                 translation_angle_deg)
 
@@ -338,16 +339,11 @@ def _strict_samples(n_ref, n_query, th, samples: int, seed: int = 0) -> list:
     """Motions (R, t) from random 5-point samples: the essential matrices with most epipolar inliers, each
     decomposed into the motion with most strict support (a short list of candidates, not a full RANSAC)."""
     rng = np.random.default_rng(seed)
-    Es = []
-    for _ in range(samples):
-        idx = rng.choice(len(n_ref), 5, replace=False)
-        E, _ = cv2.findEssentialMat(n_ref[idx], n_query[idx], np.eye(3), method=cv2.RANSAC, threshold=th)
-        if E is not None:
-            Es += [E[3 * k:3 * k + 3] for k in range(len(E) // 3)]
-    if not Es:
+    idx = np.array([rng.choice(len(n_ref), 5, replace=False) for _ in range(samples)], int).reshape(samples, 5)
+    Es, _ = essential_from_five(n_ref[idx], n_query[idx])  # [K x 3 x 3], all samples' solutions in one solve
+    if not len(Es):
         return []
-    Es = np.array(Es)  # [S x 3 x 3], Sampson errors of all at once
-    err = np.abs(_sampson_of(Es, _homogeneous(n_ref), _homogeneous(n_query)))
+    err = np.abs(_sampson_of(Es, _homogeneous(n_ref), _homogeneous(n_query)))  # [K x M], all at once
     best = np.argsort(-np.sum(err < th, axis=1))[:_STRICT_KEPT]
     decomposed = [Rt for k in best for Rt in _essential_candidates(Es[k])]  # 4 per essential matrix
     fits, in_front = _fits_in_front(np.array([R for R, _ in decomposed]), np.array([t for _, t in decomposed]),
