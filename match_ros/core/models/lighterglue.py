@@ -1,0 +1,159 @@
+"""LighterGlue inference with both images' keypoints in one token matrix (same weights, same function).
+
+kornia's ``LightGlue._forward`` runs every linear layer, layer norm and GELU once per image. Here the keypoints of
+the two images are one [(M + N) x D] matrix: the per-keypoint layers (projections, feed-forward networks,
+matchability, token confidence) run once on it and only attention looks at each image's segment; pruning removes
+points from it with one index. Weights are repacked once:
+
+- q, k, v come from one product with the projection's rows reordered (kornia interleaves them per channel and
+  then copies them apart);
+- the rotary encoding's ``rotate_half`` (x0, x1) -> (-x1, x0) becomes a swap of neighbouring channels, its sign
+  folded into the sine table (multiplying by -1 is exact);
+- the attention output projection is folded into the first layer of the feed-forward network, which reads
+  ``[x, out_proj(message)]``: ``W [x; P m + p] + b = W_x x + (W_m P) m + (W_m p + b)``, so one product less and no
+  concatenated copy per block.
+
+Matrix products of other shapes sum in another order, so the result is kornia's up to float rounding (the tests
+compare matches and scores with kornia's forward). One attention head only (LighterGlue's configuration).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _fold_output(out_proj: torch.nn.Linear, first: torch.nn.Linear, d: int) -> tuple:
+    """(W_x [2d x d], W_m P [2d x d], bias [2d]) of ``first([x, out_proj(m)])`` = x W_x^T + m (W_m P)^T + bias."""
+    w, b = first.weight.detach(), first.bias.detach()
+    w_x, w_m = w[:, :d].contiguous(), w[:, d:]
+    return w_x, (w_m @ out_proj.weight.detach()).contiguous(), b + w_m @ out_proj.bias.detach()
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[L x D] queries, [S x D] keys and values -> [L x D]: one head of scaled dot-product attention (given to
+    PyTorch as [1 x 1 x L x D]: with fewer dimensions it takes its unfused math path on the CPU, 3x slower)."""
+    return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0, 0]
+
+
+def _swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """[T x D] -> channels (0, 1), (2, 3), ... swapped."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+class PackedLighterGlue:
+    """A loaded kornia ``LightGlue`` (one head; cross blocks kornia's ``CrossBlock`` or ``FusedCrossBlock``: same
+    parameters) repacked for single-pair inference on two per-image states. Build it after the model is loaded
+    and on its device; it keeps references to the LayerNorm / GELU / second FFN layers and copies the rest.
+
+    ``prepare`` computes an image's state up to layer 0's self-attention (what ``XFeatLighterGlue`` caches per
+    keyframe); ``match`` runs the rest on two states: the same layers, early stopping, point pruning and match
+    filter as kornia's ``_forward``.
+    """
+
+    def __init__(self, glue: torch.nn.Module):
+        c = glue.conf
+        if int(c.num_heads) != 1:
+            raise ValueError(f"PackedLighterGlue supports one attention head, got {c.num_heads}")
+        self.glue, self.conf, d = glue, c, int(c.descriptor_dim)
+        self.d = d
+        self.self_qkv, self.self_ffn, self.cross_qkv, self.cross_ffn = [], [], [], []
+        with torch.no_grad():
+            for layer in glue.transformers:
+                s, x = layer.self_attn, layer.cross_attn
+                # kornia unflattens Wqkv's output as (heads, dim, 3): rows 0::3 are q, 1::3 k, 2::3 v
+                w, b = s.Wqkv.weight.detach(), s.Wqkv.bias.detach()
+                self.self_qkv.append((torch.cat([w[0::3], w[1::3], w[2::3]]), torch.cat([b[0::3], b[1::3], b[2::3]])))
+                self.self_ffn.append((*_fold_output(s.out_proj, s.ffn[0], d), s.ffn[1:]))
+                # kornia's CrossBlock scales q and k by d^-1/4 each, SDPA q.k by d^-1/2: the same function
+                self.cross_qkv.append((torch.cat([x.to_qk.weight, x.to_v.weight]).detach(),
+                                       torch.cat([x.to_qk.bias, x.to_v.bias]).detach()))
+                self.cross_ffn.append((*_fold_output(x.to_out, x.ffn[0], d), x.ffn[1:]))
+
+    # ------------------------------------------------------------------ blocks on the token matrix
+    @staticmethod
+    def _ffn(x: torch.Tensor, message: torch.Tensor, ffn: tuple) -> torch.Tensor:
+        """x + ffn([x, out_proj(message)]) with the output projection folded (module docstring)."""
+        w_x, w_m, b, rest = ffn
+        return x + rest(torch.addmm(b, x, w_x.t()).addmm_(message, w_m.t()))
+
+    def _self(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cuts: list) -> torch.Tensor:
+        """Layer i's self-attention block. x: [T x D] tokens of consecutive images (segments between ``cuts``),
+        cos / sin: [T x D] rotary tables, the sine with rotate_half's signs."""
+        d = self.d
+        y = F.linear(x, *self.self_qkv[i])
+        q, k, v = y[:, :d], y[:, d:2 * d], y[:, 2 * d:]
+        q, k = q * cos + _swap_pairs(q) * sin, k * cos + _swap_pairs(k) * sin
+        v = v.contiguous()
+        message = torch.cat([_attention(q[a:e], k[a:e], v[a:e]) for a, e in zip(cuts[:-1], cuts[1:])])
+        return self._ffn(x, message, self.self_ffn[i])
+
+    def _cross(self, i: int, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Layer i's cross-attention block; x: [(m + n) x D], image 0's tokens first."""
+        d = self.d
+        y = F.linear(x, *self.cross_qkv[i])
+        qk, v = y[:, :d].contiguous(), y[:, d:].contiguous()
+        message = torch.cat([_attention(qk[:m], qk[m:], v[m:]), _attention(qk[m:], qk[:m], v[:m])])
+        return self._ffn(x, message, self.cross_ffn[i])
+
+    # ------------------------------------------------------------------ per image, per pair
+    def prepare(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_size: tuple) -> dict:
+        """[N x 2] pixels, [N x input_dim] descriptors, (w, h) -> {"desc": [N x D] after layer 0's
+        self-attention, "cos", "sin": [N x D] rotary tables (``_self``)}."""
+        from kornia.feature.lightglue import normalize_keypoints
+
+        g = self.glue
+        size = torch.tensor([image_size], device=keypoints.device, dtype=torch.float32)
+        enc = g.posenc(normalize_keypoints(keypoints[None], size))  # [2 x 1 x 1 x N x D]: cos, sin
+        sign = torch.tensor([-1.0, 1.0], device=enc.device, dtype=enc.dtype).repeat(self.d // 2)
+        cos, sin = enc[0, 0, 0], enc[1, 0, 0] * sign
+        desc = self._self(0, g.input_proj(descriptors), cos, sin, [0, len(keypoints)])
+        return {"desc": desc, "cos": cos, "sin": sin}
+
+    def match(self, s0: dict, s1: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two states of ``prepare`` -> (indices [K x 2] int64 into the unpruned keypoints, scores [K])."""
+        g, c = self.glue, self.conf
+        x = torch.cat([s0["desc"], s1["desc"]])
+        cos, sin = torch.cat([s0["cos"], s1["cos"]]), torch.cat([s0["sin"], s1["sin"]])
+        m, n, device = len(s0["desc"]), len(s1["desc"]), x.device
+        index = torch.cat([torch.arange(m, device=device), torch.arange(n, device=device)])
+        prune, prune_min = c.width_confidence > 0, g.pruning_min_kpts(device)
+        total = m + n  # kornia counts unconfident points against the unpruned total
+        i = 0
+        for i in range(c.n_layers):
+            if i > 0:
+                x = self._self(i, x, cos, sin, [0, m, m + n])
+            x = self._cross(i, x, m)
+            if i == c.n_layers - 1:
+                break  # no early stopping or pruning after the last layer
+            token = None
+            if c.depth_confidence > 0:
+                token = g.token_confidence[i].token(x).squeeze(-1)  # [m + n]
+                if bool(1.0 - (token < g.confidence_thresholds[i]).float().sum() / total > c.depth_confidence):
+                    break
+            if prune and (m > prune_min or n > prune_min):
+                keep = g.get_pruning_mask(token, g.log_assignment[i].get_matchability(x), i)
+                keep[:m] |= m <= prune_min  # kornia prunes an image only while it has more than prune_min points
+                keep[m:] |= n <= prune_min
+                m, n = int(keep[:m].sum()), int(keep[m:].sum())
+                kept = torch.where(keep)[0]
+                x, cos, sin, index = x[kept], cos[kept], sin[kept], index[kept]
+        if m == 0 or n == 0:
+            return torch.zeros((0, 2), dtype=torch.long, device=device), torch.zeros(0, device=device)
+        return _assign(g.log_assignment[i], x, m, index, c.filter_threshold)
+
+
+def _assign(head: torch.nn.Module, x: torch.Tensor, m: int, index: torch.Tensor,
+            threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """kornia's ``MatchAssignment`` + ``filter_matches`` on the token matrix, without building the dustbin row
+    and column (filter_matches never reads them): mutual best of the dual-softmax + matchability scores, score
+    exp(log assignment) above threshold. Returns (indices [K x 2] into the unpruned sets, scores [K])."""
+    md = head.final_proj(x) / head.dim ** 0.25
+    z = head.matchability(x)[:, 0]
+    sim = md[:m] @ md[m:].t()  # [m x n]
+    certainties = F.logsigmoid(z[:m])[:, None] + F.logsigmoid(z[m:])[None]
+    scores = F.log_softmax(sim, 1) + F.log_softmax(sim.t().contiguous(), 1).t() + certainties
+    max0, max1 = scores.max(1), scores.max(0)
+    mutual = max1.indices[max0.indices] == torch.arange(m, device=x.device)
+    conf = max0.values.exp()
+    valid = mutual & (conf > threshold)
+    return torch.stack([index[:m][valid], index[m:][max0.indices[valid]]], -1), conf[valid]
