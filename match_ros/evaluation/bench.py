@@ -1,8 +1,11 @@
 """match_ros_bench: throughput and latency of the keyframe_matcher node.
 
 A camera publisher in this process sends rendered 640x480 rgb8 frames at a
-fixed rate to the node running in its own process (real ROS 2 graph, Fast DDS
-on loopback). Reported per matcher: output rate, frames dropped by the node
+fixed rate (from a thread of its own, each frame on its deadline) to the node
+running in its own process (real ROS 2 graph, Fast DDS on loopback). Both
+processes use the shipped Fast DDS profile (shared memory for large messages),
+as README "Transport: what a camera driver needs" recommends; --no-fastdds-profile
+leaves the publisher on Fast DDS's defaults. Reported per matcher: output rate, frames dropped by the node
 (drop-oldest: it never queues), end-to-end latency (image publish -> its
 CorrespondenceSet received, same clock) and the node's per-stage times.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +26,7 @@ DEFAULT_MATCHERS = ("orb_teblid", "sift", "xfeat_mnn", "xfeat_lighterglue")
 
 
 def bench_matcher(node, frames, K, matcher: str, *, rate_hz: float, seconds: float, max_keypoints: int,
-                  image_qos: str) -> dict:
+                  image_qos: str, node_params: dict | None = None) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
@@ -43,7 +47,7 @@ def bench_matcher(node, frames, K, matcher: str, *, rate_hz: float, seconds: flo
             node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)]
     msgs = [conv.numpy_to_image(f, "rgb8") for f in frames]
     info = CameraInfo(k=K.ravel().tolist(), width=frames[0].shape[1], height=frames[0].shape[0])
-    params = {"matcher": matcher, "max_keypoints": max_keypoints, "image_qos": image_qos}
+    params = {"matcher": matcher, "max_keypoints": max_keypoints, "image_qos": image_qos, **(node_params or {})}
     remaps = {"image": f"{topic}/image", "camera_info": f"{topic}/camera_info",
               "correspondences": f"{topic}/correspondences"}
     try:
@@ -52,19 +56,11 @@ def bench_matcher(node, frames, K, matcher: str, *, rate_hz: float, seconds: flo
                               and node.count_publishers(f"{topic}/correspondences") > 0, 120):
                 raise RuntimeError(f"node did not start:\n{proc.log()[-2000:]}")
             spin_until(node, lambda: False, 1.0)
-            period, sent, t0 = 1.0 / rate_hz, 0, time.monotonic()
             publish_ns = {}
-            while time.monotonic() - t0 < seconds:
-                msg = msgs[sent % len(msgs)]
-                now = time.time_ns()
-                msg.header.stamp = conv.ns_to_stamp(now)
-                msg.header.frame_id = "camera_optical_frame"
-                info.header = msg.header
-                info_pub.publish(info)
-                img_pub.publish(msg)
-                publish_ns[now] = sent
-                sent += 1
-                spin_until(node, lambda: False, max(0.0, t0 + sent * period - time.monotonic()))
+            camera = threading.Thread(target=_camera, args=(img_pub, info_pub, msgs, info, rate_hz, seconds,
+                                                            publish_ns), daemon=True)
+            camera.start()  # a steady camera in its own thread; this one receives
+            spin_until(node, lambda: not camera.is_alive(), seconds + 10.0)
             spin_until(node, lambda: False, 2.0)
             stats = _node_stats(diags, f"bench_{matcher}")
     finally:
@@ -72,13 +68,34 @@ def bench_matcher(node, frames, K, matcher: str, *, rate_hz: float, seconds: flo
             node.destroy_subscription(s)
         node.destroy_publisher(img_pub)
         node.destroy_publisher(info_pub)
+    sent = len(publish_ns)
+    gaps = np.diff(sorted(publish_ns)) / 1e6
     lat = np.array([(t - s) / 1e6 for t, s in arrivals if s in publish_ns])
     window = [t for t, s in arrivals if s in publish_ns]
     out_rate = (len(window) - 1) / ((window[-1] - window[0]) / 1e9) if len(window) > 1 else 0.0
     return {"matcher": matcher, "input_hz": rate_hz, "sent": sent, "processed": len(lat),
             "dropped": sent - len(lat), "output_hz": out_rate,
+            "camera_period_p5_p95_ms": [float(np.percentile(gaps, 5)), float(np.percentile(gaps, 95))],
             "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "latency_p95_ms": float(np.percentile(lat, 95)) if len(lat) else float("nan"), "node": stats}
+
+
+def _camera(img_pub, info_pub, msgs, info, rate_hz: float, seconds: float, publish_ns: dict) -> None:
+    """Publish camera_info + image at rate_hz for seconds, each on its deadline (sleeping, not spinning: a spin
+    that waits for messages overshoots and would bunch the frames), stamped with the publish time."""
+    from match_ros.ros import conversions as conv
+
+    period, t0 = 1.0 / rate_hz, time.monotonic()
+    for k in range(int(round(seconds * rate_hz))):
+        time.sleep(max(0.0, t0 + k * period - time.monotonic()))
+        msg = msgs[k % len(msgs)]
+        now = time.time_ns()
+        msg.header.stamp = conv.ns_to_stamp(now)
+        msg.header.frame_id = "camera_optical_frame"
+        info.header = msg.header
+        info_pub.publish(info)
+        img_pub.publish(msg)
+        publish_ns[now] = k
 
 
 def _node_stats(diags, node_name: str) -> dict:
@@ -107,8 +124,20 @@ def main(argv=None) -> int:
                     help="QoS of the image topic (both ends)")
     ap.add_argument("--json", default="build/bench/keyframe_matcher.json", help="where to write the figures")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: environment or 57)")
+    ap.add_argument("--no-fastdds-profile", action="store_true",
+                    help="the camera publisher (this process) on Fast DDS's default transports")
+    ap.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="further keyframe_matcher parameters, e.g. extract_thread=off (values parsed as Python "
+                         "literals, else strings)")
     args = ap.parse_args(argv)
     confine_to_loopback(args.domain_id)
+    from match_ros.core.config import parse_overrides
+
+    from match_ros.ros.runtime import use_fastdds_profile
+
+    node_params = parse_overrides(args.param)
+    if not args.no_fastdds_profile:
+        use_fastdds_profile()  # before rclpy.init; the node process sets it for itself in any case
     import rclpy
     import torch
 
@@ -123,20 +152,22 @@ def main(argv=None) -> int:
         for m in args.matchers:
             print(f"measuring {m} ({args.seconds:.0f} s at {args.rate:.0f} Hz)...", flush=True)
             rows.append(bench_matcher(node, frames, seq.camera.K, m, rate_hz=args.rate, seconds=args.seconds,
-                                      max_keypoints=args.max_keypoints, image_qos=args.image_qos))
+                                      max_keypoints=args.max_keypoints, image_qos=args.image_qos,
+                                      node_params=node_params))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
     print(f"\nkeyframe_matcher, 640x480 rgb8 at {args.rate:.0f} Hz, {args.max_keypoints} keypoints, "
-          f"image QoS {args.image_qos}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"image QoS {args.image_qos}, torch {torch.__version__}, {torch.get_num_threads()} threads, camera on "
+          + ("Fast DDS defaults" if args.no_fastdds_profile else "the shipped Fast DDS profile"))
     print(f"{'matcher':18s} {'out Hz':>7s} {'dropped':>8s} {'lat p50':>8s} {'lat p95':>8s}   node stages [ms]: "
-          f"queue extract match pose publish")
+          f"queue extract match pose publish   camera period p5/p95 [ms]")
     for r in rows:
         n = r["node"]
         st = " ".join(f"{n.get(k + '_ms', float('nan')):6.1f}"
                       for k in ("queue", "extract", "match", "pose", "publish"))
         print(f"{r['matcher']:18s} {r['output_hz']:7.1f} {r['dropped']:4d}/{r['sent']:<4d} {r['latency_p50_ms']:7.1f} "
-              f"{r['latency_p95_ms']:8.1f}   {st}")
+              f"{r['latency_p95_ms']:8.1f}   {st}   " + "{:.1f} / {:.1f}".format(*r["camera_period_p5_p95_ms"]))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2))
     print(f"figures written to {args.json}")
