@@ -7,8 +7,9 @@ points from it with one index. Weights are repacked once:
 
 - q, k, v come from one product with the projection's rows reordered (kornia interleaves them per channel and
   then copies them apart);
-- the rotary encoding's ``rotate_half`` (x0, x1) -> (-x1, x0) becomes a swap of neighbouring channels, its sign
-  folded into the sine table (multiplying by -1 is exact);
+- the rotary encoding ``x cos + rotate_half(x) sin`` (rotate_half: (x0, x1) -> (-x1, x0) per channel pair, cos
+  and sin equal within a pair) is the complex product of the pairs (x0 + i x1) (cos + i sin): one elementwise
+  kernel instead of kornia's copies (same values on the test pairs);
 - the attention output projection is folded into the first layer of the feed-forward network, which reads
   ``[x, out_proj(message)]``: ``W [x; P m + p] + b = W_x x + (W_m P) m + (W_m p + b)``, so one product less and no
   concatenated copy per block.
@@ -35,9 +36,10 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0, 0]
 
 
-def _swap_pairs(x: torch.Tensor) -> torch.Tensor:
-    """[T x D] -> channels (0, 1), (2, 3), ... swapped."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """[T x D] (channel pairs as complex numbers) times [T x D/2] complex rotations -> [T x D], x's dtype (in
+    float32: complex half precision, e.g. under CUDA float16 autocast, is not generally supported)."""
+    return torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * rot).flatten(-2).to(x.dtype)
 
 
 class PackedLighterGlue:
@@ -76,14 +78,12 @@ class PackedLighterGlue:
         w_x, w_m, b, rest = ffn
         return x + rest(torch.addmm(b, x, w_x.t()).addmm_(message, w_m.t()))
 
-    def _self(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cuts: list) -> torch.Tensor:
+    def _self(self, i: int, x: torch.Tensor, rot: torch.Tensor, cuts: list) -> torch.Tensor:
         """Layer i's self-attention block. x: [T x D] tokens of consecutive images (segments between ``cuts``),
-        cos / sin: [T x D] rotary tables, the sine with rotate_half's signs."""
+        rot: [T x D/2] complex rotary encoding."""
         d = self.d
         y = F.linear(x, *self.self_qkv[i])
-        q, k, v = y[:, :d], y[:, d:2 * d], y[:, 2 * d:]
-        q, k = q * cos + _swap_pairs(q) * sin, k * cos + _swap_pairs(k) * sin
-        v = v.contiguous()
+        q, k, v = _rotate(y[:, :d], rot), _rotate(y[:, d:2 * d], rot), y[:, 2 * d:].contiguous()
         message = torch.cat([_attention(q[a:e], k[a:e], v[a:e]) for a, e in zip(cuts[:-1], cuts[1:])])
         return self._ffn(x, message, self.self_ffn[i])
 
@@ -98,22 +98,21 @@ class PackedLighterGlue:
     # ------------------------------------------------------------------ per image, per pair
     def prepare(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_size: tuple) -> dict:
         """[N x 2] pixels, [N x input_dim] descriptors, (w, h) -> {"desc": [N x D] after layer 0's
-        self-attention, "cos", "sin": [N x D] rotary tables (``_self``)}."""
+        self-attention, "rot": [N x D/2] complex rotary encoding (``_self``)}."""
         from kornia.feature.lightglue import normalize_keypoints
 
         g = self.glue
         size = torch.tensor([image_size], device=keypoints.device, dtype=torch.float32)
-        enc = g.posenc(normalize_keypoints(keypoints[None], size))  # [2 x 1 x 1 x N x D]: cos, sin
-        sign = torch.tensor([-1.0, 1.0], device=enc.device, dtype=enc.dtype).repeat(self.d // 2)
-        cos, sin = enc[0, 0, 0], enc[1, 0, 0] * sign
-        desc = self._self(0, g.input_proj(descriptors), cos, sin, [0, len(keypoints)])
-        return {"desc": desc, "cos": cos, "sin": sin}
+        enc = g.posenc(normalize_keypoints(keypoints[None], size))  # [2 x 1 x 1 x N x D]: cos, sin, pairwise equal
+        rot = torch.complex(enc[0, 0, 0, :, 0::2].float(), enc[1, 0, 0, :, 0::2].float())
+        desc = self._self(0, g.input_proj(descriptors), rot, [0, len(keypoints)])
+        return {"desc": desc, "rot": rot}
 
     def match(self, s0: dict, s1: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Two states of ``prepare`` -> (indices [K x 2] int64 into the unpruned keypoints, scores [K])."""
         g, c = self.glue, self.conf
         x = torch.cat([s0["desc"], s1["desc"]])
-        cos, sin = torch.cat([s0["cos"], s1["cos"]]), torch.cat([s0["sin"], s1["sin"]])
+        rot = torch.cat([s0["rot"], s1["rot"]])
         m, n, device = len(s0["desc"]), len(s1["desc"]), x.device
         index = torch.cat([torch.arange(m, device=device), torch.arange(n, device=device)])
         prune, prune_min = c.width_confidence > 0, g.pruning_min_kpts(device)
@@ -121,7 +120,7 @@ class PackedLighterGlue:
         i = 0
         for i in range(c.n_layers):
             if i > 0:
-                x = self._self(i, x, cos, sin, [0, m, m + n])
+                x = self._self(i, x, rot, [0, m, m + n])
             x = self._cross(i, x, m)
             if i == c.n_layers - 1:
                 break  # no early stopping or pruning after the last layer
@@ -136,7 +135,7 @@ class PackedLighterGlue:
                 keep[m:] |= n <= prune_min
                 m, n = int(keep[:m].sum()), int(keep[m:].sum())
                 kept = torch.where(keep)[0]
-                x, cos, sin, index = x[kept], cos[kept], sin[kept], index[kept]
+                x, rot, index = x[kept], rot[kept], index[kept]
         if m == 0 or n == 0:
             return torch.zeros((0, 2), dtype=torch.long, device=device), torch.zeros(0, device=device)
         return _assign(g.log_assignment[i], x, m, index, c.filter_threshold)
