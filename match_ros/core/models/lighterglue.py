@@ -76,7 +76,8 @@ class PackedLighterGlue:
     def _ffn(x: torch.Tensor, message: torch.Tensor, ffn: tuple) -> torch.Tensor:
         """x + ffn([x, out_proj(message)]) with the output projection folded (module docstring)."""
         w_x, w_m, b, rest = ffn
-        return x + rest(torch.addmm(b, x, w_x.t()).addmm_(message, w_m.t()))
+        h = torch.addmm(b, x, w_x.t())  # under autocast (CUDA float16) in h's lower precision: the in-place
+        return x + rest(h.addmm_(message.to(h.dtype), w_m.t().to(h.dtype)))  # product below is not autocast
 
     def _self(self, i: int, x: torch.Tensor, rot: torch.Tensor, cuts: list) -> torch.Tensor:
         """Layer i's self-attention block. x: [T x D] tokens of consecutive images (segments between ``cuts``),
