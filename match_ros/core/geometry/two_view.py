@@ -21,6 +21,7 @@ allows. Two failure modes are common between video frames and both are handled h
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -391,11 +392,28 @@ def _jacobian(residuals, n_params: int, step: float = 1e-7) -> tuple[np.ndarray,
     return r0, J
 
 
+@functools.lru_cache(maxsize=4)
+def _step_rotations(step: float) -> tuple:
+    """rotation_from_vector of 0 and of step along x, y, z (what ``_perturb`` computes for those steps)."""
+    return tuple(rotation_from_vector(w) for w in np.vstack([np.zeros(3), step * np.eye(3)]))
+
+
+def _jacobian_motions(R, t, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The six motions ``_perturb(R, t, d)`` for d = 0 and d = step * e_k (k = 0..4), as [6 x 3 x 3] and [6 x 3]:
+    the same arithmetic, without six sphere bases and six Rodrigues calls."""
+    a, b = _sphere_basis(t)
+    d = np.vstack([np.zeros(5), step * np.eye(5)])
+    moved = t + d[:, 3:4] * a + d[:, 4:5] * b
+    ts = np.array([v / np.linalg.norm(v) for v in moved])
+    I, Rx, Ry, Rz = _step_rotations(step)
+    return np.array([I @ R, Rx @ R, Ry @ R, Rz @ R, I @ R, I @ R]), ts
+
+
 def _sampson_jacobian(R, t, x0, x1, step: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
     """Sampson errors [M] of (R, t) and their forward-difference Jacobian [M x 5] in the ``_perturb`` parameters,
     the six motions evaluated in one pass."""
-    moved = [_perturb(R, t, d) for d in np.vstack([np.zeros(5), step * np.eye(5)])]
-    S = _sampson(np.array([m[0] for m in moved]), np.array([m[1] for m in moved]), x0, x1)
+    Rs, ts = _jacobian_motions(R, t, step)
+    S = _sampson(Rs, ts, x0, x1)
     return S[0], (S[1:] - S[0]).T / step
 
 
