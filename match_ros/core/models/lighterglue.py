@@ -30,10 +30,17 @@ def _fold_output(out_proj: torch.nn.Linear, first: torch.nn.Linear, d: int) -> t
     return w_x, (w_m @ out_proj.weight.detach()).contiguous(), b + w_m @ out_proj.bias.detach()
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bucket: int = 0) -> torch.Tensor:
     """[L x D] queries, [S x D] keys and values -> [L x D]: one head of scaled dot-product attention (given to
-    PyTorch as [1 x 1 x L x D]: with fewer dimensions it takes its unfused math path on the CPU, 3x slower)."""
-    return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0, 0]
+    PyTorch as [1 x 1 x L x D]: with fewer dimensions it takes its unfused math path on the CPU, 3x slower).
+    bucket > 1: L and S padded to its multiples, the padded keys masked out."""
+    if bucket <= 1:
+        return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0, 0]
+    n_q, n_k = len(q), len(k)
+    pq, pk = -n_q % bucket, -n_k % bucket
+    mask = (torch.arange(n_k + pk, device=k.device) < n_k)[None, None, None]
+    q, k, v = F.pad(q, (0, 0, 0, pq)), F.pad(k, (0, 0, 0, pk)), F.pad(v, (0, 0, 0, pk))
+    return F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None], attn_mask=mask)[0, 0, :n_q]
 
 
 def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
@@ -72,29 +79,53 @@ class PackedLighterGlue:
                 self.cross_ffn.append((*_fold_output(x.to_out, x.ffn[0], d), x.ffn[1:]))
 
     # ------------------------------------------------------------------ blocks on the token matrix
-    @staticmethod
-    def _ffn(x: torch.Tensor, message: torch.Tensor, ffn: tuple) -> torch.Tensor:
+    bucket = 0  # > 1: per-keypoint layers see row counts rounded up to a multiple of this (zero rows added)
+
+    def _rows(self, *xs: torch.Tensor) -> list:
+        """xs padded with zero rows to the next multiple of ``bucket`` (unchanged when bucket <= 1)."""
+        if self.bucket <= 1:
+            return list(xs)
+        extra = -len(xs[0]) % self.bucket
+        return [F.pad(x, (0, 0, 0, extra)) if extra else x for x in xs]
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._rows(x)[0], weight, bias)[:len(x)]
+
+    def _ffn(self, x: torch.Tensor, message: torch.Tensor, ffn: tuple) -> torch.Tensor:
         """x + ffn([x, out_proj(message)]) with the output projection folded (module docstring)."""
         w_x, w_m, b, rest = ffn
-        h = torch.addmm(b, x, w_x.t())  # under autocast (CUDA float16) in h's lower precision: the in-place
-        return x + rest(h.addmm_(message.to(h.dtype), w_m.t().to(h.dtype)))  # product below is not autocast
+        xp, mp = self._rows(x, message)
+        h = torch.addmm(b, xp, w_x.t())  # under autocast (CUDA float16) in h's lower precision: the in-place
+        return x + rest(h.addmm_(mp.to(h.dtype), w_m.t().to(h.dtype)))[:len(x)]  # product is not autocast
 
     def _self(self, i: int, x: torch.Tensor, rot: torch.Tensor, cuts: list) -> torch.Tensor:
         """Layer i's self-attention block. x: [T x D] tokens of consecutive images (segments between ``cuts``),
         rot: [T x D/2] complex rotary encoding."""
         d = self.d
-        y = F.linear(x, *self.self_qkv[i])
+        y = self._linear(x, *self.self_qkv[i])
         q, k, v = _rotate(y[:, :d], rot), _rotate(y[:, d:2 * d], rot), y[:, 2 * d:].contiguous()
-        message = torch.cat([_attention(q[a:e], k[a:e], v[a:e]) for a, e in zip(cuts[:-1], cuts[1:])])
+        message = torch.cat([_attention(q[a:e], k[a:e], v[a:e], self.bucket) for a, e in zip(cuts[:-1], cuts[1:])])
         return self._ffn(x, message, self.self_ffn[i])
 
     def _cross(self, i: int, x: torch.Tensor, m: int) -> torch.Tensor:
         """Layer i's cross-attention block; x: [(m + n) x D], image 0's tokens first."""
         d = self.d
-        y = F.linear(x, *self.cross_qkv[i])
+        y = self._linear(x, *self.cross_qkv[i])
         qk, v = y[:, :d].contiguous(), y[:, d:].contiguous()
-        message = torch.cat([_attention(qk[:m], qk[m:], v[m:]), _attention(qk[m:], qk[:m], v[:m])])
+        message = torch.cat([_attention(qk[:m], qk[m:], v[m:], self.bucket),
+                             _attention(qk[m:], qk[:m], v[:m], self.bucket)])
         return self._ffn(x, message, self.cross_ffn[i])
+
+    def warm_up(self, max_tokens: int) -> None:
+        """Run the per-keypoint layers once at every bucketed row count up to max_tokens (in the caller's
+        precision context), so that no kernel is built while frames are matched."""
+        if self.bucket <= 1:
+            return
+        weight = self.self_qkv[0][0]
+        for rows in range(self.bucket, max_tokens + self.bucket, self.bucket):
+            x = torch.zeros((rows, self.d), device=weight.device)
+            self._ffn(self._linear(x, *self.self_qkv[0])[:, :self.d], x, self.self_ffn[0])
+            self._ffn(self._linear(x, *self.cross_qkv[0])[:, :self.d], x, self.cross_ffn[0])
 
     # ------------------------------------------------------------------ per image, per pair
     def prepare(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_size: tuple) -> dict:
@@ -149,7 +180,8 @@ def _assign(head: torch.nn.Module, x: torch.Tensor, m: int, index: torch.Tensor,
     exp(log assignment) above threshold. Returns (indices [K x 2] into the unpruned sets, scores [K])."""
     md = head.final_proj(x) / head.dim ** 0.25
     z = head.matchability(x)[:, 0]
-    sim = md[:m] @ md[m:].t()  # [m x n]
+    md = md.float()  # [m x n] product in float32 (bf16 kernels are built per shape)
+    sim = md[:m] @ md[m:].t()
     certainties = F.logsigmoid(z[:m])[:, None] + F.logsigmoid(z[m:])[None]
     scores = F.log_softmax(sim, 1) + F.log_softmax(sim.t().contiguous(), 1).t() + certainties
     max0, max1 = scores.max(1), scores.max(0)
