@@ -16,6 +16,12 @@ points from it with one index. Weights are repacked once:
 
 Matrix products of other shapes sum in another order, so the result is kornia's up to float rounding (the tests
 compare matches and scores with kornia's forward). One attention head only (LighterGlue's configuration).
+
+``bucket`` (set for bfloat16 on the CPU, ``XFeatLighterGlue``'s ``cpu_bf16_glue``): oneDNN builds a bf16 kernel
+for every new shape, and the shapes here follow each frame's keypoint count and pruning. With a bucket, the
+per-keypoint layers see row counts rounded up to its multiples (zero rows, dropped after) and attention sees
+queries and keys padded likewise (the padded keys masked out): a few dozen shapes, whose layer kernels
+``warm_up`` builds once. In float32 the padded result equals the unpadded one up to rounding (tested).
 """
 from __future__ import annotations
 
