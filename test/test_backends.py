@@ -212,8 +212,8 @@ def test_packed_lighterglue_buckets_keep_the_result(graf_results, matchers):
             indices, scores = m.packed.match(*states)
     finally:
         m.packed.bucket = 0
-    np.testing.assert_array_equal(indices.numpy(), ref.indices)
-    np.testing.assert_allclose(scores.numpy(), ref.scores, atol=1e-4)
+    np.testing.assert_array_equal(indices.cpu().numpy(), ref.indices)
+    np.testing.assert_allclose(scores.cpu().numpy(), ref.scores, atol=1e-4)
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="no native bfloat16 on this CPU")
