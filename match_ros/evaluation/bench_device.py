@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     import torch
 
     from match_ros.core.device import cpu_has_bf16, resolve_device
-    from match_ros.core.features.matcher import build_matcher
+    from match_ros.core.features.matcher import build_matcher, shared_conf
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -74,7 +74,9 @@ def main(argv=None) -> int:
         for kp in args.keypoints:
             ref = None
             for prec in ("fp32",) + ((low,) if low else ()):
-                conf = {"max_keypoints": kp, "fp16": prec == "fp16", "cpu_bf16": prec == "bf16"}
+                # bf16: what the nodes' cpu_bf16 turns on (the backbone, and LighterGlue where the backend has it)
+                conf = shared_conf(matcher_name, max_keypoints=kp, fp16=prec == "fp16", cpu_bf16=prec == "bf16",
+                                   cpu_bf16_glue=prec == "bf16")
                 m = build_matcher(matcher_name, conf, device)
                 t = measure(m, pairs, args.repeats)
                 sets = [_match_set(m, a, b) for a, b in pairs[:4]]
