@@ -186,6 +186,28 @@ def test_packed_lighterglue_matches_kornia_on_a_subset(graf_results, matchers):
     np.testing.assert_allclose(ours.scores, scores, atol=1e-3)  # float reassociation only
 
 
+def test_fused_cross_block_is_kornias_cross_block(graf_results, matchers):
+    """FusedCrossBlock (CoAM's and OmniGlue's cross-attention) computes kornia's CrossBlock: LighterGlue's trained
+    layer-0 cross block loaded into it, run on graf's real layer-0 states; an all-True attend mask changes
+    nothing."""
+    from match_ros.core.models.blocks import FusedCrossBlock
+
+    f1, f3, _ = graf_results("xfeat_lighterglue")
+    m = matchers("xfeat_lighterglue")
+    kornia_block = m.glue.transformers[0].cross_attn
+    fused = FusedCrossBlock(m.packed.d, 1).to(m.device).eval()
+    fused.load_state_dict(kornia_block.state_dict(), strict=True)
+    with torch.inference_mode():
+        x0, x1 = (m._state(f)["desc"][None] for f in (f1, f3))
+        want = kornia_block(x0, x1)
+        got = fused(x0, x1)
+        ones = torch.ones(1, x0.shape[1], x1.shape[1], dtype=torch.bool, device=x0.device)
+        masked = fused(x0, x1, attend01=ones, attend10=ones.transpose(1, 2))
+    for w, g, k in zip(want, got, masked):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(k, w, atol=1e-4, rtol=1e-4)
+
+
 def test_packed_lighterglue_under_autocast(graf_results, matchers):
     """Under autocast the packed LighterGlue's products run in the lower precision (CUDA: float16 with fp16 on);
     its in-place and complex steps must follow (an in-place product is not autocast). Emulated with the CPU's
