@@ -4,10 +4,11 @@ A camera publisher in this process sends rendered 640x480 rgb8 frames at a
 fixed rate (from a thread of its own, each frame on its deadline) to the node
 running in its own process (real ROS 2 graph, Fast DDS on loopback). Both
 processes use the shipped Fast DDS profile (shared memory for large messages),
-as README "Transport: what a camera driver needs" recommends; --no-fastdds-profile
-leaves the publisher on Fast DDS's defaults. Reported per matcher: output rate, frames dropped by the node
-(drop-oldest: it never queues), end-to-end latency (image publish -> its
-CorrespondenceSet received, same clock) and the node's per-stage times.
+as README "Transport: what a camera driver needs" recommends;
+--no-fastdds-profile leaves the publisher on Fast DDS's defaults. Reported per
+matcher: output rate, frames dropped by the node (drop-oldest: it never
+queues), end-to-end latency (image publish -> its CorrespondenceSet received,
+same clock), the node's per-stage times and the camera's period.
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fastdds-profile", action="store_true",
                     help="the camera publisher (this process) on Fast DDS's default transports")
     ap.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="further keyframe_matcher parameters, e.g. extract_thread=off (values parsed as Python "
+                    help="further keyframe_matcher parameters, e.g. cpu_bf16=False (values parsed as Python "
                          "literals, else strings)")
     args = ap.parse_args(argv)
     confine_to_loopback(args.domain_id)

@@ -69,8 +69,9 @@ class PackedLighterGlue:
         c = glue.conf
         if int(c.num_heads) != 1:
             raise ValueError(f"PackedLighterGlue supports one attention head, got {c.num_heads}")
-        self.glue, self.conf, d = glue, c, int(c.descriptor_dim)
-        self.d = d
+        self.glue, self.conf, self.d = glue, c, int(c.descriptor_dim)
+        d = self.d
+        self.bucket = 0  # > 1: per-keypoint layers see row counts rounded up to a multiple of this (zero rows added)
         self.self_qkv, self.self_ffn, self.cross_qkv, self.cross_ffn = [], [], [], []
         with torch.no_grad():
             for layer in glue.transformers:
@@ -85,8 +86,6 @@ class PackedLighterGlue:
                 self.cross_ffn.append((*_fold_output(x.to_out, x.ffn[0], d), x.ffn[1:]))
 
     # ------------------------------------------------------------------ blocks on the token matrix
-    bucket = 0  # > 1: per-keypoint layers see row counts rounded up to a multiple of this (zero rows added)
-
     def _rows(self, *xs: torch.Tensor) -> list:
         """xs padded with zero rows to the next multiple of ``bucket`` (unchanged when bucket <= 1)."""
         if self.bucket <= 1:
@@ -184,9 +183,8 @@ def _assign(head: torch.nn.Module, x: torch.Tensor, m: int, index: torch.Tensor,
     """kornia's ``MatchAssignment`` + ``filter_matches`` on the token matrix, without building the dustbin row
     and column (filter_matches never reads them): mutual best of the dual-softmax + matchability scores, score
     exp(log assignment) above threshold. Returns (indices [K x 2] into the unpruned sets, scores [K])."""
-    md = head.final_proj(x) / head.dim ** 0.25
+    md = (head.final_proj(x) / head.dim ** 0.25).float()  # the [m x n] product in float32 (bf16 kernels: per shape)
     z = head.matchability(x)[:, 0]
-    md = md.float()  # [m x n] product in float32 (bf16 kernels are built per shape)
     sim = md[:m] @ md[m:].t()
     certainties = F.logsigmoid(z[:m])[:, None] + F.logsigmoid(z[m:])[None]
     scores = F.log_softmax(sim, 1) + F.log_softmax(sim.t().contiguous(), 1).t() + certainties
