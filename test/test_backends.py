@@ -4,6 +4,8 @@
 Corner error: mean distance of the 4 image corners mapped by a homography estimated from the matches
 (cv2.findHomography, USAC_MAGSAC, 3 px) and by the GT homography.
 """
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -39,6 +41,9 @@ FLOORS = {
 }
 DEFAULT_FLOOR = (100, 0.40, 8.0)  # for backends registered later without measured floors here
 BACKENDS = available_matchers()
+# backends too slow on CPU for the quick tier's parametrised tests
+SLOW_BACKENDS = ("omniglue_xfeat",)
+BACKEND_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BACKENDS else n for n in BACKENDS]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def test_builtin_backends_registered():
     assert {"sift", "orb_teblid", "xfeat_lighterglue", "xfeat_mnn"} <= set(BACKENDS)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
 def test_graf_homography(name, graf_results, graf_pair):
     im1, _, H = graf_pair
     f1, f3, matches = graf_results(name)
@@ -143,7 +148,7 @@ def test_empty_features_give_no_matches(name, graf_results, matchers):
         assert len(out) == 0 and out.indices.shape == (0, 2)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
 def test_flat_and_grayscale_images(name, matchers):
     m = matchers(name)
     flat = m.extract(np.full((120, 160), 128, np.uint8))
@@ -172,6 +177,7 @@ def test_missing_weights_raise_file_not_found(name, key, tmp_path):
         build_matcher(name, {key: str(missing)})
 
 
+@pytest.mark.slow
 def test_packed_lighterglue_matches_kornia_on_a_subset(graf_results, matchers):
     """Without the per-image cache (bare Features of 300 keypoints, so pruning and the dustbin-free assignment run
     on other sizes than the full sets): the packed LighterGlue gives kornia's LightGlue.forward result."""
@@ -180,10 +186,8 @@ def test_packed_lighterglue_matches_kornia_on_a_subset(graf_results, matchers):
     sub = [Features(f.keypoints[:n], f.descriptors[:n], f.scores[:n], f.image_size) for f in (f1, f3)]
     m = matchers("xfeat_lighterglue")
     ours = m.match(*sub)
-    indices, scores = _kornia_lightglue(m, *sub)
-    assert len(indices) > 20
-    np.testing.assert_array_equal(ours.indices, indices)
-    np.testing.assert_allclose(ours.scores, scores, atol=1e-3)  # float reassociation only
+    assert len(ours) > 20
+    assert_same_lighterglue_result(m, *sub, ours)
 
 
 def test_fused_cross_block_is_kornias_cross_block(graf_results, matchers):
@@ -200,12 +204,14 @@ def test_fused_cross_block_is_kornias_cross_block(graf_results, matchers):
     with torch.inference_mode():
         x0, x1 = (m._state(f)["desc"][None] for f in (f1, f3))
         want = kornia_block(x0, x1)
+        want64 = copy.deepcopy(kornia_block).double()(x0.double(), x1.double())
         got = fused(x0, x1)
         ones = torch.ones(1, x0.shape[1], x1.shape[1], dtype=torch.bool, device=x0.device)
         masked = fused(x0, x1, attend01=ones, attend10=ones.transpose(1, 2))
-    for w, g, k in zip(want, got, masked):
-        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(k, w, atol=1e-4, rtol=1e-4)
+    tol = rounding_tolerance([w.cpu() for w in want], [w.cpu() for w in want64])
+    for w, g, k in zip(want64, got, masked):
+        torch.testing.assert_close(g.double(), w, atol=tol, rtol=0)
+        torch.testing.assert_close(k.double(), w, atol=tol, rtol=0)
 
 
 def test_packed_lighterglue_under_autocast(graf_results, matchers):
@@ -235,7 +241,8 @@ def test_packed_lighterglue_buckets_keep_the_result(graf_results, matchers):
     finally:
         m.packed.bucket = 0
     np.testing.assert_array_equal(indices.cpu().numpy(), ref.indices)
-    np.testing.assert_allclose(scores.cpu().numpy(), ref.scores, atol=1e-4)
+    _, tol = _lighterglue_reference(m, f1, f3)  # both runs are float32: each within the rounding of the truth
+    np.testing.assert_allclose(scores.cpu().numpy(), ref.scores, atol=2 * tol)
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="no native bfloat16 on this CPU")
@@ -250,17 +257,50 @@ def test_cpu_bf16_glue_keeps_most_matches(graf_results, graf_pair):
     assert len(ours & theirs) >= 0.85 * len(theirs)
 
 
-def _kornia_lightglue(m, f0, f1):
-    """kornia's own LightGlue.forward on the matcher's LighterGlue module -> (indices, scores) as numpy."""
+def _kornia_lightglue(m, f0, f1, dtype=torch.float32):
+    """kornia's own LightGlue.forward on the matcher's LighterGlue module -> (indices, scores) as numpy; in
+    ``dtype`` (float64: a copy of the module, the reference the float32 rounding is measured against)."""
+    glue = m.glue if dtype == torch.float32 else copy.deepcopy(m.glue).to(dtype)
+
     def side(f):
-        return {"keypoints": f.keypoints[None], "descriptors": f.descriptors[None],
-                "image_size": torch.tensor([f.image_size], dtype=torch.float32)}
+        return {"keypoints": f.keypoints[None].to(dtype), "descriptors": f.descriptors[None].to(dtype),
+                "image_size": torch.tensor([f.image_size], dtype=dtype)}
 
     with torch.inference_mode():
-        out = m.glue({"image0": side(f0), "image1": side(f1)})
+        out = glue({"image0": side(f0), "image1": side(f1)})
     return out["matches"][0].numpy(), out["scores"][0].numpy()
 
 
+def rounding_tolerance(ref32, ref64, factor: float = 4.0, floor: float = 1e-6) -> float:
+    """The float32 rounding of a computation, measured: the largest deviation of the reference implementation run
+    in float32 from the same computation in float64, times ``factor`` (another summation order, GEMM blocking or
+    thread count rounds differently, by a few times as much), at least ``floor``. Unlike a fixed atol it holds on
+    any CPU and thread count: both sides round with the same arithmetic (measured on graf, LighterGlue scores:
+    kornia float32 0.55-1.01e-4 from float64, ours 0.44-0.64e-4)."""
+    pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64)) for a, b in zip(ref32, ref64)]
+    return max(floor, factor * max(float(np.max(np.abs(a - b))) for a, b in pairs))
+
+
+def _lighterglue_reference(m, f0, f1) -> tuple[dict, float]:
+    """({(i, j): score} of kornia's LightGlue.forward in float64, the float32 rounding tolerance of its scores)."""
+    k32, k64 = ({tuple(a): b for a, b in zip(*(x.tolist() for x in _kornia_lightglue(m, f0, f1, dt)))}
+                for dt in (torch.float32, torch.float64))
+    both = sorted(set(k32) & set(k64))
+    return k64, rounding_tolerance([[k32[k] for k in both]], [[k64[k] for k in both]])
+
+
+def assert_same_lighterglue_result(m, f0, f1, ours):
+    """``ours`` (a Matches) is kornia's LightGlue.forward result up to float32 rounding: the matches of the float64
+    reference (up to 1 % near-ties that rounding may flip at the mutual check or the score threshold) and their
+    scores within ``rounding_tolerance`` of it."""
+    ref, tol = _lighterglue_reference(m, f0, f1)
+    mine = {tuple(a): b for a, b in zip(ours.indices.tolist(), ours.scores.tolist())}
+    assert len(set(ref) ^ set(mine)) <= 0.01 * len(ref), (len(ref), len(mine), len(set(ref) ^ set(mine)))
+    common = sorted(set(ref) & set(mine))
+    np.testing.assert_allclose([mine[k] for k in common], [ref[k] for k in common], rtol=0, atol=tol)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("conf", [{}, {"depth_confidence": 0.95}, {"width_confidence": -1}])
 def test_lighterglue_cached_forward_matches_kornia(conf, graf_pair):
     """match() (per-image state cached by extract, PackedLighterGlue) gives kornia's LightGlue.forward result,
@@ -269,12 +309,11 @@ def test_lighterglue_cached_forward_matches_kornia(conf, graf_pair):
     f1, f3 = m.extract(graf_pair[0]), m.extract(graf_pair[1])
     assert "lighterglue" in f1.extra
     ours = m.match(f1, f3)
-    indices, scores = _kornia_lightglue(m, f1, f3)
     assert len(ours) > 100
-    np.testing.assert_array_equal(ours.indices, indices)
-    np.testing.assert_allclose(ours.scores, scores, atol=1e-4)  # other GEMM shapes: float reassociation only
+    assert_same_lighterglue_result(m, f1, f3, ours)  # other GEMM shapes: float rounding only
 
 
+@pytest.mark.slow
 def test_lighterglue_stale_state_is_recomputed(graf_results, matchers):
     """A Features whose tensors were replaced, or that another matcher extracted, does not use the cached state."""
     f1, f3, ref = graf_results("xfeat_lighterglue")
@@ -304,11 +343,13 @@ def test_xfeat_batchnorm_folding_keeps_network_output():
     x = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = net(x)
+        ref64 = copy.deepcopy(net).double()(x.double())
         fold_batchnorm(net)
         assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in net.modules())
         out = net.to(memory_format=torch.channels_last)(x)
-    for a, b in zip(out, ref):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    tol = rounding_tolerance(ref, ref64)
+    for a, b in zip(out, ref64):
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=0)
 
 
 # ---- nn.py on synthetic data -------------------------------------------------------------------------------

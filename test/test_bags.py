@@ -1,7 +1,7 @@
 """rosbag2 tools: written content, playback into real rclpy subscribers, user errors.
 
 DDS stays on loopback (conftest sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST); this module's
-graphs use ROS_DOMAIN_ID 63, in process and in the player subprocess.
+graphs use a free ROS_DOMAIN_ID (``free_domain_id``), in process and in the player subprocess.
 """
 import json
 import os
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from match_ros.evaluation.graph import free_domain_id
 from match_ros.sim import Camera, make_sequence
 from match_ros.tools import bag_play, bag_write, render
 from match_ros.ros.codec import depth_to_numpy
@@ -21,7 +22,9 @@ from match_ros.ros.codec import pose_to_matrix as pose_from_msg
 from match_ros.ros.codec import stamp_to_ns as stamp_ns_of
 from match_ros.tools.bagio import BagError, find_msg_dir, make_typestore, open_reader, read_topic
 
-DOMAIN_ID = 63
+pytestmark = pytest.mark.slow  # starts processes or builds a workspace (slow tier)
+
+DOMAIN_ID = free_domain_id()
 N = 10
 TOPICS = {"/camera/image_raw": "sensor_msgs/msg/Image", "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
           "/camera/depth": "sensor_msgs/msg/Image", "/ground_truth/pose": "geometry_msgs/msg/PoseStamped",

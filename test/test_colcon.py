@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts processes or builds a workspace (slow tier)
+
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 
@@ -69,10 +71,11 @@ def test_colcon_installs_package_executables_launch_and_config(workspace):
 
 def test_installed_node_runs_in_a_ros_graph(workspace):
     ws, env = workspace
-    env = dict(env, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID="82")
-    from match_ros.evaluation.graph import confine_to_loopback, spin_until
+    from match_ros.evaluation.graph import confine_to_loopback, free_domain_id, spin_until
 
-    confine_to_loopback(82)
+    domain = free_domain_id()
+    env = dict(env, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(domain))
+    confine_to_loopback(domain)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
 

@@ -1,5 +1,5 @@
 """Relocalization end to end: a map built from a rendered mapping bag, a changed-day query bag (drifting odometry
-on /tf) replayed through the relocalizer process (a real ROS 2 graph on loopback, domains 75-80), poses and
+on /tf) replayed through the relocalizer process (a real ROS 2 graph on loopback, each on a free domain id), poses and
 map->odom scored against the exact ground truth; services, parameters and the map_builder process as a careless
 client, an operator with Ctrl-C and a full disk would use them. Assertions are on message content."""
 import hashlib
@@ -13,13 +13,15 @@ import pytest
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.mapstore import Map
 from match_ros.evaluation.eval_reloc import replay_relocalization, write_query_bag
-from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
+from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, free_domain_id, spin_until
 from match_ros.evaluation.reloc_metrics import score
 from match_ros.evaluation.reloc_scenes import scene_bags
 from match_ros.sim import make_sequence
 from match_ros.tools.bag_write import BagLayout, write_sequence_bag
 from match_ros.tools.bagio import read_topic
 from match_ros.tools.build_map import build_map_from_bag
+
+pytestmark = pytest.mark.slow  # starts processes or builds a workspace (slow tier)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_continuous_relocalization_against_ground_truth(room):
     assert summary["keyframes"] >= 15 and summary["depth"]
     digest = _sha(d / "room.db")
     records, map_odom, log = replay_relocalization(d / "room.db", query_bag, {"matcher": "orb_teblid"}, rate=0.25,
-                                                   domain_id=75)
+                                                   domain_id=free_domain_id())
     s = score(records)
     # measured offline on these 60 frames: 52 poses, all within 5 cm / 2 deg; the node answers what it keeps up with,
     # so on a loaded machine only a handful of frames may be queried (8 in one CI run, 3 without a pose): every pose
@@ -100,7 +102,8 @@ def test_no_overlap_query_publishes_no_pose(room, tmp_path):
     write_query_bag(tmp_path / "facade_bag", make_sequence("facade", n_frames=30, seed=3))  # another place
     # lost_after 2: a loaded machine may answer only a few of the 30 frames, the streak must still be reached
     records, map_odom, _ = replay_relocalization(d / "room.db", tmp_path / "facade_bag",
-                                                 {"matcher": "orb_teblid", "lost_after": 2}, rate=0.5, domain_id=76)
+                                                 {"matcher": "orb_teblid", "lost_after": 2}, rate=0.5,
+                                                 domain_id=free_domain_id())
     assert len(records) >= 3
     assert all(r.T_est is None for r in records) and map_odom == [], [(r.reason, r.errors) for r in records]
     # (the very first image may come before the first camera_info: that query says so)
@@ -119,7 +122,7 @@ def test_missing_odometry_and_base_frame_transforms(room, tmp_path):
     write_sequence_bag(bag, make_query_sequence("room", 20), layout=BagLayout(tf=""))
     records, map_odom, log = replay_relocalization(
         d / "room.db", bag, {"matcher": "orb_teblid", "tf_timeout_s": 0.02, "base_frame": "base_link"}, rate=0.5,
-        domain_id=77, topics=("/camera/image_raw", "/camera/camera_info"))
+        domain_id=free_domain_id(), topics=("/camera/image_raw", "/camera/camera_info"))
     posed = [r for r in records if r.T_est is not None]
     assert posed and map_odom == []
     assert all("map->odom not sent" in r.reason for r in posed)
@@ -340,7 +343,7 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
     seq = make_query_sequence("room", 40, kind="classic")
     bag = tmp_path / "rgbd_no_tf"
     write_sequence_bag(bag, seq, layout=BagLayout(tf=""), with_depth=True)
-    domain = 78
+    domain = free_domain_id()
     confine_to_loopback(domain)
     # one torch thread each, as odometry_relocalize.launch.py sets on 2 cores (two nodes with two spinning threads
     # each oversubscribe the cores)

@@ -55,7 +55,7 @@ def test_global_relocalization_on_a_changed_day(office, matcher):
             assert r.reason  # always says why
 
 
-@pytest.mark.parametrize("top_k", [1, 5, 20])
+@pytest.mark.parametrize("top_k", [1, 5, pytest.param(20, marks=pytest.mark.slow)])
 def test_no_wrong_pose_at_any_top_k(office, matcher, top_k):
     m, q, frames = office
     loc = Localizer(m, matcher, conf={"top_k": top_k, "max_keyframes_matched": min(top_k, 10)})

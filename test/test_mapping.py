@@ -138,6 +138,7 @@ def test_keyframe_selection_by_distance(room, matcher, gdesc):
                        and rotation_error_deg(T[:3, :3], f.T_world_cam[:3, :3]) <= 10.0 for T in poses)
 
 
+@pytest.mark.slow
 def test_revisits_add_no_keyframes(matcher, gdesc):
     """Two laps of the same orbit: the second lap sees nothing new, so the map does not grow with the recording."""
     seq = make_sequence("room", n_frames=360, seed=0)

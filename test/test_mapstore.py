@@ -129,6 +129,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_atomic_save_under_sigkill(tmp_path):
     """A process saving in a loop is SIGKILLed at random moments: the map file is always one complete map."""
     target, source = tmp_path / "map.db", tmp_path / "src" / "big.db"

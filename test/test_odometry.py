@@ -46,6 +46,7 @@ def room():
     return make_sequence("room", n_frames=120, seed=0)
 
 
+@pytest.mark.slow
 def test_rgbd_odometry_drift_on_a_rendered_room(room):
     """90 frames (1.5 m) of the room orbit, every frame, xfeat_lighterglue: measured 0.37 % drift at the end (0.74 %
     at most) with the window refinement and adjustment, 2.7 % from chaining alone (ATE 4.6 vs 30 mm). With

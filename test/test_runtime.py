@@ -225,6 +225,7 @@ def test_shipped_configuration_files_are_generated_from_the_specs():
             f"config/{name}: run python -m match_ros.tools.config_files --write config"
 
 
+@pytest.mark.slow
 def test_frames_lost_before_the_node_are_counted_and_reported():
     """640x480 images at 30 Hz, best effort, default Fast DDS transports in both processes (the case the shipped
     profile fixes; measured 95 % lost, match_ros.evaluation.bench_transport): the loss is counted and reported."""

@@ -1,5 +1,5 @@
 """TfBuffer (pure: tree lookups, interpolation, errors, pruning) and TfListener over
-/tf + /tf_static in one process on loopback (domain id 81)."""
+/tf + /tf_static in one process on loopback (a free domain id)."""
 import threading
 import time
 
@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from match_ros.core.geometry.transforms import invert
+from match_ros.evaluation.graph import free_domain_id
 from match_ros.ros.tf_buffer import TfBuffer, TfLookupError
+
+pytestmark = pytest.mark.slow  # starts processes or builds a workspace (slow tier)
 
 S = 1_000_000_000  # ns per second
 
@@ -185,7 +188,7 @@ def test_listener_receives_tf_and_latched_tf_static():
         return matrix_to_transform(T, Header(stamp=ns_to_stamp(stamp), frame_id=parent), child)
 
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=81)
+    rclpy.init(context=ctx, domain_id=free_domain_id())
     executor, thread, nodes = None, None, []
     try:
         pub_node = Node("tf_test_publisher", context=ctx)

@@ -5,8 +5,10 @@ for this process and every node process it starts.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,46 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 DEFAULT_DOMAIN_ID = 57
+# ids whose DDS ports (7400 + 250 id + offset) stay below Linux's ephemeral port range (ROS 2's advice: 0-101);
+# 57 and 58 are the Makefile's and CI's defaults
+TEST_DOMAIN_IDS = (60, 101)
+_held_domains: dict = {}  # domain id -> open lock file, held for the life of this process
+
+
+def _domain_ports_free(domain_id: int) -> bool:
+    """True when no DDS participant on this machine listens on the domain's discovery ports (RTPS port mapping:
+    multicast discovery 7400 + 250 d, first participant's unicast discovery 7410 + 250 d)."""
+    for port in (7400 + 250 * domain_id, 7410 + 250 * domain_id):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_domain_id(first: int = TEST_DOMAIN_IDS[0], last: int = TEST_DOMAIN_IDS[1]) -> int:
+    """A ROS_DOMAIN_ID no other graph on this machine uses: reserved for this process (a lock file in the
+    temporary folder, held until it exits, so concurrent test runs and tools never share one) and with its DDS
+    discovery ports unused (a graph started by anyone else). Each call returns another id."""
+    span = last - first + 1
+    start = os.getpid() % span  # concurrent processes start their search at different ids
+    for k in range(span):
+        domain_id = first + (start + k) % span
+        if domain_id in _held_domains:
+            continue
+        lock = open(Path(tempfile.gettempdir()) / f"match_ros_dds_domain_{domain_id}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        if _domain_ports_free(domain_id):
+            _held_domains[domain_id] = lock
+            return domain_id
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    raise RuntimeError(f"no free ROS_DOMAIN_ID in {first}-{last} on this machine")
 
 
 def confine_to_loopback(domain_id: int | None = None) -> dict:
