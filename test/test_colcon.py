@@ -88,9 +88,9 @@ def test_installed_node_runs_in_a_ros_graph(workspace):
                              "relocalizer --ros-args -p matcher:=orb_teblid"], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        assert spin_until(node, lambda: any(s.name == "relocalizer: relocalization" for d in diags
+        assert spin_until(node, lambda: any(s.name == "/relocalizer: relocalization" for d in diags
                                             for s in d.status), 90), "the installed relocalizer never reported"
-        status = next(s for d in diags for s in d.status if s.name == "relocalizer: relocalization")
+        status = next(s for d in diags for s in d.status if s.name == "/relocalizer: relocalization")
         assert status.message == "no map loaded" and status.hardware_id == "orb_teblid"
     finally:
         os.killpg(proc.pid, 2)  # Ctrl-C

@@ -100,9 +100,10 @@ def _camera(img_pub, info_pub, msgs, info, rate_hz: float, seconds: float, publi
 
 
 def _node_stats(diags, node_name: str) -> dict:
+    """The values of the newest status of the node ``node_name`` (statuses are named "/namespace/node: what")."""
     for d in reversed(diags):
         for st in d.status:
-            if st.name.startswith(node_name):
+            if st.name.split(": ", 1)[0].rsplit("/", 1)[-1] == node_name:
                 return {kv.key: _number(kv.value) for kv in st.values}
     return {}
 

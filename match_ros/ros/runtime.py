@@ -427,7 +427,9 @@ def input_problem(camera_input: "CameraInput", errors: ErrorLog) -> Optional[str
 
 
 class Diagnostics:
-    """/diagnostics at 1 Hz: ``status()`` returns (level, message, values); ERROR/WARN/OK recover by themselves."""
+    """/diagnostics at 1 Hz: ``status()`` returns (level, message, values); ERROR/WARN/OK recover by themselves.
+    The status is named after the node's fully qualified name (``/robot1/relocalizer: relocalization``), so that
+    the same node in two namespaces gives two statuses."""
 
     def __init__(self, node, name: str, hardware_id: str, status: Callable):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -440,8 +442,8 @@ class Diagnostics:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
         level, message, values = self.status()
-        st = DiagnosticStatus(name=f"{self.node.get_name()}: {self.name}", hardware_id=self.hardware_id,
-                              level=level, message=message,
+        st = DiagnosticStatus(name=f"{self.node.get_fully_qualified_name()}: {self.name}",
+                              hardware_id=self.hardware_id, level=level, message=message,
                               values=[KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
                                       for k, v in values.items()])
         msg = DiagnosticArray(status=[st])
