@@ -6,9 +6,13 @@ cv_bridge). Every malformed input raises ``ConversionError`` (a ValueError) sayi
 
 Images come out as the matchers want them: uint8 RGB [H x W x 3] or mono [H x W]; depth as float32 metres
 [H x W] (0 = invalid). ``sensor_msgs/CompressedImage`` (image_transport's ``compressed`` plugin: jpeg / png)
-decodes to the same arrays.
+decodes to the same arrays; its size is read from the PNG / JPEG header first (``compressed_image_size``), so an
+image too large for the caller is refused before decoding (a 2.5 MB PNG can hold gigabytes of pixels).
 """
 from __future__ import annotations
+
+import struct
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -18,6 +22,10 @@ from match_ros.core.geometry.transforms import matrix_from_quaternion
 
 class ConversionError(ValueError):
     """A message could not be converted; the text says why."""
+
+
+class ImageTooLarge(ConversionError):
+    """An image with more pixels than the caller's limit (refused before decoding)."""
 
 
 # encoding -> (channels, numpy dtype); colour images come out as RGB
@@ -78,11 +86,60 @@ def image_to_numpy(msg) -> np.ndarray:
     return arr if arr.flags.writeable else arr.copy()  # a view of the message's bytes is read-only
 
 
-def compressed_to_numpy(msg) -> np.ndarray:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers SOF0-SOF15 (their header has the size), except DHT, JPG and DAC in that range
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = {0x01} | set(range(0xD0, 0xD8))  # TEM, RST0-7: markers without a length field
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+
+
+def compressed_image_size(data) -> tuple[int, int, str]:
+    """(width, height, "png" | "jpeg") of a compressed image from its header alone: a PNG's IHDR chunk, or the
+    frame header (SOFn) of a JPEG, found by walking its marker segments up to the scan data. ConversionError for
+    anything else (image_transport's compressed plugin sends only these two) or a header without a size."""
+    buf = memoryview(_bytes(data))
+    n = len(buf)
+    if bytes(buf[:8]) == PNG_SIGNATURE:
+        if n < 24 or bytes(buf[12:16]) != b"IHDR":
+            raise ConversionError("PNG without its IHDR header")
+        width, height = struct.unpack(">II", buf[16:24])
+        return width, height, "png"
+    if bytes(buf[:2]) != b"\xff\xd8":
+        raise ConversionError("not a JPEG or PNG image")
+    i = 2
+    while i + 1 < n:
+        if buf[i] != 0xFF:
+            raise ConversionError(f"JPEG header corrupt at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            i += 2
+            continue
+        if marker in (_JPEG_SOS, _JPEG_EOI) or i + 4 > n:
+            break
+        length = (buf[i + 2] << 8) | buf[i + 3]
+        if length < 2:
+            raise ConversionError(f"JPEG header corrupt at byte {i}")
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                break
+            height, width = struct.unpack(">HH", buf[i + 5:i + 9])
+            if height == 0:  # a DNL marker after the scan would give it: not supported by the decoder either
+                raise ConversionError("JPEG frame header without a height")
+            return width, height, "jpeg"
+        i += 2 + length
+    raise ConversionError("JPEG without a frame header (SOF) before its image data")
+
+
+def compressed_to_numpy(msg, max_pixels: Optional[int] = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg or png, image_transport 'compressed') -> uint8 RGB or mono.
 
     The format field is e.g. "jpeg", "png", "rgb8; jpeg compressed bgr8" or "mono8; png compressed ";
-    the decoded image is what the codec stored (OpenCV's BGR for colour), returned as RGB.
+    the decoded image is what the codec stored (OpenCV's BGR for colour), returned as RGB. The size in the header
+    is checked before decoding: an image of more than ``max_pixels`` pixels (None: no limit) is refused with
+    ImageTooLarge (a ConversionError) and costs no memory.
     """
     fmt = (msg.format or "").lower()
     if "compresseddepth" in fmt:
@@ -90,11 +147,22 @@ def compressed_to_numpy(msg) -> np.ndarray:
     data = _bytes(msg.data)
     if data.size == 0:
         raise ConversionError("empty compressed image")
+    try:
+        width, height, kind = compressed_image_size(data)
+    except ConversionError as e:
+        raise ConversionError(f"cannot decode compressed image (format '{msg.format}', {data.size} bytes): "
+                              f"{e}") from None
+    if width == 0 or height == 0:
+        raise ConversionError(f"empty image ({width}x{height}) in the {kind.upper()} header")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{kind.upper()} image of {width}x{height} = {width * height / 1e6:.1f} Mpx (by its "
+                            f"header, {data.size} bytes compressed) exceeds the limit of {max_pixels / 1e6:.1f} "
+                            "Mpx: refused before decoding")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ConversionError(f"cannot decode compressed image (format '{msg.format}', {data.size} bytes)")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) * (255.0 / max(int(img.max()), 1))).astype(np.uint8)
+    if img.dtype == np.uint16:  # scaled by its maximum to 8 bit, without a float copy
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(int(img.max()), 1))
     if img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     elif img.ndim == 3:

@@ -2,8 +2,9 @@
 
 - ``CameraInput(node, conf, on_frame)``: subscribes to ``image`` (sensor_msgs/Image, or CompressedImage on
   ``image/compressed`` with ``image_transport: compressed``), ``camera_info`` and optionally ``depth``; checks what
-  arrives (encoding, sizes, camera matrix plausibility, camera_info for another image size, depth range) and
-  downscales images above ``max_image_pixels`` (the camera matrix with them); counts frames the middleware lost
+  arrives (encoding, sizes, camera matrix plausibility, camera_info for another image size, depth range), refuses
+  images above ``max_input_pixels`` (compressed ones by their header, before decoding) and downscales those above
+  ``max_image_pixels`` (the camera matrix with them); counts frames the middleware lost
   before the node (QoS ``message_lost`` events and gaps in the publishers' sequence numbers).
 - ``Worker``: the newest frame only (drop-oldest slot) handed to one processing thread; the executor never waits.
   ``Worker.call`` runs set-up work (model building, warm-up, map loading) in that same thread: every torch
@@ -44,6 +45,9 @@ camera_input_spec = {
                              "(jpeg, png) on 'image/compressed'", choices=("raw", "compressed"), read_only=True),
     "max_image_pixels": Param(1_500_000, "Larger images are downscaled to this many pixels (the camera matrix with "
                               "them)", "px", 4096, 100_000_000),
+    "max_input_pixels": Param(25_000_000, "Images with more pixels are refused; compressed ones by the size in their "
+                              "PNG / JPEG header, before decoding (a 2.5 MB PNG can hold gigabytes of pixels)", "px",
+                              4096, 1_000_000_000),
     "min_depth_m": Param(0.05, "Depth below this is invalid", "m", 0.0, 1000.0),
     "max_depth_m": Param(50.0, "Depth above this is invalid", "m", 0.01, 100000.0),
     "depth_wait_s": Param(0.2, "How long a frame waits for the depth image with its stamp", "s", 0.0, 10.0),
@@ -221,8 +225,18 @@ class CameraInput:
 
     def _on_image(self, msg) -> None:
         self.received += 1
+        limit = self.conf["max_input_pixels"]
         try:
-            image = codec.compressed_to_numpy(msg) if hasattr(msg, "format") else codec.image_to_numpy(msg)
+            if hasattr(msg, "format"):
+                image = codec.compressed_to_numpy(msg, max_pixels=limit)
+            elif msg.width * msg.height > limit:
+                raise codec.ImageTooLarge(f"image of {msg.width}x{msg.height} exceeds the limit of "
+                                          f"{limit / 1e6:.1f} Mpx")
+            else:
+                image = codec.image_to_numpy(msg)
+        except codec.ImageTooLarge as e:
+            self.errors("image", f"{e} (parameter max_input_pixels)")
+            return
         except codec.ConversionError as e:
             self.errors("image", str(e))
             return
