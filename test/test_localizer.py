@@ -1,11 +1,14 @@
 """Localizer unit tests (pure core): global relocalization and tracking against ground truth on rendered scenes
 with a changed-day query run, never a wrong pose at any top_k, ambiguity between look-alike places refused,
-implausible priors refused, retrieval by visual words, honest covariance."""
+implausible priors refused, retrieval by visual words, honest covariance; integrity: a wrong calibration refused,
+correlated matches counted once, priors without odometry trusted only when young and confirmed."""
 import numpy as np
 import pytest
 
 from match_ros.core.features.matcher import build_matcher
+from match_ros.core.geometry.absolute_pose import cell_weights, pose_covariance
 from match_ros.core.geometry.transforms import make_T, rotation_error_deg
+from match_ros.core.relocalization.continuous import ContinuousLocalizer
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
 from match_ros.core.relocalization.localizer import Localizer
 from match_ros.core.relocalization.mapping import MapBuilder
@@ -162,3 +165,85 @@ def test_a_blank_image_gives_no_pose_and_says_why(office, matcher):
     m, q, _ = office
     r = Localizer(m, matcher).localize(np.zeros((480, 640, 3), np.uint8), q.camera.K)
     assert not r.success and "keypoints in the image" in r.reason
+
+
+# ---- integrity: calibration, correlated matches, priors without odometry ----------------------------------------
+
+def test_a_wrong_calibration_is_refused_not_localized(office, matcher):
+    """camera_info with the focal length doubled (plausible, wrong): measured before the check, poses metres off
+    with hundreds of inliers. The map's calibration is known: the query says why it is refused; the same camera
+    at half the resolution (K scaled with the image) is the same calibration and passes."""
+    m, q, frames = office
+    loc = Localizer(m, matcher)
+    f = frames[3]
+    K2 = q.camera.K.copy()
+    K2[0, 0] *= 2.0
+    K2[1, 1] *= 2.0
+    r = loc.localize(f.rgb, K2)
+    assert not r.success and "calibration differs from the map's" in r.reason and "fx" in r.reason
+    K_half = q.camera.K.copy()
+    K_half[:2] *= 0.5
+    assert loc.calibration_problem(K_half, (320, 240)) == ""
+    assert Localizer(m, matcher, conf={"max_calibration_change": 0.0}).calibration_problem(K2, (640, 480)) == ""
+
+
+def test_correlated_matches_do_not_shrink_the_covariance():
+    """Each correspondence repeated ten times (a dense matcher's neighbours, the same point at several scales) is
+    the same evidence: with cell weights the covariance stays that of the single set; without, it shrinks 10x."""
+    rng = np.random.default_rng(3)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    X = np.c_[rng.uniform(-2, 2, (80, 2)), rng.uniform(3, 6, 80)]
+    x = X[:, :2] / X[:, 2:] * 500.0 + [320, 240]
+    T = np.eye(4)
+    one = pose_covariance(T, X, x, K, 1.0, weights=cell_weights(x, 4.0))
+    Xr, xr = np.repeat(X, 10, axis=0), np.repeat(x, 10, axis=0) + rng.normal(0, 0.3, (800, 2))
+    weighted = pose_covariance(T, Xr, xr, K, 1.0, weights=cell_weights(xr, 4.0))
+    plain = pose_covariance(T, Xr, xr, K, 1.0)
+    assert np.allclose(np.diag(weighted), np.diag(one), rtol=0.35)
+    assert np.allclose(np.diag(plain) * 10, np.diag(one), rtol=0.35)
+
+
+def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
+    """Continuous mode without odometry (the node's default when none is on /tf): measured before, poses tracked
+    from the last fix drifted to 2 m / 58 deg at sigma 2 cm. A last fix is a prior only while it is young, and a
+    pose tracked from it needs the retrieval's agreement; the state says which prior each frame used."""
+    m, q, _ = office
+    sharp = [i for i in range(0, 300) if q.blur[i] is None]
+    tracker = ContinuousLocalizer(Localizer(m, matcher), {"max_fix_age_s": 1.0})
+    f0 = q[sharp[0]]
+    r = tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns)
+    assert r.success and r.stats["prior"] == "none"
+    # 0.33 s later (a 3 Hz query): tracked from the last fix, confirmed by the retrieval
+    f1 = q[sharp[0] + 10]
+    prior, source, age, confirmed = tracker.prior(f1.stamp_ns, None)
+    assert source == "last fix" and not confirmed and age == pytest.approx(10 / 30, abs=1e-3)
+    # 5 s later: the last fix is no prior, the frame is searched globally
+    late = q[sharp[0]].stamp_ns + 5 * 10**9
+    assert tracker.prior(late, None)[1] == "none"
+    # a last fix 0.7 m / 20 deg off the camera (as after frames were dropped): never a wrong pose
+    c, s = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    for i in sharp[5:60:6]:
+        f = q[i]
+        tracker.last_fix = make_T(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]), [0.5, 0.5, 0.0]) @ f.T_world_cam
+        tracker.last_fix_ns, tracker.fail_streak = f.stamp_ns - 300_000_000, 0
+        r = tracker.localize(f.rgb, q.camera.K, f.stamp_ns)
+        if r.success:
+            t, rot = errors(r.T_map_cam, f.T_world_cam)
+            assert t < 0.25 and rot < 5.0, (i, t, rot, r.mode, r.stats.get("prior"), r.reason)
+
+
+def test_odometry_prior_and_a_time_jump(office, matcher):
+    """With odometry the map -> odom of the last fix is the prior ("odometry"); a stamp older than the last one
+    (a bag restarted) clears the state."""
+    m, q, _ = office
+    sharp = [i for i in range(40, 120) if q.blur[i] is None]
+    tracker = ContinuousLocalizer(Localizer(m, matcher))
+    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
+    f0, f1 = q[sharp[0]], q[sharp[2]]
+    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    r = tracker.localize(f1.rgb, q.camera.K, f1.stamp_ns, T_odom_map @ f1.T_world_cam)
+    assert r.success and r.mode == "tracking" and r.stats["prior"] == "odometry"
+    assert errors(r.T_map_cam, f1.T_world_cam)[0] < 0.05
+    assert np.allclose(tracker.T_map_odom, np.linalg.inv(T_odom_map), atol=0.05)
+    r = tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns - 10**9)
+    assert "reset" in r.stats and r.stats["prior"] == "none" and tracker.T_map_odom is None

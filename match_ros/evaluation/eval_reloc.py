@@ -24,24 +24,37 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.geometry.transforms import invert
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, plot_report, score
 from match_ros.evaluation.reloc_scenes import (QUERY_KINDS, T_MAP_ODOM, make_query_sequence, scene_bags,  # noqa: F401
                                                write_query_bag)
 
 MODES = ("global", "continuous")
+ODOMETRY = ("drift", "none", "delayed")
+
+
+def odometry_arrives(rng: np.random.Generator, delay_s: float, wait_s: float) -> bool:
+    """Does the odometry at a frame's stamp arrive within ``wait_s`` of the image (the time the node holds a frame
+    for it, ``tf_timeout_s``), when it comes ``delay_s`` late on average (latency drawn in [0.5, 1.5] x delay_s)."""
+    return bool(delay_s * rng.uniform(0.5, 1.5) <= wait_s)
 
 
 def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: str = "global", stride: int = 1,
                 localizer_conf: dict | None = None, pnp_conf: dict | None = None, gt_topic: str = "auto",
                 image_topic: str = "auto", info_topic: str = "auto", device: str = "auto",
-                progress: bool = True) -> list:
-    """Relocalize every ``stride``-th query frame with a ground-truth pose; returns [QueryRecord]."""
+                progress: bool = True, odometry: str = "drift", odom_delay_s: float = 0.3, odom_wait_s: float = 0.5,
+                continuous_conf: dict | None = None, K_scale: float = 1.0) -> list:
+    """Relocalize every ``stride``-th query frame with a ground-truth pose; returns [QueryRecord].
+
+    Continuous mode runs ``ContinuousLocalizer`` (the node's state) with the query bag's odometry (odom -> camera
+    on /tf): ``drift`` as recorded, ``none`` ignored, ``delayed`` each message ``odom_delay_s`` late on average
+    and used only when it arrives within ``odom_wait_s`` (the node's wait). K_scale multiplies the focal lengths
+    of the camera_info (a wrong calibration)."""
     from tqdm import tqdm
 
     from match_ros.core.device import resolve_device
     from match_ros.core.features.matcher import build_matcher, shared_conf
+    from match_ros.core.relocalization.continuous import ContinuousLocalizer
     from match_ros.core.relocalization.global_desc import GlobalDescriptor
     from match_ros.core.relocalization.localizer import Localizer
     from match_ros.core.relocalization.mapstore import Map
@@ -49,6 +62,8 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    if odometry not in ODOMETRY:
+        raise ValueError(f"odometry must be one of {ODOMETRY}")
     m = Map.load(map_path)
     dev = resolve_device(device)
     conf = dict(localizer_conf or {})
@@ -56,31 +71,30 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     max_kp = int(m.matcher_conf.get("max_keypoints", 1024))
     matcher = build_matcher(m.matcher_name, shared_conf(m.matcher_name, max_keypoints=max_kp), dev)
     loc = Localizer(m, matcher, gd, conf, pnp_conf)
+    tracker = ContinuousLocalizer(loc, continuous_conf)
     frames = BagFrames(query_bag, image_topic, info_topic, "", gt_topic)
-    records, T_map_odom, last = [], None, None
-    for i, f in enumerate(tqdm(frames, desc=f"queries ({mode})", unit="frame", disable=not progress)):
+    records, latency = [], np.random.default_rng(17)
+    for i, f in enumerate(tqdm(frames, desc=f"queries ({mode}, odometry {odometry})", unit="frame",
+                               disable=not progress)):
         if i % stride or f.T_map_cam is None:
             continue
-        prior = None
-        if mode == "continuous":
-            if T_map_odom is not None and f.T_odom_cam is not None:
-                prior = T_map_odom @ f.T_odom_cam  # the last fix, moved by odometry
-            elif last is not None:
-                prior = last  # no odometry: the last fix
+        arrived = odometry == "drift" or (odometry == "delayed"
+                                          and odometry_arrives(latency, odom_delay_s, odom_wait_s))
+        K = f.K.copy()
+        K[0, 0] *= K_scale
+        K[1, 1] *= K_scale
+        T_odom_cam = f.T_odom_cam if arrived else None
         t0 = time.perf_counter()
-        r = loc.localize(f.image, f.K, prior)
+        if mode == "continuous":
+            r = tracker.localize(f.image, K, f.stamp_ns, T_odom_cam)
+        else:
+            r = loc.localize(f.image, K)
         ms = 1e3 * (time.perf_counter() - t0)
         size = (f.image.shape[1], f.image.shape[0])
         hits = [keyframe_sees_view(m[k], f.T_map_cam, f.K, size) for k, _ in r.retrieved[:10]]
         records.append(QueryRecord(f.stamp_ns, f.T_map_cam, r.T_map_cam if r.success else None,
                                    r.covariance if r.success else None, ms, r.reason, r.mode, hits,
-                                   dict(r.timings_ms)))
-        if r.success:
-            last = r.T_map_cam
-            if f.T_odom_cam is not None:
-                T_map_odom = r.T_map_cam @ invert(f.T_odom_cam)
-        else:
-            last = None  # without odometry a failed frame leaves no prior; with it, the odometry prior stays
+                                   dict(r.timings_ms), prior=r.stats.get("prior", "")))
     return records
 
 

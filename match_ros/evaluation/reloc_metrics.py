@@ -4,7 +4,9 @@ rates, covariance honesty (NEES), and the plots of a report.
 A query record is one camera frame: its ground-truth pose, and the pose, covariance and timing the localizer or
 the node gave (or none). The JSON keys of ``score`` are the report's: recall_5cm_2deg, recall_25cm_5deg,
 recall_1m_10deg, wrong_poses (> 1 m or > 10 deg), no_pose, median_t_m, median_r_deg, ms_per_query_median,
-ms_per_query_p95, retrieval_hit_at_1 / _3 / _10, nees_mean, within_3sigma.
+ms_per_query_p95, retrieval_hit_at_1 / _3 / _10, nees_mean, nees_median, within_3sigma, integrity_failures
+(accepted poses beyond 25 cm / 5 deg whose position sigma claims under 5 cm: the worst a localizer can do) and,
+in continuous mode, the poses given per prior (odometry, last fix, ...).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from match_ros.core.geometry.transforms import invert, rotation_error_deg
 
 THRESHOLDS = ((0.05, 2.0, "recall_5cm_2deg"), (0.25, 5.0, "recall_25cm_5deg"), (1.0, 10.0, "recall_1m_10deg"))
 WRONG_M, WRONG_DEG = 1.0, 10.0
+# an integrity failure: a pose this far off (beyond either) that claims a position sigma under INTEGRITY_SIGMA_M
+INTEGRITY_M, INTEGRITY_DEG, INTEGRITY_SIGMA_M = 0.25, 5.0, 0.05
 
 
 @dataclass
@@ -36,6 +40,7 @@ class QueryRecord:
     mode: str = ""
     hits: list = field(default_factory=list)
     stages_ms: dict = field(default_factory=dict)
+    prior: str = ""  # continuous mode: the prior the frame was tracked from (ContinuousLocalizer)
 
     @property
     def errors(self) -> tuple[float, float]:
@@ -63,6 +68,21 @@ def nees(T_est: np.ndarray, T_gt: np.ndarray, cov: np.ndarray) -> tuple[float, f
     except np.linalg.LinAlgError:
         return float("inf"), float("inf"), float("inf")
     return full, pos, rot
+
+
+def position_sigma_m(cov: np.ndarray) -> float:
+    """Largest 1-sigma position uncertainty [m] of a [6 x 6] pose covariance (inf when not finite)."""
+    if cov is None or not np.all(np.isfinite(cov)):
+        return float("inf")
+    return float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0)))
+
+
+def integrity_failure(r: "QueryRecord") -> bool:
+    """An accepted pose beyond INTEGRITY_M / INTEGRITY_DEG whose position sigma claims under INTEGRITY_SIGMA_M."""
+    if r.T_est is None:
+        return False
+    t, deg = r.errors
+    return (t > INTEGRITY_M or deg > INTEGRITY_DEG) and position_sigma_m(r.covariance) < INTEGRITY_SIGMA_M
 
 
 def keyframe_sees_view(kf, T_map_cam: np.ndarray, K: np.ndarray, size: tuple, min_share: float = 0.3,
@@ -103,9 +123,14 @@ def score(records: list) -> dict:
     if stats:
         s = np.array(stats)
         out["nees_mean"] = float(np.mean(s[:, 0]))
+        out["nees_median"] = float(np.median(s[:, 0]))
         out["within_3sigma"] = float(np.mean((s[:, 1] <= 3.0) & (s[:, 2] <= 3.0)))
     else:
-        out["nees_mean"] = out["within_3sigma"] = float("nan")
+        out["nees_mean"] = out["nees_median"] = out["within_3sigma"] = float("nan")
+    out["integrity_failures"] = sum(1 for r in records if integrity_failure(r))
+    priors = [r.prior for r in records if r.T_est is not None and r.prior]
+    if priors:
+        out["poses_by_prior"] = {k: priors.count(k) for k in sorted(set(priors))}
     stages = sorted({k for r in records for k in r.stages_ms})
     out["stages_ms_median"] = {k: float(np.median([r.stages_ms.get(k, 0.0) for r in records])) for k in stages}
     modes = [r.mode for r in records if r.T_est is not None and r.mode]

@@ -5,10 +5,13 @@ Publishes:   ~/pose (PoseWithCovarianceStamped of base_frame in map_frame), ~/co
              the most inliers), ~/status (DiagnosticArray per query, stamped with the image: mode, inliers,
              timings, or why no pose), /tf map -> odom (map -> base_frame when odom_frame is empty), /diagnostics
 Services:    ~/relocalize (a global query on the next image), ~/save_map, ~/load_map
-Continuous localization: after a fix, the map -> odom estimate moved by the odometry on /tf (odom_frame ->
-camera at the new image stamp) is the prior, and the frame is tracked against the map around it; without
-odometry the last fix is the prior; when tracking fails the query searches the whole map. Frames are processed as
-fast as they come (rate_hz 0, newest first); the status says "lost" after lost_after failures in a row.
+Continuous localization (``core.relocalization.continuous``): after a fix, the map -> odom estimate moved by the
+odometry on /tf (odom_frame -> camera at the image stamp; the frame is held up to odom_wait_s for it, as tf2's
+message filters do) is the prior, and the frame is tracked against the map around it; without odometry at the
+stamp the last fix is the prior for max_fix_age_s, and a pose tracked from it must be confirmed by the retrieval;
+otherwise, and when tracking fails, the query searches the whole map. The status says which prior was used.
+Frames are processed as fast as they come (rate_hz 0, newest first); the status says "lost" after lost_after
+failures in a row. A camera_info whose calibration differs from the map's is refused (the query says why).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from std_msgs.msg import Header
 from match_ros.core.config import Param, make_conf
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame, pnp_spec
 from match_ros.core.geometry.transforms import invert
+from match_ros.core.relocalization.continuous import ContinuousLocalizer, continuous_spec
 from match_ros.core.relocalization.localizer import Localizer, localizer_spec
 from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
@@ -47,14 +51,18 @@ node_spec = {
                   choices=("continuous", "on_request")),
     "rate_hz": Param(0.0, "Queries per second at most in continuous mode (0: as fast as they are processed)", "Hz",
                      0.0, 1000.0),
-    "use_odometry": Param(True, "Track from the last fix moved by odom_frame on /tf (else from the last fix)"),
-    "lost_after": Param(5, "Failed queries in a row after which the status says lost", min=1, max=100000),
+    "use_odometry": Param(True, "Track from the last fix moved by odom_frame -> camera on /tf at the image stamp "
+                          "(else only from a young last fix, confirmed by retrieval)"),
+    "lost_after": continuous_spec["lost_after"],
+    "max_fix_age_s": continuous_spec["max_fix_age_s"],
     "map_frame": Param("map", "Map frame (REP 105)"),
     "odom_frame": Param("odom", "Odometry frame; empty: publish map -> base_frame instead of map -> odom"),
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: "
                         "the camera's own frame"),
     "publish_tf": Param(True, "Broadcast map -> odom (or map -> base_frame)"),
-    "tf_timeout_s": Param(0.1, "Wait for odometry / base transforms at the image stamp", "s", 0.0, 5.0),
+    "tf_timeout_s": Param(0.1, "Wait for the base -> camera transform at the image stamp", "s", 0.0, 5.0),
+    "odom_wait_s": Param(0.5, "Hold a frame this long for the odometry at its stamp once odometry has been seen "
+                         "(else it is tracked from the last fix or searched globally)", "s", 0.0, 5.0),
 }
 
 
@@ -75,10 +83,11 @@ class RelocalizerNode(Node):
         self._identity = matcher_identity(p["matcher"], p["max_keypoints"], probe.descriptors.shape[1],
                                           probe.descriptors.dtype)
         self.localizer = Localizer(None, self.matcher, None, loc_conf, pnp_conf)
+        self.tracker = ContinuousLocalizer(self.localizer, {k: p[k] for k in continuous_spec})
         self.map = None
-        self._lock = threading.Lock()  # map and localizer: the worker vs services and parameter changes
+        self._lock = threading.Lock()  # map, localizer, tracker, requests, initial pose: worker vs callbacks
         self.counts = {"queries": 0, "accepted": 0, "tracked": 0, "rejected": 0}
-        self.fail_streak, self.last_status, self.T_map_odom, self.last_fix = 0, "no query yet", None, None
+        self.last_status, self._initial_pose = "no query yet", None
         self._warned_base, self._requests, self._last_query = False, [], 0.0
         self.rate = RateMeter()
         if p["map_path"]:
@@ -113,7 +122,8 @@ class RelocalizerNode(Node):
         worker (which takes it in every query)."""
         with self._lock:
             self.localizer.set_map(new_map)  # learns the vocabulary of a format-1 map
-            self.map, self.T_map_odom, self.last_fix = new_map, None, None
+            self.tracker.reset()
+            self.map = new_map
 
     def _srv_load(self, req, res):
         res.success, res.message = self._load(req.path)
@@ -142,7 +152,8 @@ class RelocalizerNode(Node):
         if msg.header.frame_id and msg.header.frame_id != self.p["map_frame"]:
             self.errors("initialpose", f"in frame '{msg.header.frame_id}', expected '{self.p['map_frame']}'")
             return
-        self.initial_pose = conv.pose_to_matrix(msg.pose.pose)  # base_frame in the map, for the next query
+        with self._lock:
+            self._initial_pose = conv.pose_to_matrix(msg.pose.pose)  # base_frame in the map, for the next query
         self.get_logger().info("prior pose received")
 
     def _srv_relocalize(self, req, res):
@@ -193,25 +204,25 @@ class RelocalizerNode(Node):
         stamp = conv.stamp_to_ns(header.stamp)
         camera = header.frame_id
         T_base_cam = self._base_to_camera(camera, stamp)
-        prior = None if global_only else self._prior(camera, stamp, T_base_cam)
+        T_odom_cam = None if global_only else self._odometry(camera, stamp)
         with self._lock:
-            result = self.localizer.localize(frame.image, frame.K, prior)
+            initial, self._initial_pose = self._initial_pose, None
+            if initial is not None and not global_only:
+                self.tracker.set_initial_pose(initial @ (T_base_cam if T_base_cam is not None else np.eye(4)))
+            result = self.tracker.localize(frame.image, frame.K, stamp, T_odom_cam, global_only=global_only)
         self.counts["queries"] += 1
         self.rate.add(1e3 * (time.monotonic() - frame.received))
-        values = {"mode": result.mode, "inliers": result.num_inliers, "rmse_px": result.rmse_px,
-                  "query_ms": sum(result.timings_ms.values()),
+        values = {"mode": result.mode, "prior": result.stats.get("prior", "none"), "inliers": result.num_inliers,
+                  "rmse_px": result.rmse_px, "query_ms": sum(result.timings_ms.values()),
                   **{f"{k}_ms": v for k, v in result.timings_ms.items()}}
+        if "reset" in result.stats:
+            self.get_logger().warning(result.stats["reset"])
         self._publish_correspondences(header, result)
         if not result.success:
             self.counts["rejected"] += 1
-            self.fail_streak += 1
-            lost = self.fail_streak >= p["lost_after"]
-            if lost:
-                self.last_fix = None
-            holder["message"] = f"{'lost' if lost else 'no pose'}: {result.reason}"
+            holder["message"] = f"{'lost' if self.tracker.lost else 'no pose'}: {result.reason}"
             self._status(header, DiagnosticStatus.WARN, holder["message"], values)
             return
-        self.fail_streak, self.last_fix = 0, result.T_map_cam
         self.counts["accepted"] += 1
         self.counts["tracked"] += int(result.mode == "tracking")
         base_frame = p["base_frame"] if T_base_cam is not None and p["base_frame"] else camera
@@ -225,47 +236,44 @@ class RelocalizerNode(Node):
         holder.update(success=True, pose=pose, num_inliers=result.num_inliers,
                       message=f"localized ({result.mode}) with {result.num_inliers} inliers")
         level, text = DiagnosticStatus.OK, holder["message"]
-        T_odom_cam = self._lookup(p["odom_frame"], camera, stamp) if p["odom_frame"] else None
-        if T_odom_cam is not None:
-            self.T_map_odom = result.T_map_cam @ invert(T_odom_cam)
+        if T_odom_cam is None and p["odom_frame"]:  # it may have come during the query
+            T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
+            if T_odom_cam is not None:
+                self.tracker.T_map_odom = result.T_map_cam @ invert(T_odom_cam)
         if p["publish_tf"]:
             if not p["odom_frame"]:
                 self.tf.send([conv.matrix_to_transform(T_map_base, out, base_frame)])
             elif T_odom_cam is None:
                 level, text = DiagnosticStatus.WARN, f"{text}; no {p['odom_frame']} transform: map->odom not sent"
             else:
-                self.tf.send([conv.matrix_to_transform(self.T_map_odom, out, p["odom_frame"])])
+                self.tf.send([conv.matrix_to_transform(self.tracker.T_map_odom, out, p["odom_frame"])])
         self._status(header, level, text, values)
 
-    def _lookup(self, target: str, source: str, stamp: int):
+    def _lookup(self, target: str, source: str, stamp: int, timeout_s: float = 0.0):
         try:
-            return self.tf_listener.lookup(target, source, stamp, timeout_s=self.p["tf_timeout_s"])
+            return self.tf_listener.lookup(target, source, stamp, timeout_s=timeout_s)
         except (TfLookupError, ValueError):
             return None
+
+    def _odometry(self, camera: str, stamp: int):
+        """odom -> camera at the image stamp, waited for up to odom_wait_s once odometry has been seen at all (a
+        robot without odometry is not slowed); None without it."""
+        p = self.p
+        if not (p["use_odometry"] and p["odom_frame"]):
+            return None
+        seen = self.tf_listener.can_transform(p["odom_frame"], camera, 0)
+        return self._lookup(p["odom_frame"], camera, stamp, p["odom_wait_s"] if seen else 0.0)
 
     def _base_to_camera(self, camera: str, stamp: int):
         base = self.p["base_frame"]
         if not base or base == camera:
             return np.eye(4)
-        T = self._lookup(base, camera, stamp)
+        T = self._lookup(base, camera, stamp, self.p["tf_timeout_s"])
         if T is None and not self._warned_base:
             self._warned_base = True
             self.get_logger().warning(f"no TF from base_frame '{base}' to the camera frame '{camera}': publishing the "
                                       f"pose of '{camera}' instead (set base_frame, or publish the transform)")
         return T
-
-    def _prior(self, camera: str, stamp: int, T_base_cam):
-        initial = getattr(self, "initial_pose", None)
-        if initial is not None:
-            self.initial_pose = None
-            return initial @ (T_base_cam if T_base_cam is not None else np.eye(4))
-        if self.last_fix is None:
-            return None
-        if self.p["use_odometry"] and self.p["odom_frame"] and self.T_map_odom is not None:
-            T_odom_cam = self._lookup(self.p["odom_frame"], camera, stamp)
-            if T_odom_cam is not None:
-                return self.T_map_odom @ T_odom_cam
-        return self.last_fix
 
     # ------------------------------------------------------------ outputs
     def _publish_correspondences(self, header, result):
@@ -293,7 +301,7 @@ class RelocalizerNode(Node):
                   **input_values(self.input, self.worker, self.errors), **self.rate.values()}
         if self.map is None:
             return DiagnosticStatus.ERROR, "no map loaded", values
-        if self.fail_streak >= self.p["lost_after"]:
+        if self.tracker.lost:
             return DiagnosticStatus.WARN, f"lost: {self.last_status}", values
         problem = input_problem(self.input, self.errors)
         if problem:
@@ -306,6 +314,7 @@ class RelocalizerNode(Node):
             if not ok:
                 return text
         self.p.update(changes.get("", {}))
+        self.tracker.conf.update({k: v for k, v in changes.get("", {}).items() if k in continuous_spec})
         self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
         with self._lock:
             if "localizer" in changes:

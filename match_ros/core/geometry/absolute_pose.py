@@ -110,13 +110,16 @@ def coverage(pts: np.ndarray, width: int, height: int) -> float:
 
 
 def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarray, K: np.ndarray,
-                    sigma_px: float, T_frame_cam: np.ndarray | None = None) -> np.ndarray:
+                    sigma_px: float, T_frame_cam: np.ndarray | None = None,
+                    weights: np.ndarray | None = None) -> np.ndarray:
     """First-order covariance [6 x 6] of a frame's pose in the map frame from reprojection residuals.
 
     Parameters are (x, y, z, rot_x, rot_y, rot_z): translation of the frame in the map frame and a
     small rotation about the map axes at the frame's origin (the convention of
     geometry_msgs/PoseWithCovariance). cov = sigma^2 (J^T J)^-1 with J the numeric Jacobian of the
     stacked pixel residuals. T_frame_cam: camera pose in the frame (identity: the camera itself).
+    weights: [N] information weight of each correspondence (``cell_weights``: correlated neighbours share one
+    observation's worth); then cov = sigma^2 (J^T W J)^-1.
     """
     T_frame_cam = np.eye(4) if T_frame_cam is None else T_frame_cam
 
@@ -130,11 +133,28 @@ def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarra
         d = np.zeros(6)
         d[i] = step
         J[:, i] = (residuals(d) - residuals(-d)) / (2 * step)
-    info = J.T @ J
+    if weights is not None:
+        w = np.repeat(np.asarray(weights, np.float64), 2)  # both pixel coordinates of a correspondence
+        info = (J * w[:, None]).T @ J
+    else:
+        info = J.T @ J
     try:
         return sigma_px ** 2 * np.linalg.inv(info)
     except np.linalg.LinAlgError:
         return np.full((6, 6), np.nan)
+
+
+def cell_weights(x_img: np.ndarray, cell_px: float) -> np.ndarray:
+    """[N] weights 1 / (correspondences in the same ``cell_px`` square of the image): the pixel errors of
+    neighbouring matches are correlated (blur, the same texture patch, one map point's error seen by several
+    keyframes; dense matchers give thousands of them), so each occupied cell counts as one observation instead
+    of as many as it holds. cell_px 0: weights 1."""
+    x_img = np.asarray(x_img, np.float64).reshape(-1, 2)
+    if cell_px <= 0 or not len(x_img):
+        return np.ones(len(x_img))
+    cells = np.floor(x_img / cell_px).astype(np.int64)
+    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse.ravel()]
 
 
 def covariance_of_attached_frame(cov_cam: np.ndarray, T_map_cam: np.ndarray, T_map_frame: np.ndarray) -> np.ndarray:

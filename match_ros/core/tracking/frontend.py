@@ -37,12 +37,16 @@ class Frame:
 
 @dataclass
 class Keyframe:
+    """A frame the following ones are matched against; reference_support: the most geometric inliers a frame
+    has had against it so far (the keyframe selector's reference, 0 before the first match)."""
+
     id: int
     stamp_ns: int
     frame_id: str
     features: Features
     K: Optional[np.ndarray]
     depth: Optional[np.ndarray]
+    reference_support: int = 0
 
 
 @dataclass
@@ -125,8 +129,9 @@ class KeyframeTracker:
         timings.update(match=1e3 * (t2 - t1), pose=1e3 * (t3 - t2))
         # tracking support: geometric inliers, or raw matches when there is no calibration
         n_support = pose.num_inliers if calibrated else len(matches)
+        kf.reference_support = max(kf.reference_support, n_support)
         decision = self.selector.decide(n_support, len(kf.features), pose.parallax_deg,
-                                        (frame.stamp_ns - kf.stamp_ns) * 1e-9)
+                                        (frame.stamp_ns - kf.stamp_ns) * 1e-9, kf.reference_support)
         result = TrackResult(query_id, kf, len(feats), matches, pts_ref, pts_query, pose,
                              decision.new_keyframe, decision.reason, timings, feats)
         if decision.new_keyframe:

@@ -1,0 +1,103 @@
+"""Continuous relocalization: the state a localizer keeps from one camera frame to the next (pure core; the
+relocalizer node and ``match_ros_eval_reloc --mode continuous`` both run it).
+
+Each frame is tracked from the strongest prior there is, and says which one it used (``result.stats["prior"]``):
+1. ``odometry``: the map -> odom of the last fix composed with odom -> camera at the image stamp, a measured
+   motion; the tracked pose must stay near it (``max_prior_deviation_*`` of the localizer);
+2. ``initial pose``: a pose someone gave (rviz's 2D pose estimate); a guess, confirmed like the next;
+3. ``last fix``: the previous fix while it is younger than ``max_fix_age_s``; a guess (nothing measured the motion
+   since), so the search radius grows with its age and the tracked pose must be confirmed by the retrieval
+   short-list (``Localizer.localize(prior_confirmed=False)``);
+4. ``none``: the whole map is searched (global relocalization), as when tracking fails.
+A frame whose stamp is older than the last one's (a bag restarted, the clock reset) clears the state first.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from match_ros.core.config import Param, make_conf
+from match_ros.core.geometry.transforms import invert
+from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
+
+continuous_spec = {
+    "max_fix_age_s": Param(1.0, "Without odometry the last fix is the prior this long at most (0: never)", "s",
+                           0.0, 3600.0),
+    "lost_after": Param(5, "Failed queries in a row after which the state is lost (no prior from the last fix)",
+                        min=1, max=100000),
+}
+
+PRIORS = ("odometry", "initial pose", "last fix", "none")
+
+
+class ContinuousLocalizer:
+    """Tracking state around a ``Localizer``: last fix, map -> odom, failures in a row.
+
+    Not thread-safe: one thread runs ``localize`` (the node's worker); ``set_initial_pose`` may be called from
+    another thread, it only stores the pose for the next frame.
+    """
+
+    def __init__(self, localizer: Localizer, conf: dict | None = None):
+        self.localizer = localizer
+        self.conf = make_conf(continuous_spec, conf, "continuous localization")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every fix (a new map, a time jump)."""
+        self.T_map_odom: Optional[np.ndarray] = None
+        self.last_fix: Optional[np.ndarray] = None
+        self.last_fix_ns: Optional[int] = None
+        self.last_stamp_ns: Optional[int] = None
+        self.fail_streak = 0
+        self._initial: Optional[np.ndarray] = None
+
+    def set_initial_pose(self, T_map_cam: np.ndarray) -> None:
+        """A camera pose in the map to track the next frame from (a guess: confirmed before it is trusted)."""
+        self._initial = np.asarray(T_map_cam, np.float64).copy()
+
+    @property
+    def lost(self) -> bool:
+        return self.fail_streak >= self.conf["lost_after"]
+
+    def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray]) -> tuple:
+        """(T_map_cam or None, source in PRIORS, age [s], confirmed) for a frame at ``stamp_ns`` whose odometry
+        (odom -> camera at that stamp) is ``T_odom_cam`` (None: none)."""
+        if T_odom_cam is not None and self.T_map_odom is not None:
+            return self.T_map_odom @ T_odom_cam, "odometry", 0.0, True
+        if self._initial is not None:
+            return self._initial, "initial pose", 0.0, False
+        if self.last_fix is not None and not self.lost:
+            age = max(0.0, (stamp_ns - self.last_fix_ns) * 1e-9)
+            if age <= self.conf["max_fix_age_s"]:
+                return self.last_fix, "last fix", age, False
+        return None, "none", 0.0, False
+
+    def localize(self, image: np.ndarray, K: np.ndarray, stamp_ns: int, T_odom_cam: Optional[np.ndarray] = None,
+                 global_only: bool = False) -> LocalizationResult:
+        """Localize one frame (stamp [ns], odometry odom -> camera at the stamp or None) and update the state.
+        global_only: search the whole map whatever the prior (a service request)."""
+        reset = self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns
+        if reset:
+            initial = self._initial
+            self.reset()
+            self._initial = initial
+        self.last_stamp_ns = int(stamp_ns)
+        prior, source, age, confirmed = (None, "none", 0.0, False) if global_only else self.prior(stamp_ns,
+                                                                                                  T_odom_cam)
+        self._initial = None
+        result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed)
+        result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
+        if reset:
+            result.stats["reset"] = "the stamp jumped back: tracking state cleared"
+        if not result.success:
+            self.fail_streak += 1
+            return result
+        self.fail_streak = 0
+        self.last_fix, self.last_fix_ns = result.T_map_cam, int(stamp_ns)
+        if T_odom_cam is not None:
+            self.T_map_odom = result.T_map_cam @ invert(T_odom_cam)
+        return result
+
+
+__all__ = ["ContinuousLocalizer", "PRIORS", "continuous_spec"]
