@@ -6,13 +6,17 @@ Publishes:   /diagnostics (1 Hz: frames, keyframes, 3D points, saves)
 Services:    ~/save_map (match_ros/SaveMap): atomic save with the visual vocabulary
 The map is saved at shutdown (Ctrl-C, SIGTERM; a second SIGINT does not interrupt the save) and every
 autosave_period_s, so neither a crash nor a kill loses more than that. A failed save (full disk, no permission)
-is reported and the map stays in memory for the next try.
+is reported and the map stays in memory for the next try; a failed save at shutdown says where the map could not
+go and the process exits with status 1. A file this node did not write in this run (the map of an earlier run at
+the same map_path) is never replaced unless overwrite_map is true.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -45,6 +49,8 @@ node_spec = {
     "save_on_shutdown": Param(True, "Save the map to map_path at shutdown"),
     "autosave_period_s": Param(60.0, "Save the map to map_path this often while mapping (0: never)", "s", 0.0,
                                86400.0),
+    "overwrite_map": Param(False, "Let saves replace a file this node did not write in this run (e.g. the map of an "
+                           "earlier run at map_path); false: such a save fails and the file is kept"),
 }
 
 
@@ -64,6 +70,8 @@ class MapBuilderNode(Node):
         self._lock = threading.Lock()  # the builder: worker vs saves
         self.saves = {"saved": 0, "failed": 0, "last": ""}
         self._saved_keyframes, self._last_save = 0, time.monotonic()
+        self._written: set = set()  # absolute paths this node saved a map to (it may replace those)
+        self.failure = ""  # why the last failed save failed
         self._poses: deque = deque(maxlen=200)
         self.tf = TfListener(self) if p["pose_source"] == "tf" else None
         if self.tf is None:
@@ -74,6 +82,9 @@ class MapBuilderNode(Node):
         self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
         self.diagnostics = Diagnostics(self, "mapping", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)
+        if p["map_path"] and Path(p["map_path"]).expanduser().exists() and not p["overwrite_map"]:
+            self.get_logger().warning(f"map_path {p['map_path']} exists: this node will not replace it (parameter "
+                                      "overwrite_map is false), so its saves there will fail")
 
     def _pose_at(self, header):
         stamp = conv.stamp_to_ns(header.stamp)
@@ -120,18 +131,27 @@ class MapBuilderNode(Node):
         with self._lock:
             if self.builder.map is None:
                 return False, "the map is empty: no keyframe yet"
+            target = Path(path).expanduser().absolute()
+            if target.exists() and target not in self._written and not self.p["overwrite_map"]:
+                return self._failed(f"{target} exists and was not written by this node in this run; it is kept (set "
+                                    "parameter overwrite_map to true to replace it, or save elsewhere)")
             try:
-                check_save_path(path)
-                self.builder.build().save(path, with_vocabulary=with_vocabulary)
+                target = check_save_path(target)
+                self.builder.build().save(target, with_vocabulary=with_vocabulary)
             except (MapError, OSError) as e:
-                self.saves["failed"] += 1
-                self.saves["last"] = f"save failed, previous file untouched, map kept in memory: {e}"
-                return False, self.saves["last"]
+                return self._failed(f"previous file untouched: {e}")
             n = len(self.builder.map)
+            self._written.add(target)
         self.saves["saved"] += 1
         self._saved_keyframes, self._last_save = n, time.monotonic()
         self.saves["last"] = f"saved {n} keyframes to {path}"
         return True, self.saves["last"]
+
+    def _failed(self, reason: str) -> tuple[bool, str]:
+        self.saves["failed"] += 1
+        self.failure = reason
+        self.saves["last"] = f"save failed, map kept in memory: {reason}"
+        return False, self.saves["last"]
 
     def _srv_save(self, req, res):
         res.success, res.message = self.save(req.path or self.p["map_path"])
@@ -164,12 +184,20 @@ class MapBuilderNode(Node):
                 self.builder.conf = make_conf(mapping_spec, {**self.builder.conf, **changes["mapping"]}, "MapBuilder")
         return ""
 
-    def shutdown(self):
-        """Finish the current frame, then save (save_on_shutdown): Ctrl-C never loses the map."""
+    def shutdown(self) -> int:
+        """Finish the current frame, then save (save_on_shutdown): Ctrl-C never loses the map silently. Returns the
+        process's exit status: 1 when the final save failed (the message says where the map could not go)."""
         self.worker.stop(30.0)
         if self.p["save_on_shutdown"] and self.p["map_path"] and self.builder.map is not None:
             ok, text = self.save(self.p["map_path"], with_vocabulary=False)
-            print(text, flush=True)  # the ROS logger may already be shut down here
+            # printed: the ROS logger may already be shut down here
+            if not ok:
+                print(f"map_builder: the map ({len(self.builder.map)} keyframes) could not be saved to "
+                      f"{self.p['map_path']} and is lost with this process: {self.failure}", file=sys.stderr,
+                      flush=True)
+                return 1
+            print(text, flush=True)
+        return 0
 
 
 def main(args=None):

@@ -508,7 +508,8 @@ def use_fastdds_profile() -> Optional[str]:
 
 def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
     """Create the node, spin it, and shut down once: the first SIGINT / SIGTERM (or an external shutdown) ends
-    the spin, the node's ``shutdown()`` runs (a map save finishes), later signals are ignored meanwhile."""
+    the spin, the node's ``shutdown()`` runs (a map save finishes), later signals are ignored meanwhile. A
+    ``shutdown()`` that returns a non-zero int (e.g. a final save failed) is the process's exit status."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
@@ -517,6 +518,7 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stopping = threading.Event()
     node = executor = None
+    status = 0
 
     def on_signal(signum, _frame):
         if stopping.is_set():
@@ -540,7 +542,8 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
         if node is not None:
             try:
                 if hasattr(node, "shutdown"):
-                    node.shutdown()
+                    result = node.shutdown()
+                    status = result if isinstance(result, int) else 0
             finally:
                 node.destroy_node()
         rclpy.try_shutdown()
@@ -549,3 +552,5 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
         # handlers written in Python to the default at finalization, but leaves SIG_IGN alone.
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
+    if status:
+        raise SystemExit(status)
