@@ -193,6 +193,9 @@ def test_under_a_namespace_the_users_file_still_applies(key_style, evaluate_laun
     assert got["fully_qualified_name"] == "/robot1/relocalizer"
     assert (got["matcher"], got["map_frame"], got["odom_frame"], got["base_frame"]) == (
         "sift", "user_map_frame", "user_odom_frame", "arm")
+    # an empty string given explicitly (odom_frame:='""' on the command line: publish map -> base_frame)
+    nodes = evaluate_launch_file("relocalize.launch.py", params_file=path, namespace="robot1", odom_frame='""')
+    assert _read_back(nodes[0], tmp_path)["odom_frame"] == ""
 
 
 def test_two_nodes_share_the_cores_unless_the_file_or_an_argument_says_otherwise(evaluate_launch_file, tmp_path):

@@ -3,9 +3,10 @@
 Every parameter value comes from the node's parameter file (launch argument ``params_file``); a launch argument
 that names a parameter (``matcher``, the frames, ``image_transport``...) overrides it only when the user gives
 it. Such arguments default to "" (not given), and only the given ones are passed after the parameter file (in
-ROS 2 a later source wins). The launch files declare their arguments from ``parameter_arguments`` and build each
-node's ``parameters=`` with ``node_parameters`` at launch time (an ``OpaqueFunction``); the tests evaluate the
-same functions without a ROS distro.
+ROS 2 a later source wins); an empty string is given as two quotes (``odom_frame:='""'`` on the command line).
+The launch files declare their arguments from ``parameter_arguments`` and build each node's ``parameters=`` with
+``node_parameters`` at launch time (an ``OpaqueFunction``); the tests evaluate the same functions without a ROS
+distro.
 
 With a namespace (``namespace:=robot1``) the entries of the parameter file that are not absolute (``map_builder:``,
 as in the shipped files) are read relative to it, as nav2's bring-up does: ROS 2 itself would apply the key
@@ -38,6 +39,8 @@ class ParameterArgument:
             if text.lower() in _TRUE + _FALSE:
                 return text.lower() in _TRUE
             raise ValueError(f"launch argument {self.name}:={text!r} is not true or false")
+        if self.type is str and text in ('""', "''"):
+            return ""  # given as empty (a plain "" means not given)
         try:
             return self.type(text)
         except ValueError:
@@ -69,7 +72,7 @@ NODE_ARGUMENTS = {
         ("map_path", "map file built by build_map.launch.py or match_ros_build_map (from params_file unless given)"),
         ("matcher", "matching backend, the one the map was built with (from params_file unless given)"),
         ("map_frame", "map frame, REP 105 (from params_file unless given)"),
-        ("odom_frame", "odometry frame, REP 105 (from params_file unless given; none: set '' there)"),
+        ("odom_frame", "odometry frame, REP 105 (from params_file unless given; none: '\"\"')"),
         ("base_frame", "robot frame whose pose is published (from params_file unless given)"),
         _TRANSPORT, _SIM_TIME, _THREADS),
     "visual_odometry": _args(
