@@ -94,7 +94,9 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
         hits = [keyframe_sees_view(m[k], f.T_map_cam, f.K, size) for k, _ in r.retrieved[:10]]
         records.append(QueryRecord(f.stamp_ns, f.T_map_cam, r.T_map_cam if r.success else None,
                                    r.covariance if r.success else None, ms, r.reason, r.mode, hits,
-                                   dict(r.timings_ms), prior=r.stats.get("prior", "")))
+                                   dict(r.timings_ms), prior=r.stats.get("prior", ""),
+                                   stats={"inliers": r.num_inliers, **{k: v for k, v in r.stats.items()
+                                                                       if isinstance(v, (int, float))}}))
     return records
 
 

@@ -41,6 +41,7 @@ class QueryRecord:
     hits: list = field(default_factory=list)
     stages_ms: dict = field(default_factory=dict)
     prior: str = ""  # continuous mode: the prior the frame was tracked from (ContinuousLocalizer)
+    stats: dict = field(default_factory=dict)  # the localizer's numbers (inliers, rival inliers, sigmas, ...)
 
     @property
     def errors(self) -> tuple[float, float]:

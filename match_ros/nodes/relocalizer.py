@@ -291,7 +291,7 @@ class RelocalizerNode(Node):
 
     def _status(self, header, level: int, message: str, values: dict):
         self.last_status = message
-        st = DiagnosticStatus(name=f"{self.get_name()}: query", level=level, message=message,
+        st = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: query", level=level, message=message,
                               values=[KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
                                       for k, v in values.items()])
         self.pub_status.publish(DiagnosticArray(header=header, status=[st]))

@@ -75,8 +75,8 @@ def load_photos(textures_dir=None, names=None) -> dict:
     return photos
 
 
-def _texture(photo: np.ndarray, width_m: float, height_m: float, texels_per_m: float,
-             rng: np.random.Generator, crop_scale: tuple = (0.75, 1.0)) -> np.ndarray:
+def texture_crop(photo: np.ndarray, width_m: float, height_m: float, texels_per_m: float,
+                 rng: np.random.Generator, crop_scale: tuple = (0.75, 1.0)) -> np.ndarray:
     """A random crop of ``photo`` with the plane's aspect, maybe mirrored, resized to the texel density."""
     h, w = photo.shape[:2]
     aspect = width_m / height_m
@@ -93,7 +93,7 @@ def _texture(photo: np.ndarray, width_m: float, height_m: float, texels_per_m: f
     return cv2.resize(np.ascontiguousarray(crop), (tw, th), interpolation=interp)
 
 
-class _Builder:
+class PlaneBuilder:
     """Adds planes with photos taken in turn from ``order`` (crops and mirroring from the seed)."""
 
     def __init__(self, photos: dict, order, texels_per_m: float, seed: int, crop_scale: tuple = (0.75, 1.0)):
@@ -103,7 +103,8 @@ class _Builder:
 
     def _add(self, origin, edge_u, edge_v, name):
         photo = self.photos[self.order[len(self.planes) % len(self.order)]]
-        tex = _texture(photo, np.linalg.norm(edge_u), np.linalg.norm(edge_v), self.density, self.rng, self.crop_scale)
+        tex = texture_crop(photo, np.linalg.norm(edge_u), np.linalg.norm(edge_v), self.density, self.rng,
+                           self.crop_scale)
         self.planes.append(Plane(origin, edge_u, edge_v, tex, name=name))
 
     def wall(self, left_xy, right_xy, z0: float, z1: float, name: str):
@@ -133,7 +134,7 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         raise ValueError(f"unknown scene '{name}', expected one of {SCENES}")
     photos = load_photos(textures_dir)
     if name == "room":
-        b = _Builder(photos, ("aero1", "starry_night", "fruits", "baboon", "board"), 256, seed)
+        b = PlaneBuilder(photos, ("aero1", "starry_night", "fruits", "baboon", "board"), 256, seed)
         b.floor(-2, 2, -2, 2, 0.0, "floor")
         b.wall((2, 2), (2, -2), 0.0, 2.5, "wall_front")
         b.wall((-2, 2), (2, 2), 0.0, 2.5, "wall_left")
@@ -141,7 +142,7 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         b.wall((2, -2), (-2, -2), 0.0, 2.5, "wall_right")
     elif name == "corridor":
         order = ("building", "fruits", "leuvenA", "baboon", "home", "starry_night", "board", "messi5", "aero1")
-        b = _Builder(photos, order, 256, seed)
+        b = PlaneBuilder(photos, order, 256, seed)
         for k in range(4):
             b.wall((2.5 * k, 1), (2.5 * k + 2.5, 1), 0.0, 2.5, f"wall_left_{k}")
             b.wall((2.5 * k + 2.5, -1), (2.5 * k, -1), 0.0, 2.5, f"wall_right_{k}")
@@ -152,7 +153,7 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         b.wall((0, -1), (0, 1), 0.0, 2.5, "start_wall")
     elif name == "facade":
         order = ("building", "leuvenA", "home", "starry_night", "fruits", "aero1", "messi5", "baboon", "board")
-        b = _Builder(photos, order, 96, seed)
+        b = PlaneBuilder(photos, order, 96, seed)
         for k in range(5):
             b.wall((8, 10 - 4 * k), (8, 6 - 4 * k), 0.0, 6.0, f"facade_{k}")
         b.floor(0, 8, 0, 10, 0.0, "ground_left")
@@ -163,7 +164,8 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         b.wall((6.0, -2.5), (6.0, -5.0), 0.0, 2.6, "panel_2")
     elif name == "office":
         # planes sharing a photo show small crops of it: different parts, as different walls would
-        b = _Builder(photos, ("cards", "camera", "street", "coins", "hubble", "chicky", "ihc"), 200, seed, (0.4, 0.55))
+        b = PlaneBuilder(photos, ("cards", "camera", "street", "coins", "hubble", "chicky", "ihc"), 200, seed,
+                         (0.4, 0.55))
         b.floor(-3, 3, -2.5, 2.5, 0.0, "floor")
         for k, (a, c) in enumerate((((3, 2.5), (3, 0)), ((3, 0), (3, -2.5)), ((-3, 2.5), (0, 2.5)),
                                     ((0, 2.5), (3, 2.5)), ((-3, -2.5), (-3, 0)), ((-3, 0), (-3, 2.5)),
@@ -174,7 +176,8 @@ def make_scene(name: str = "room", textures_dir=None, seed: int = 0) -> Scene:
         b.wall((1.425, -1.817), (2.225, -0.617), 0.0, 1.8, "partition_b")
         b.box(-2.6, -1.9, 1.2, 2.1, 1.3, "cabinet")
     elif name == "street":
-        b = _Builder(photos, ("street", "coins", "hubble", "cards", "camera", "ihc", "chicky"), 128, seed, (0.4, 0.55))
+        b = PlaneBuilder(photos, ("street", "coins", "hubble", "cards", "camera", "ihc", "chicky"), 128, seed,
+                         (0.4, 0.55))
         for k in range(5):
             b.wall((10, 10 - 4 * k), (10, 6 - 4 * k), 0.0, 8.0, f"facade_{k}")
         for k in range(2):

@@ -53,7 +53,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from match_ros.sim.factories import DEFAULT_START_NS, _Builder, _texture, default_textures_dir
+from match_ros.sim.factories import DEFAULT_START_NS, PlaneBuilder, default_textures_dir, texture_crop
 from match_ros.sim.scene import Camera, Lighting, Plane, Scene, Sequence, pose_from_ypr
 
 GENERATOR_VERSION = 1  # bump when a change of this module changes the cases a seed gives
@@ -218,8 +218,8 @@ class _PlaneSpec:
         return np.stack([o, o + u, o + u + v, o + v])
 
 
-class _Planner(_Builder):
-    """factories._Builder's geometry (wall, floor, box) recording plane specs; textures come later."""
+class _Planner(PlaneBuilder):
+    """factories.PlaneBuilder's geometry (wall, floor, box) recording plane specs; textures come later."""
 
     def __init__(self):
         super().__init__({}, (), 1.0, 0)  # no photos: _add below records the plane instead of texturing it
@@ -712,12 +712,12 @@ def _pattern_texture(pattern: str, photo: np.ndarray, spec: _PlaneSpec, rng) -> 
         count = int(rng.integers(3, 7))
         grids = [(r, count // r) for r in range(1, count + 1) if count % r == 0]  # (rows, columns)
         rows, cols = min(grids, key=lambda g: abs(math.log((w / g[1]) / (h / g[0]))))
-        tile = _texture(photo, w / cols, h / rows, spec.density, rng, (0.2, 0.4))
+        tile = texture_crop(photo, w / cols, h / rows, spec.density, rng, (0.2, 0.4))
         return np.ascontiguousarray(np.tile(tile, (rows, cols, 1)))
     if pattern == "mirror":
-        half = _texture(photo, w / 2, h, spec.density, rng, (0.35, 0.7))
+        half = texture_crop(photo, w / 2, h, spec.density, rng, (0.35, 0.7))
         return np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
-    return _texture(photo, w, h, spec.density, rng, (0.35, 0.7))
+    return texture_crop(photo, w, h, spec.density, rng, (0.35, 0.7))
 
 
 def _texture_planes(seed: int, specs: list, pool: list) -> tuple:

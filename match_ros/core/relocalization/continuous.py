@@ -22,7 +22,7 @@ from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
 
 continuous_spec = {
-    "max_fix_age_s": Param(1.0, "Without odometry the last fix is the prior this long at most (0: never)", "s",
+    "max_fix_age_s": Param(0.25, "Without odometry the last fix is the prior this long at most (0: never)", "s",
                            0.0, 3600.0),
     "lost_after": Param(5, "Failed queries in a row after which the state is lost (no prior from the last fix)",
                         min=1, max=100000),

@@ -59,6 +59,12 @@ localizer_spec = {
     "matcher_fallback": Param(True, "When no hypothesis verifies, match the candidates with the configured matcher"),
     "ambiguity_ratio": Param(1.25, "A pose needs this many times the inliers of a verified pose elsewhere",
                              min=1.0, max=10.0),
+    "twin_check": Param(True, "Look for a rival pose on repeated structure: the accepted pose's inliers re-matched "
+                        "to equally similar map points elsewhere (twins), PnP on them, the rival verified and "
+                        "weighed with ambiguity_ratio"),
+    "twin_margin": Param(0.05, "A map point elsewhere is a twin of an inlier's point when its descriptor "
+                         "similarity to the query is at least the inlier's minus this", min=0.0, max=2.0),
+    "twin_min_distance_m": Param(0.25, "... and it lies at least this far from the inlier's point", "m", 0.0, 100.0),
     "same_place_m": Param(0.5, "Verified poses closer than this (and same_place_deg) are one place", "m", 0.0, 100.0),
     "same_place_deg": Param(10.0, "... and turned less than this", "deg", 0.0, 180.0),
     "hypothesis_min_inliers": Param(12, "PnP inliers a candidate needs to propose a pose for verification",
@@ -142,6 +148,10 @@ class LocalizationResult:
     stats: dict = field(default_factory=dict)  # guided matches, projected map points, position sigma, ...
     reason: str = ""
     timings_ms: dict = field(default_factory=dict)
+    # the verified inliers: query keypoint indices [N], their map points [N x 3], descriptor similarities [N]
+    inlier_query: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    inlier_xyz: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    inlier_similarity: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class Localizer:
@@ -217,8 +227,53 @@ class Localizer:
             result = self._global(query, image, t)
             if reasons and not result.success:
                 result.reason = "; ".join(reasons + [result.reason])
+        if result.success and self.conf["twin_check"]:
+            t0 = time.perf_counter()
+            self._twin_check(query, result)
+            t["twins"] = 1e3 * (time.perf_counter() - t0)
         result.num_query_keypoints, result.timings_ms = len(feats), t
         return result
+
+    def _twin_check(self, q: "_Query", result: LocalizationResult) -> None:
+        """Repeated structure (a tiled wall, the same poster twice, a symmetric hall) gives a wrong pose as many
+        consistent inliers as the right one, and the global search stops at the first that verifies. Re-match the
+        accepted pose's inliers to their twins (equally similar map points elsewhere), solve PnP on those, verify
+        that rival; when it fits nearly as well (``ambiguity_ratio``) the pose is refused as ambiguous."""
+        c = self.conf
+        n = len(result.inlier_query)
+        if n < c["hypothesis_min_inliers"]:
+            return
+        points = self._all_points(result.T_map_cam)
+        if points is None:
+            return
+        sim = torch.from_numpy(q.vec[result.inlier_query]) @ torch.from_numpy(points.vec).T  # [n x M]
+        a, m = torch.from_numpy(result.inlier_xyz), torch.from_numpy(points.xyz)
+        d2 = (a * a).sum(1)[:, None] + (m * m).sum(1)[None] - 2.0 * (a @ m.T)  # squared distances [n x M]
+        sim.masked_fill_(d2 < c["twin_min_distance_m"] ** 2, -2.0)
+        best, idx = sim.max(dim=1)
+        twin = (best.numpy() >= result.inlier_similarity - c["twin_margin"])
+        if twin.sum() < c["hypothesis_min_inliers"]:
+            result.stats["twins"] = int(twin.sum())
+            return
+        result.stats["twins"] = int(twin.sum())
+        hyp = solve_pnp(points.xyz[idx.numpy()[twin]], q.kp[result.inlier_query[twin]], q.K, q.size,
+                        self._hypothesis_conf())
+        if not hyp.valid or self._same_place(hyp.T_map_cam, result.T_map_cam):
+            return
+        rival = self._verify(q, hyp.T_map_cam, result.mode)
+        result.stats["rival_inliers"] = max(result.stats.get("rival_inliers", 0), rival.num_inliers)
+        if rival.num_inliers * c["ambiguity_ratio"] > result.num_inliers:
+            d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - result.T_map_cam[:3, 3]))
+            result.success, result.covariance = False, np.full((6, 6), np.nan)
+            result.reason = (f"ambiguous: repeated structure, a pose {d:.1f} m away fits too ({result.num_inliers} "
+                             f"and {rival.num_inliers} inliers)")
+
+    def _all_points(self, T_map_cam: np.ndarray, max_keyframes: int = 60) -> Optional[MapPoints]:
+        """Map points of the keyframes nearest to the pose (any direction: a twin may face the other way)."""
+        order = np.argsort(np.linalg.norm(self._kf_pos - T_map_cam[:3, 3], axis=1))[:max_keyframes]
+        parts = [self.map_points(self.map[int(k)]) for k in self._kf_ids[order]]
+        parts = [p for p in parts if len(p)]
+        return MapPoints.concat(parts) if parts else None
 
     # ------------------------------------------------------------------ global relocalization
     def _global(self, q: "_Query", image: np.ndarray, t: dict) -> LocalizationResult:
@@ -443,6 +498,7 @@ class Localizer:
         else:
             out.success, out.covariance, out.reason = True, cov, f"localized with {n} inliers"
         out.matched = self._keyframe_matches(q, points, gm, inl, strong or list(support))
+        out.inlier_query, out.inlier_xyz, out.inlier_similarity = gm.query[inl], X[inl], gm.similarity[inl]
         return out
 
     def _covariance(self, T: np.ndarray, X: np.ndarray, x: np.ndarray, K: np.ndarray, sigma: float) -> np.ndarray:
