@@ -3,6 +3,7 @@ the caller's environment: set before anything imports rclpy."""
 import os
 from pathlib import Path
 
+import match_ros  # noqa: F401  (first: the process's thread settings, before numpy and torch load)
 import numpy as np
 import pytest
 

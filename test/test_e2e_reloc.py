@@ -5,12 +5,14 @@ client, an operator with Ctrl-C and a full disk would use them. Assertions are o
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from match_ros.core.geometry.transforms import invert
+from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.relocalization.mapstore import Map
 from match_ros.evaluation.eval_reloc import replay_relocalization, write_query_bag
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, free_domain_id, spin_until
@@ -333,10 +335,13 @@ def test_full_disk_during_a_save_is_answered_and_the_map_kept(tmp_path, graph, s
     assert len(Map.load(out)) >= 2
 
 
-def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odometry(room, tmp_path):
+@pytest.mark.parametrize("rate", [1.0, 0.2])
+def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odometry(room, tmp_path, rate):
     """odometry_relocalize.launch.py's graph: an RGB-D bag without any /tf through the visual_odometry and the
-    relocalizer processes. visual_odometry's odom -> camera drifts little from the truth; the relocalizer uses it as
-    its prior and its map -> odom composed with it gives the true camera pose."""
+    relocalizer processes, played at 1x and 0.2x beside a process that keeps one core busy. visual_odometry's
+    odom -> camera drifts little from the truth; the relocalizer waits for it at each image stamp (odom_wait_s) and
+    uses it as its prior: EVERY published map -> odom composed with it gives the true camera pose within 25 cm /
+    5 deg (measured in the field before the wait: fixes tracked from a stale last fix, 0.14-0.46 m off)."""
     d = room[0]
     from match_ros.evaluation.reloc_scenes import make_query_sequence
 
@@ -351,8 +356,6 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
                  "torch_threads": 1}
     topics = ("/camera/image_raw", "/camera/camera_info", "/camera/depth")
     remaps = {"image": topics[0], "camera_info": topics[1], "depth": topics[2]}
-    from nav_msgs.msg import Odometry
-
     from match_ros.ros.codec import pose_to_matrix, stamp_to_ns
 
     tf, odom_cov = [], {}
@@ -361,16 +364,30 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
         assert m.header.frame_id == "odom" and m.child_frame_id == "camera_optical_frame"
         odom_cov[stamp_to_ns(m.header.stamp)] = (pose_to_matrix(m.pose.pose), np.array(m.pose.covariance))
 
-    with NodeProcess("match_ros.nodes.visual_odometry", vo_params, remaps) as vo:
-        deadline = time.monotonic() + 90
-        while "image_qos=" not in vo.log() and vo.alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert vo.alive() and "image_qos=" in vo.log(), vo.log()[-2000:]
-        records, map_odom, log = replay_relocalization(d / "room.db", bag, {"matcher": "orb_teblid",
-                                                                            "torch_threads": 1}, rate=0.2,
-                                                       domain_id=domain, topics=topics, tf_sink=tf,
-                                                       subscribe={"/visual_odometry/odom": (Odometry, on_odom)})
-        vo_log = vo.log()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a busy second core
+    try:
+        with NodeProcess("match_ros.nodes.visual_odometry", vo_params, remaps) as vo:
+            records, map_odom, vo_log = _vo_and_relocalizer(vo, d, bag, domain, topics, tf, on_odom, rate)
+    finally:
+        busy.kill()
+        busy.wait()
+    _check_vo_and_relocalizer(seq, records, map_odom, vo_log, tf, odom_cov)
+
+
+def _vo_and_relocalizer(vo, d, bag, domain, topics, tf, on_odom, rate):
+    from nav_msgs.msg import Odometry
+
+    deadline = time.monotonic() + 90
+    while "image_qos=" not in vo.log() and vo.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vo.alive() and "image_qos=" in vo.log(), vo.log()[-2000:]
+    records, map_odom, log = replay_relocalization(d / "room.db", bag, {"matcher": "orb_teblid", "torch_threads": 1},
+                                                   rate=rate, domain_id=domain, topics=topics, tf_sink=tf,
+                                                   subscribe={"/visual_odometry/odom": (Odometry, on_odom)})
+    return records, map_odom, vo.log()
+
+
+def _check_vo_and_relocalizer(seq, records, map_odom, vo_log, tf, odom_cov):
     odom = {stamp: T for stamp, parent, child, T in tf if parent == "odom" and child == "camera_optical_frame"}
     assert len(odom) >= 10, vo_log[-2000:]
     assert "no TF from base_frame" not in vo_log  # base_frame '' is the camera itself
@@ -387,8 +404,13 @@ def test_visual_odometry_and_relocalizer_give_map_odom_camera_without_wheel_odom
                if stamps[0] <= a and b <= stamps[-1])
     err = [np.linalg.norm((A @ odom[s])[:3, 3] - gt[s][:3, 3]) for s in tracked]
     assert max(err) < 0.06 * dist + 0.01, (max(err), dist, np.round(err, 3).tolist(), vo_log[-3000:])
-    # map -> odom -> camera is the true camera pose
+    # map -> odom -> camera is the true camera pose: every fix the relocalizer published, and every map -> odom
     s = score(records)
-    assert s["poses"] >= 3 and s["wrong_poses"] == 0, (s, [r.reason for r in records])
-    composed = [np.linalg.norm((T @ odom[stamp])[:3, 3] - gt[stamp][:3, 3]) for stamp, T in map_odom if stamp in odom]
-    assert composed and np.median(composed) < 0.05 and max(composed) < 0.15, composed
+    assert s["poses"] >= 3 and s["wrong_poses"] == 0 and s["integrity_failures"] == 0, (s, [r.reason for r in records])
+    assert all(r.errors[0] < 0.25 and r.errors[1] < 5.0 for r in records if r.T_est is not None), \
+        [(r.errors, r.reason) for r in records]
+    composed = [((T @ odom[stamp])[:3, 3], gt[stamp]) for stamp, T in map_odom if stamp in odom]
+    t_err = [float(np.linalg.norm(p - G[:3, 3])) for p, G in composed]
+    r_err = [rotation_error_deg((T @ odom[stamp])[:3, :3], gt[stamp][:3, :3])
+             for stamp, T in map_odom if stamp in odom]
+    assert composed and np.median(t_err) < 0.05 and max(t_err) < 0.25 and max(r_err) < 5.0, (t_err, r_err)

@@ -246,18 +246,18 @@ class Localizer:
         points = self._all_points(result.T_map_cam)
         if points is None:
             return
-        sim = torch.from_numpy(q.vec[result.inlier_query]) @ torch.from_numpy(points.vec).T  # [n x M]
-        a, m = torch.from_numpy(result.inlier_xyz), torch.from_numpy(points.xyz)
+        pick = np.linspace(0, n - 1, min(n, 200)).round().astype(np.int64)  # 200 inliers say as much as all
+        query, xyz, own = result.inlier_query[pick], result.inlier_xyz[pick], result.inlier_similarity[pick]
+        sim = torch.from_numpy(q.vec[query]) @ torch.from_numpy(points.vec).T  # [n x M]
+        a, m = torch.from_numpy(xyz), torch.from_numpy(points.xyz)
         d2 = (a * a).sum(1)[:, None] + (m * m).sum(1)[None] - 2.0 * (a @ m.T)  # squared distances [n x M]
         sim.masked_fill_(d2 < c["twin_min_distance_m"] ** 2, -2.0)
         best, idx = sim.max(dim=1)
-        twin = (best.numpy() >= result.inlier_similarity - c["twin_margin"])
-        if twin.sum() < c["hypothesis_min_inliers"]:
-            result.stats["twins"] = int(twin.sum())
-            return
+        twin = best.numpy() >= own - c["twin_margin"]
         result.stats["twins"] = int(twin.sum())
-        hyp = solve_pnp(points.xyz[idx.numpy()[twin]], q.kp[result.inlier_query[twin]], q.K, q.size,
-                        self._hypothesis_conf())
+        if twin.sum() < c["hypothesis_min_inliers"]:
+            return
+        hyp = solve_pnp(points.xyz[idx.numpy()[twin]], q.kp[query[twin]], q.K, q.size, self._hypothesis_conf())
         if not hyp.valid or self._same_place(hyp.T_map_cam, result.T_map_cam):
             return
         rival = self._verify(q, hyp.T_map_cam, result.mode)
@@ -268,9 +268,12 @@ class Localizer:
             result.reason = (f"ambiguous: repeated structure, a pose {d:.1f} m away fits too ({result.num_inliers} "
                              f"and {rival.num_inliers} inliers)")
 
-    def _all_points(self, T_map_cam: np.ndarray, max_keyframes: int = 60) -> Optional[MapPoints]:
-        """Map points of the keyframes nearest to the pose (any direction: a twin may face the other way)."""
-        order = np.argsort(np.linalg.norm(self._kf_pos - T_map_cam[:3, 3], axis=1))[:max_keyframes]
+    def _all_points(self, T_map_cam: np.ndarray, max_keyframes: int = 40) -> Optional[MapPoints]:
+        """Map points of the keyframes nearest to the pose within max_keyframe_distance_m (any direction: a twin
+        may face the other way), at most ``max_keyframes``."""
+        dist = np.linalg.norm(self._kf_pos - T_map_cam[:3, 3], axis=1)
+        order = np.argsort(dist)[:max_keyframes]
+        order = order[dist[order] <= self.conf["max_keyframe_distance_m"]]
         parts = [self.map_points(self.map[int(k)]) for k in self._kf_ids[order]]
         parts = [p for p in parts if len(p)]
         return MapPoints.concat(parts) if parts else None
