@@ -4,9 +4,12 @@ With the reference frame's depth, a relative motion T_ref_query predicts where e
 the query image: back-project the pixel with its depth, move the point into the query camera, project it. Sampling
 the query image there (the query warped into the reference view) and comparing grey values with the reference
 image gives a photometric error; the true motion makes it small, a wrong one larger. An estimate is *consistent*
-when it has a lower error than no motion at all (identity) and than every small perturbation of itself
-(``perturbations``: +-2 cm along and +-1 deg about each axis by default): it sits at a minimum of the photometric
-error, as it should if it is right to within the perturbation's size.
+when it has a lower error than no motion at all (identity; unless the estimate is within half a perturbation
+step of it) and than every small perturbation of itself (``perturbations``: +-2 cm along and +-1 deg about each axis
+by default): it sits at a minimum of the photometric error, as it should if it is right to within the
+perturbation's size. The perturbations are coarse: an error along a direction the images barely see (a turn about
+a point at the scene's depth) passes them; the comparison with identity catches such errors between frames that
+hardly moved.
 
 All motions of one comparison are scored over the same pixels (those valid under every one of them), so a motion
 cannot win by moving pixels out of the image. The error is the mean absolute difference of grey values [0-255]
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from match_ros.core.geometry.camera import check_K
-from match_ros.core.geometry.transforms import invert, perturb_pose
+from match_ros.core.geometry.transforms import invert, perturb_pose, rotation_error_deg
 
 
 def _gray(image: np.ndarray, name: str) -> np.ndarray:
@@ -140,17 +143,22 @@ class PhotometricCheck:
     estimate, identity: errors of T_ref_query and of no motion
     perturbed:          [12] errors of the perturbed estimates (``perturbations`` order: +x, -x, +y, ... +rz, -rz)
     pixels:             how many pixels were compared
-    consistent:         the estimate's error is below identity's and every perturbed one's
+    identity_is_rival:  the estimate is at least half a perturbation step from identity; closer, the two are the
+                        same motion at the check's resolution (a still camera's estimate differs from identity by
+                        its noise, and either may score lower), and identity does not count
+    consistent:         the estimate's error is below every perturbed one's, and below identity's when it is a rival
     """
 
     estimate: float
     identity: float
     perturbed: np.ndarray = field(default_factory=lambda: np.zeros(0))
     pixels: int = 0
+    identity_is_rival: bool = True
 
     @property
     def consistent(self) -> bool:
-        return bool(self.pixels > 0 and self.estimate < self.identity and np.all(self.estimate < self.perturbed))
+        beats_identity = self.estimate < self.identity or not self.identity_is_rival
+        return bool(self.pixels > 0 and beats_identity and np.all(self.estimate < self.perturbed))
 
 
 def check_motion(image_ref: np.ndarray, depth_ref: np.ndarray, image_query: np.ndarray, K: np.ndarray,
@@ -162,4 +170,6 @@ def check_motion(image_ref: np.ndarray, depth_ref: np.ndarray, image_query: np.n
         raise ValueError(f"T_ref_query must be [4 x 4], got {T.shape}")
     motions = np.concatenate([T[None], np.eye(4)[None], perturbations(T, step_m, step_deg)])
     errors, n = photometric_errors(image_ref, depth_ref, image_query, K, motions, **kwargs)
-    return PhotometricCheck(float(errors[0]), float(errors[1]), errors[2:], n)
+    rival = bool(np.linalg.norm(T[:3, 3]) >= 0.5 * step_m
+                 or rotation_error_deg(T[:3, :3], np.eye(3)) >= 0.5 * step_deg)
+    return PhotometricCheck(float(errors[0]), float(errors[1]), errors[2:], n, rival)
