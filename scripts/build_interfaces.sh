@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and installs the ROS 2 interfaces into a pip-wheel virtual environment
 # (no ROS distro): match_ros/msg always, tf2_msgs/TFMessage only when no real
-# tf2_msgs is importable. On a distro use colcon instead (see README).
+# tf2_msgs is importable. On a distro use colcon instead (see docs/distro.md).
 set -euo pipefail
 venv=$(cd "${1:?usage: build_interfaces.sh VENV}" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of README "GPU": on a CUDA machine, the backend tests on CUDA and the GPU figures, printed and
+# The GPU check of docs/speed.md#gpu: on a CUDA machine, the backend tests on CUDA and the GPU figures, printed and
 # written to OUT_DIR (default build/gpu_check).
 #
 #   scripts/gpu_check.sh [OUT_DIR]

@@ -4,7 +4,7 @@ A camera publisher in this process sends rendered 640x480 rgb8 frames at a
 fixed rate (from a thread of its own, each frame on its deadline) to the node
 running in its own process (real ROS 2 graph, Fast DDS on loopback). Both
 processes use the shipped Fast DDS profile (shared memory for large messages),
-as README "Transport: what a camera driver needs" recommends;
+as docs/transport.md recommends for camera drivers;
 --no-fastdds-profile leaves the publisher on Fast DDS's defaults. Reported per
 matcher: output rate, frames dropped by the node (drop-oldest: it never
 queues), end-to-end latency (image publish -> its CorrespondenceSet received,

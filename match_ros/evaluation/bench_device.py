@@ -6,7 +6,7 @@
 Two figures per row, on rendered 640x480 pairs: ``pair`` (extract both images + match, what a pair costs without
 caching) and ``frame`` (extract one image + match against a cached keyframe, what the keyframe_matcher node pays
 per camera frame). Precisions: float32, and float16 autocast on CUDA or bfloat16 on a CPU with native bf16 (the
-backbone; see README "Speed"). Every timing waits for the device (the results are copied to the host). The
+backbone; see docs/speed.md). Every timing waits for the device (the results are copied to the host). The
 share of the float32 matches a precision keeps is printed beside it. Used by ``scripts/gpu_check.sh``.
 """
 from __future__ import annotations

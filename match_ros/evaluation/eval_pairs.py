@@ -6,7 +6,7 @@
   disparity is within 1 px of the ground truth (and rows within 1 px).
 - rendered scenes room, corridor (scenes the learned matchers were trained on, other seeds and
   trajectories) and facade (held out): relative pose AUC@5/10/20 deg from the essential matrix.
-Prints markdown tables (for the README) and writes JSON.
+Prints markdown tables (for docs/matchers.md) and writes JSON.
 """
 from __future__ import annotations
 

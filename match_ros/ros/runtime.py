@@ -399,7 +399,7 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
                                "match_ros nodes share the cores give each its share (two nodes on 2 cores: 1 each)",
                                min=0, max=256, read_only=True),
         "cpu_bf16": Param(cpu_bf16, "XFeat backbone and LighterGlue in bfloat16 on a CPU with native bf16 (AMX / "
-                          "AVX512-BF16): extraction 1.5x, LighterGlue 1.4x faster, measured effect in README Speed; "
+                          "AVX512-BF16): extraction 1.5x, LighterGlue 1.4x faster, measured effect in docs/speed.md; "
                           "no effect elsewhere", read_only=True),
     }
 

@@ -24,7 +24,7 @@ Features without the two extras (e.g. a keyframe rebuilt from a stored map) are 
 (plain mutual NN on the unwarped query, then the radius filter is off).
 Measured on graf1 -> graf3 (800 x 640, CPU, one thread; the first checkpoint): coarse homography alone 5.96 px
 corner error; matches + USAC-MAGSAC 3 px 0.60 px (xfeat_mnn 1.13 px); without re-warp 2.32 px, one re-warp
-1.62 px. The shipped checkpoint: 0.69 px (match_ros_eval_pairs, README).
+1.62 px. The shipped checkpoint: 0.69 px (match_ros_eval_pairs, docs/matchers.md).
 """
 from __future__ import annotations
 

