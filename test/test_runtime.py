@@ -63,6 +63,25 @@ def test_camera_info_for_another_image_size_gives_no_pose(camera_input):
     assert frame.K is None and errors.by_kind["camera_info"] == 1 and "1280x960" in errors.last
 
 
+def test_a_changed_calibration_is_refused_and_the_one_in_use_kept(camera_input):
+    """One camera_info with the focal length doubled (plausible, wrong) sent visual_odometry 1.28 m off: once a
+    calibration is in use, a change beyond max_calibration_change is refused with the reason and the one in use
+    kept; the same camera at another resolution (K scaled with the image) is no change."""
+    inp, items, errors = camera_input
+    K = Camera().K
+    inp._on_info(_info(K, 640, 480))
+    K2 = K.copy()
+    K2[:2, :2] *= 2.0
+    inp._on_info(_info(K2, 640, 480))
+    assert errors.by_kind["camera_info"] == 1 and "calibration changed by 100 %" in errors.last
+    inp._on_image(_image_msg(np.zeros((480, 640, 3), np.uint8)))
+    assert np.allclose(inp.frame(items[-1]).K, K)
+    half = K.copy()
+    half[:2] *= 0.5
+    inp._on_info(_info(half, 320, 240))
+    assert errors.by_kind["camera_info"] == 1 and inp.info_size == (320, 240)
+
+
 @pytest.mark.parametrize("K, why", [
     ([[1e-3, 0, 320], [0, 1e-3, 240], [0, 0, 1]], "field of view"),
     ([[5e6, 0, 320], [0, 5e6, 240], [0, 0, 1]], "field of view"),

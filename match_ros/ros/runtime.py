@@ -48,10 +48,24 @@ camera_input_spec = {
     "max_input_pixels": Param(25_000_000, "Images with more pixels are refused; compressed ones by the size in their "
                               "PNG / JPEG header, before decoding (a 2.5 MB PNG can hold gigabytes of pixels)", "px",
                               4096, 1_000_000_000),
+    "max_calibration_change": Param(0.05, "Once a calibration is in use, a camera_info whose focal lengths or "
+                                    "principal point (per pixel of width) differ by more than this share is refused "
+                                    "and the one in use kept (a wrong camera_info gave poses metres off); 0 accepts "
+                                    "any", min=0.0, max=10.0),
     "min_depth_m": Param(0.05, "Depth below this is invalid", "m", 0.0, 1000.0),
     "max_depth_m": Param(50.0, "Depth above this is invalid", "m", 0.01, 100000.0),
     "depth_wait_s": Param(0.2, "How long a frame waits for the depth image with its stamp", "s", 0.0, 10.0),
 }
+
+
+def calibration_change(K_old, size_old, K_new, size_new) -> float:
+    """Largest relative change of (fx, fy, cx, cy) per pixel of image width between two calibrations (the
+    principal point relative to the focal length); 0 when there is no old one."""
+    if K_old is None or not size_old or not size_old[0] or not size_new[0]:
+        return 0.0
+    a = np.array([K_old[0, 0], K_old[1, 1], K_old[0, 2], K_old[1, 2]]) / size_old[0]
+    b = np.array([K_new[0, 0], K_new[1, 1], K_new[0, 2], K_new[1, 2]]) / size_new[0]
+    return float(np.max(np.abs(b - a) / np.array([a[0], a[1], a[0], a[0]])))
 
 
 def image_qos(name: str):
@@ -216,7 +230,15 @@ class CameraInput:
         except codec.ConversionError as e:
             self.errors("camera_info", str(e))
             return
-        self.K, self.info_size = K, (int(msg.width), int(msg.height))
+        size = (int(msg.width), int(msg.height))
+        change = calibration_change(self.K, self.info_size, K, size)
+        tol = float(self.conf["max_calibration_change"])
+        if tol > 0 and change > tol:
+            self.errors("camera_info", f"calibration changed by {100 * change:.0f} % (> {100 * tol:.0f} %, "
+                        f"max_calibration_change): refused, still using fx {self.K[0, 0]:.1f} px; restart the node or "
+                        f"set max_calibration_change to 0 if the camera really changed")
+            return
+        self.K, self.info_size = K, size
 
     def _on_depth(self, msg) -> None:
         with self._depth_cond:
