@@ -138,3 +138,30 @@ def test_window_adjustment_recovers_exact_keyframe_poses():
     for pk, T in zip(placed, truth):
         assert np.linalg.norm(pk.T_odom_kf[:3, 3] - T[:3, 3]) < 1e-3
         assert np.degrees(np.linalg.norm(cv2.Rodrigues(pk.T_odom_kf[:3, :3] @ T[:3, :3].T)[0])) < 0.01
+
+
+@pytest.mark.parametrize("scale", [2.0, 20.0])
+def test_a_wrongly_scaled_depth_does_not_anchor_the_odometry(room, scale):
+    """Five consecutive depth images scaled (x2: plausible; x20: beyond max_depth_m, so mostly unusable), as a
+    driver bug or a wrong depth unit would give: measured before the check, the odometry went 4.8-5.5 m off when
+    such a frame became a keyframe. A frame's depth anchors what follows only when it agrees with the current
+    keyframe's points seen from its pose; the trajectory stays on the truth and the refusal is said."""
+    vo = VisualOdometry(build_matcher("orb_teblid"))
+    K = room.camera.K
+    refused, poses, truth = [], [], []
+    for i in range(0, 60, 2):
+        f = room[i]
+        depth = f.depth * scale if 20 <= i < 30 else f.depth
+        r = vo.process(Frame(f.rgb, f.stamp_ns, "cam", K, depth))
+        refused += [r.depth_refused] if r.depth_refused else []
+        if not r.lost:
+            poses.append(r.T_odom_cam)
+            truth.append(f.T_world_cam)
+    assert refused and ("not made a keyframe" in refused[0]), refused
+    assert len(poses) >= 25
+    m = trajectory_metrics(poses, truth)
+    assert m["ate_rmse_m"] < 0.03, m  # measured 0.01 without the scaled frames
+    clean = VisualOdometry(build_matcher("orb_teblid"), conf={"max_depth_scale_change": 0.15})
+    for i in range(0, 20, 2):  # the check refuses nothing on consistent depth
+        f = room[i]
+        assert not clean.process(Frame(f.rgb, f.stamp_ns, "cam", K, f.depth)).depth_refused

@@ -116,6 +116,8 @@ class VisualOdometryNode(Node):
             self.get_logger().info(f"odometry {r.status} again at {stamp * 1e-9:.3f} s")
         self.status_text = r.status
         self.lost += int(r.lost)
+        if r.depth_refused:
+            self.errors("depth", r.depth_refused)
         T_odom_base = r.T_odom_cam @ invert(self.T_base_cam)
         cov = covariance_of_attached_frame(r.covariance, r.T_odom_cam, T_odom_base)
         msg = Odometry()
