@@ -28,7 +28,12 @@ $(VENV)/.match-ros-installed: $(VENV)/.interfaces-installed setup.py scripts/exe
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(VENV)/.match-ros-installed
+# Debian data packages (real camera sequences, benchmark photos) where apt-get is there: scripts/install_system_data.sh
+$(VENV)/.system-data-installed: scripts/install_system_data.sh | $(VENV)/.deps-installed
+	scripts/install_system_data.sh
+	touch $@
+
+install: $(VENV)/.match-ros-installed $(VENV)/.system-data-installed
 
 demo: install
 	$(VENV)/bin/match_ros_demo
