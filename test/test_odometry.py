@@ -49,8 +49,10 @@ def room():
 @pytest.mark.slow
 def test_rgbd_odometry_drift_on_a_rendered_room(room):
     """90 frames (1.5 m) of the room orbit, every frame, xfeat_lighterglue: measured 0.37 % drift at the end (0.74 %
-    at most) with the window refinement and adjustment, 2.7 % from chaining alone (ATE 4.6 vs 30 mm). With
-    orb_teblid the window does not help (120 frames: 1.3 % with it, 0.7 % without; ORB's keypoints are noisier)."""
+    at most) with the window refinement and adjustment, 2.7 % from chaining alone (ATE 4.6 vs 30 mm) with a new
+    keyframe at inliers / keypoints < 0.35; with the share of the keyframe's reference support (fewer keyframes,
+    fewer chained links) ATE 4.7 vs 8.2 mm. With orb_teblid the window does not help (120 frames: 1.3 % with it,
+    0.7 % without; ORB's keypoints are noisier)."""
     matcher = build_matcher("xfeat_lighterglue")
     frames = [room[i] for i in range(90)]
     with_window = run_sequence(frames, room.camera.K, matcher, progress=False)
@@ -59,7 +61,7 @@ def test_rgbd_odometry_drift_on_a_rendered_room(room):
     assert with_window["rot_err_end_deg"] < 1.0
     assert with_window["within_3sigma"] >= 0.8  # the published covariance covers the error
     chain_only = run_sequence(frames, room.camera.K, matcher, {"window_keyframes": 0}, progress=False)
-    assert with_window["ate_rmse_m"] < 0.5 * chain_only["ate_rmse_m"]
+    assert with_window["ate_rmse_m"] < 0.7 * chain_only["ate_rmse_m"]
 
 
 def test_odom_starts_at_the_given_pose_in_body_axes(room):
@@ -109,7 +111,9 @@ def test_a_blank_frame_is_lost_then_tracking_resumes(room):
     assert not r.lost
     m = trajectory_metrics([vo.initial_pose, r.T_odom_cam], [room[0].T_world_cam, room[10].T_world_cam])
     # back on the true trajectory: the blank frame did not become a keyframe, the next frames match the old one
-    assert m["ate_rmse_m"] < 0.01
+    # (measured 7 mm with frame 10 placed on keyframe 0, 10 mm with frame 8 a keyframe between them; a blank
+    # keyframe would put it metres off)
+    assert m["ate_rmse_m"] < 0.015
 
 
 def test_window_adjustment_recovers_exact_keyframe_poses():

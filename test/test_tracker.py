@@ -34,7 +34,8 @@ def seq():
 
 def test_first_frame_is_keyframe_then_frames_match_it(seq):
     m = CountingMatcher()
-    tracker = KeyframeTracker(m, KeyframeSelector({"min_tracked_ratio": 0.0, "min_inliers": 0}))
+    never = {"min_tracked_share": 0.0, "min_tracked_ratio": 0.0, "min_inliers": 0}  # no switch on tracking
+    tracker = KeyframeTracker(m, KeyframeSelector(never))
     first = tracker.process(Frame(seq[0].rgb, seq[0].stamp_ns, "cam", seq.camera.K))
     assert first.is_keyframe and len(first.matches) == 0 and not first.pose.valid and first.keyframe.id == 0
     for i in (2, 4, 6):
