@@ -18,6 +18,13 @@ allows. Two failure modes are common between video frames and both are handled h
   translation only when the median parallax reaches ``min_parallax_deg`` and no other candidate
   motion explains ``ambiguity_ratio`` of its support; otherwise a rotation-only model is fitted
   and published as such when it explains the matches, else the pose is invalid, with the reason.
+- *A moving object.* A camera that stands still (or only turns) while something in view moves: the object's
+  coherent parallax and the static background fit one essential matrix, a translation the camera never made.
+  When a pure rotation explains most of the pose's matches all over the image, or the matches that need the
+  translation form one compact cluster, the pose is rotation-only (``_moving_object``).
+
+The kept motion is the best-supported candidate by the same count the ambiguity test uses (a point whose rays
+are near-parallel under both motions counts for both), so a full pose never has a rival that explains more.
 """
 from __future__ import annotations
 
