@@ -1,4 +1,5 @@
-"""match_ros_bench_reloc: the relocalization benchmark behind docs/relocalization.md's tables (a command, not a timed test).
+"""match_ros_bench_reloc: the relocalization benchmark behind docs/relocalization.md's tables (a command, not a
+timed test).
 
 1. Accuracy and time per scene (rendered mapping run with depth, query run every --stride frames, offline through
    the core localizer, none dropped): changed-day queries on every scene, classic queries ("the easy scenes"),
