@@ -247,3 +247,27 @@ def test_odometry_prior_and_a_time_jump(office, matcher):
     assert np.allclose(tracker.T_map_odom, np.linalg.inv(T_odom_map), atol=0.05)
     r = tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns - 10**9)
     assert "reset" in r.stats and r.stats["prior"] == "none" and tracker.T_map_odom is None
+
+
+def test_a_global_fix_that_contradicts_the_odometry_waits_for_a_second(office, matcher):
+    """A wrong global fix taken as map -> odom would steer every later frame (tracked from a confirmed prior). A
+    global fix 2 m from the odometry's prediction (here the odometry jumped) is held back; the next fix that
+    implies the same map -> odom is accepted and the state follows it."""
+    m, q, _ = office
+    sharp = [i for i in range(40, 160) if q.blur[i] is None]
+    tracker = ContinuousLocalizer(Localizer(m, matcher))
+    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
+    f0 = q[sharp[0]]
+    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    jumped = make_T(np.eye(3), [2.0, 0.0, 0.0]) @ T_odom_map  # the odometry jumps 2 m
+    results = []
+    for i in sharp[3:12:3]:
+        f = q[i]
+        results.append((tracker.localize(f.rgb, q.camera.K, f.stamp_ns, jumped @ f.T_world_cam), f))
+    first, f1 = results[0]
+    assert not first.success and "held back" in first.reason, first.reason
+    accepted = [(r, f) for r, f in results[1:] if r.success]
+    assert accepted, [r.reason for r, _ in results]
+    r, f = accepted[0]
+    assert errors(r.T_map_cam, f.T_world_cam)[0] < 0.05
+    assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)

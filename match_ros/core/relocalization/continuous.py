@@ -9,6 +9,10 @@ Each frame is tracked from the strongest prior there is, and says which one it u
    since), so the search radius grows with its age and the tracked pose must be confirmed by the retrieval
    short-list (``Localizer.localize(prior_confirmed=False)``);
 4. ``none``: the whole map is searched (global relocalization), as when tracking fails.
+A global fix that contradicts the odometry's prediction (beyond the localizer's ``max_prior_deviation_*``) is not
+trusted on its own: either the fix is wrong (repeated structure) or the odometry jumped, and a wrong map -> odom
+would steer every later frame (tracked from a prior that counts as confirmed). It is held back and accepted when
+the next such fix agrees with it (same map -> odom within ``same_place_*``).
 A frame whose stamp is older than the last one's (a bag restarted, the clock reset) clears the state first.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.geometry.transforms import invert
+from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
 
 continuous_spec = {
@@ -51,6 +55,7 @@ class ContinuousLocalizer:
         self.last_stamp_ns: Optional[int] = None
         self.fail_streak = 0
         self._initial: Optional[np.ndarray] = None
+        self._pending_map_odom: Optional[np.ndarray] = None  # a contradicting fix's map -> odom, awaiting a second
 
     def set_initial_pose(self, T_map_cam: np.ndarray) -> None:
         """A camera pose in the map to track the next frame from (a guess: confirmed before it is trusted)."""
@@ -59,6 +64,25 @@ class ContinuousLocalizer:
     @property
     def lost(self) -> bool:
         return self.fail_streak >= self.conf["lost_after"]
+
+    def _check_against_odometry(self, result: LocalizationResult, predicted: np.ndarray, T_odom_cam: np.ndarray):
+        """A global fix where the odometry predicted ``predicted``: refused when they disagree, unless the previous
+        contradicting fix gave the same map -> odom (then the odometry, or the map -> odom, was what had jumped)."""
+        c = self.localizer.conf
+        dt = float(np.linalg.norm(result.T_map_cam[:3, 3] - predicted[:3, 3]))
+        dr = rotation_error_deg(result.T_map_cam[:3, :3], predicted[:3, :3])
+        if dt <= c["max_prior_deviation_m"] and dr <= c["max_prior_deviation_deg"]:
+            self._pending_map_odom = None
+            return
+        implied = result.T_map_cam @ invert(T_odom_cam)
+        pending, self._pending_map_odom = self._pending_map_odom, implied
+        if pending is not None and self.localizer._same_place(pending, implied):
+            self._pending_map_odom = None
+            result.stats["odometry_jump"] = f"{dt:.2f} m / {dr:.1f} deg, confirmed by a second fix"
+            return
+        result.success, result.covariance = False, np.full((6, 6), np.nan)
+        result.reason = (f"global fix {dt:.2f} m / {dr:.1f} deg from the odometry's prediction: held back until "
+                         f"a second fix agrees (a wrong fix here would steer every later frame)")
 
     def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray]) -> tuple:
         """(T_map_cam or None, source in PRIORS, age [s], confirmed) for a frame at ``stamp_ns`` whose odometry
@@ -88,6 +112,8 @@ class ContinuousLocalizer:
         self._initial = None
         result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed)
         result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
+        if result.success and source == "odometry" and result.mode == "global":
+            self._check_against_odometry(result, prior, T_odom_cam)
         if reset:
             result.stats["reset"] = "the stamp jumped back: tracking state cleared"
         if not result.success:
