@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import make_conf
+from match_ros.core.geometry.transforms import rotation_error_deg
 from match_ros.core.geometry.two_view import RelativePose, estimate_relative_pose, pose_spec
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
 from match_ros.core.features.matcher import Matcher
@@ -130,8 +131,9 @@ class KeyframeTracker:
         # tracking support: geometric inliers, or raw matches when there is no calibration
         n_support = pose.num_inliers if calibrated else len(matches)
         kf.reference_support = max(kf.reference_support, n_support)
+        turned = rotation_error_deg(pose.T_ref_query[:3, :3], np.eye(3)) if pose.valid else 0.0
         decision = self.selector.decide(n_support, len(kf.features), pose.parallax_deg,
-                                        (frame.stamp_ns - kf.stamp_ns) * 1e-9, kf.reference_support)
+                                        (frame.stamp_ns - kf.stamp_ns) * 1e-9, kf.reference_support, turned)
         result = TrackResult(query_id, kf, len(feats), matches, pts_ref, pts_query, pose,
                              decision.new_keyframe, decision.reason, timings, feats)
         if decision.new_keyframe:
