@@ -87,7 +87,7 @@ def test_touching_planes_show_different_photos():
 
 
 def test_seed_split_is_fixed_and_disjoint():
-    assert TUNE_SEEDS == tuple(range(100, 110)) and REPORT_SEEDS == tuple(range(1000, 1012))
+    assert TUNE_SEEDS == tuple(range(100, 110)) and REPORT_SEEDS == tuple(range(2000, 2012))
     assert not set(TUNE_SEEDS) & set(REPORT_SEEDS)
     fresh = {fresh_seed() for _ in range(5)}
     assert len(fresh) == 5 and min(fresh) >= 10 ** 6 and not fresh & set(TUNE_SEEDS + REPORT_SEEDS)
