@@ -91,7 +91,7 @@ def test_seed_split_is_fixed_and_disjoint():
     assert not set(TUNE_SEEDS) & set(REPORT_SEEDS)
     fresh = {fresh_seed() for _ in range(5)}
     assert len(fresh) == 5 and min(fresh) >= 10 ** 6 and not fresh & set(TUNE_SEEDS + REPORT_SEEDS)
-    assert [seed_split(s) for s in (100, 1011, 10 ** 6, 5)] == ["tune", "report", "fresh", "other"]
+    assert [seed_split(s) for s in (100, 2011, 1011, 10 ** 6, 5)] == ["tune", "report", "tune", "fresh", "other"]
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "3", True, None])
