@@ -35,7 +35,7 @@ ODOMETRY = ("drift", "none", "delayed")
 
 def odometry_arrives(rng: np.random.Generator, delay_s: float, wait_s: float) -> bool:
     """Does the odometry at a frame's stamp arrive within ``wait_s`` of the image (the time the node holds a frame
-    for it, ``tf_timeout_s``), when it comes ``delay_s`` late on average (latency drawn in [0.5, 1.5] x delay_s)."""
+    for it, ``odom_wait_s``), when it comes ``delay_s`` late on average (latency drawn in [0.5, 1.5] x delay_s)."""
     return bool(delay_s * rng.uniform(0.5, 1.5) <= wait_s)
 
 
@@ -43,13 +43,12 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
                 localizer_conf: dict | None = None, pnp_conf: dict | None = None, gt_topic: str = "auto",
                 image_topic: str = "auto", info_topic: str = "auto", device: str = "auto",
                 progress: bool = True, odometry: str = "drift", odom_delay_s: float = 0.3, odom_wait_s: float = 0.5,
-                continuous_conf: dict | None = None, K_scale: float = 1.0) -> list:
+                continuous_conf: dict | None = None) -> list:
     """Relocalize every ``stride``-th query frame with a ground-truth pose; returns [QueryRecord].
 
     Continuous mode runs ``ContinuousLocalizer`` (the node's state) with the query bag's odometry (odom -> camera
     on /tf): ``drift`` as recorded, ``none`` ignored, ``delayed`` each message ``odom_delay_s`` late on average
-    and used only when it arrives within ``odom_wait_s`` (the node's wait). K_scale multiplies the focal lengths
-    of the camera_info (a wrong calibration)."""
+    and used only when it arrives within ``odom_wait_s`` (the node's wait)."""
     from tqdm import tqdm
 
     from match_ros.core.device import resolve_device
@@ -80,15 +79,12 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
             continue
         arrived = odometry == "drift" or (odometry == "delayed"
                                           and odometry_arrives(latency, odom_delay_s, odom_wait_s))
-        K = f.K.copy()
-        K[0, 0] *= K_scale
-        K[1, 1] *= K_scale
         T_odom_cam = f.T_odom_cam if arrived else None
         t0 = time.perf_counter()
         if mode == "continuous":
-            r = tracker.localize(f.image, K, f.stamp_ns, T_odom_cam)
+            r = tracker.localize(f.image, f.K, f.stamp_ns, T_odom_cam)
         else:
-            r = loc.localize(f.image, K)
+            r = loc.localize(f.image, f.K)
         ms = 1e3 * (time.perf_counter() - t0)
         size = (f.image.shape[1], f.image.shape[0])
         hits = [keyframe_sees_view(m[k], f.T_map_cam, f.K, size) for k, _ in r.retrieved[:10]]

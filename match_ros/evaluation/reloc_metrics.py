@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 
+from match_ros.core.geometry.absolute_pose import pose_difference, pose_sigmas
 from match_ros.core.geometry.camera import project, transform_points
 from match_ros.core.geometry.transforms import invert, rotation_error_deg
 
@@ -53,10 +53,9 @@ class QueryRecord:
 
 
 def pose_error_vector(T_est: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
-    """[6] error in the covariance's parameters (geometry_msgs/PoseWithCovariance as ``pose_covariance``):
-    translation in the map frame, then the small rotation about the map axes taking the truth to the estimate."""
-    dR = T_est[:3, :3] @ T_gt[:3, :3].T
-    return np.r_[T_est[:3, 3] - T_gt[:3, 3], cv2.Rodrigues(dR)[0].ravel()]
+    """[6] error in the covariance's parameters (``pose_difference``): translation in the map frame, then the small
+    rotation about the map axes taking the truth to the estimate."""
+    return pose_difference(T_est, T_gt)
 
 
 def nees(T_est: np.ndarray, T_gt: np.ndarray, cov: np.ndarray) -> tuple[float, float, float]:
@@ -75,7 +74,7 @@ def position_sigma_m(cov: np.ndarray) -> float:
     """Largest 1-sigma position uncertainty [m] of a [6 x 6] pose covariance (inf when not finite)."""
     if cov is None or not np.all(np.isfinite(cov)):
         return float("inf")
-    return float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0)))
+    return pose_sigmas(cov)[0]
 
 
 def integrity_failure(r: "QueryRecord") -> bool:

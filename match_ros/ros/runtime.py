@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from match_ros.core.geometry.camera import calibration_change, calibration_per_width
 from match_ros.core.config import Param
 from match_ros.ros import codec
 from match_ros.ros.latest import LatestSlot
@@ -56,16 +57,6 @@ camera_input_spec = {
     "max_depth_m": Param(50.0, "Depth above this is invalid", "m", 0.01, 100000.0),
     "depth_wait_s": Param(0.2, "How long a frame waits for the depth image with its stamp", "s", 0.0, 10.0),
 }
-
-
-def calibration_change(K_old, size_old, K_new, size_new) -> float:
-    """Largest relative change of (fx, fy, cx, cy) per pixel of image width between two calibrations (the
-    principal point relative to the focal length); 0 when there is no old one."""
-    if K_old is None or not size_old or not size_old[0] or not size_new[0]:
-        return 0.0
-    a = np.array([K_old[0, 0], K_old[1, 1], K_old[0, 2], K_old[1, 2]]) / size_old[0]
-    b = np.array([K_new[0, 0], K_new[1, 1], K_new[0, 2], K_new[1, 2]]) / size_new[0]
-    return float(np.max(np.abs(b - a) / np.array([a[0], a[1], a[0], a[0]])))
 
 
 def image_qos(name: str):
@@ -231,7 +222,10 @@ class CameraInput:
             self.errors("camera_info", str(e))
             return
         size = (int(msg.width), int(msg.height))
-        change = calibration_change(self.K, self.info_size, K, size)
+        change = 0.0  # against the calibration in use (per pixel of width: another resolution is no change)
+        if self.K is not None and self.info_size and self.info_size[0] and size[0]:
+            change = float(np.max(calibration_change(calibration_per_width(self.K, self.info_size[0]),
+                                                     calibration_per_width(K, size[0]))))
         tol = float(self.conf["max_calibration_change"])
         if tol > 0 and change > tol:
             self.errors("camera_info", f"calibration changed by {100 * change:.0f} % (> {100 * tol:.0f} %, "

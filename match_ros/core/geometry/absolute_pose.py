@@ -144,6 +144,19 @@ def pose_covariance(T_map_frame: np.ndarray, X_map: np.ndarray, x_img: np.ndarra
         return np.full((6, 6), np.nan)
 
 
+def pose_difference(T_a: np.ndarray, T_b: np.ndarray) -> np.ndarray:
+    """[6] T_a - T_b in the parameters of ``pose_covariance`` (geometry_msgs/PoseWithCovariance): the translation
+    difference in the parent frame, then the rotation vector of R_a R_b^T (about the parent's axes)."""
+    dR = T_a[:3, :3] @ T_b[:3, :3].T
+    return np.r_[T_a[:3, 3] - T_b[:3, 3], cv2.Rodrigues(dR)[0].ravel()]
+
+
+def pose_sigmas(cov: np.ndarray) -> tuple[float, float]:
+    """(largest 1-sigma position [m], largest 1-sigma rotation [deg]) of a [6 x 6] pose covariance."""
+    return (float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))),
+            float(np.degrees(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[3:, 3:])), 0.0)))))
+
+
 def cell_weights(x_img: np.ndarray, cell_px: float) -> np.ndarray:
     """[N] weights 1 / (correspondences in the same ``cell_px`` square of the image): the pixel errors of
     neighbouring matches are correlated (blur, the same texture patch, one map point's error seen by several

@@ -70,3 +70,17 @@ def depth_at(depth: np.ndarray, pts: np.ndarray, min_depth: float = 0.05, max_de
         z = 1.0 / np.sum(wts / d, axis=1)
     out[ok] = z[ok]
     return out
+
+
+CALIBRATION_NAMES = ("fx", "fy", "cx", "cy")
+
+
+def calibration_per_width(K: np.ndarray, width: float) -> np.ndarray:
+    """[4] (fx, fy, cx, cy) / image width: the same camera at another resolution gives the same vector."""
+    return np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], np.float64) / float(width)
+
+
+def calibration_change(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """[4] relative change of ``calibration_per_width`` vectors from ``reference`` to ``other`` (fx, fy relative to
+    themselves, the principal point relative to the focal length fx)."""
+    return np.abs(other - reference) / np.array([reference[0], reference[1], reference[0], reference[0]])

@@ -41,8 +41,8 @@ from match_ros.core.features.matcher import Matcher
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, pnp_spec, pose_covariance,
-                                                   reprojection_errors, solve_pnp)
-from match_ros.core.geometry.camera import check_K
+                                                   pose_difference, pose_sigmas, reprojection_errors, solve_pnp)
+from match_ros.core.geometry.camera import CALIBRATION_NAMES, calibration_change, calibration_per_width, check_K
 from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
 from match_ros.core.relocalization.guided import MapPoints, guided_matches, similarity_vectors
 from match_ros.core.relocalization.mapstore import Map, MapKeyframe
@@ -191,9 +191,9 @@ class Localizer:
             ids = list(map_.keyframes)
             self._kf_ids = np.array(ids, np.int64)
             self._kf_pos = np.stack([map_[i].T_world_cam[:3, 3] for i in ids])
-            # the map's calibration per pixel of width: (fx, fy, cx, cy) / width, median over keyframes
-            self._map_calibration = np.median([np.array([kf.K[0, 0], kf.K[1, 1], kf.K[0, 2], kf.K[1, 2]])
-                                               / kf.image_size[0] for kf in map_], axis=0)
+            # the map's calibration per pixel of width, median over keyframes
+            self._map_calibration = np.median([calibration_per_width(kf.K, kf.image_size[0]) for kf in map_],
+                                              axis=0)
             if self.conf["retrieval"] == "bow":
                 map_.bow_index  # noqa: B018  (vocabulary and index built now, not in the first query)
 
@@ -369,14 +369,12 @@ class Localizer:
         tol = float(self.conf["max_calibration_change"])
         if tol <= 0 or self.map is None or not len(self.map):
             return ""
-        q = np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]) / size[0]
-        m = self._map_calibration
-        change = np.abs(q - m) / np.array([m[0], m[1], m[0], m[0]])  # principal point relative to the focal length
+        q, m = calibration_per_width(K, size[0]), self._map_calibration
+        change = calibration_change(m, q)
         if np.max(change) <= tol:
             return ""
-        names = ("fx", "fy", "cx", "cy")
         i = int(np.argmax(change))
-        return (f"calibration differs from the map's: {names[i]} {q[i] * size[0]:.1f} px against "
+        return (f"calibration differs from the map's: {CALIBRATION_NAMES[i]} {q[i] * size[0]:.1f} px against "
                 f"{m[i] * size[0]:.1f} px at this resolution ({100 * change[i]:.0f} % > {100 * tol:.0f} %): a wrong "
                 f"camera_info, or another camera (localizer.max_calibration_change)")
 
@@ -498,11 +496,11 @@ class Localizer:
                 disagreement = self._disagreement(T, X[inl], x[inl], q.K, sigma, kf_of[inl])
                 cov = cov * max(1.0, disagreement / 6.0)  # parts disagreeing within their sigma: the pose less sure
         finite = cov is not None and np.all(np.isfinite(cov))
-        pos_sigma, rot_sigma = _sigmas(geometry) if finite else (float("inf"), float("inf"))
+        pos_sigma, rot_sigma = pose_sigmas(geometry) if finite else (float("inf"), float("inf"))
+        published = pose_sigmas(cov) if finite else (float("inf"), float("inf"))
         out = LocalizationResult(False, T, num_inliers=n, rmse_px=rmse, mode=mode, support=support,
                                  stats={"guided": len(gm), "projected": gm.projected,
-                                        "position_sigma_m": _sigmas(cov)[0] if finite else float("inf"),
-                                        "rotation_sigma_deg": _sigmas(cov)[1] if finite else float("inf"),
+                                        "position_sigma_m": published[0], "rotation_sigma_deg": published[1],
                                         "supporting_keyframes": len(strong), "disagreement_chi2": disagreement})
         if n < pc["min_inliers"]:
             out.reason = f"{n} inliers < {pc['min_inliers']}"
@@ -566,8 +564,7 @@ class Localizer:
             covs.append(cov)
         if not all(np.all(np.isfinite(cv)) for cv in covs):
             return 0.0
-        dR = poses[0][:3, :3] @ poses[1][:3, :3].T
-        d = np.r_[poses[0][:3, 3] - poses[1][:3, 3], cv2.Rodrigues(dR)[0].ravel()]
+        d = pose_difference(poses[0], poses[1])
         try:
             return float(d @ np.linalg.solve(covs[0] + covs[1], d))
         except np.linalg.LinAlgError:
@@ -642,12 +639,6 @@ class Localizer:
                                                   np.repeat(kf.T_world_cam[None, :3, 3], len(idx), axis=0),
                                                   desc if desc.dtype == np.uint8 else None)
         return pts
-
-
-def _sigmas(cov: np.ndarray) -> tuple[float, float]:
-    """(largest 1-sigma position [m], largest 1-sigma rotation [deg]) of a [6 x 6] pose covariance."""
-    return (float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))),
-            float(np.degrees(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[3:, 3:])), 0.0)))))
 
 
 class _Query:
