@@ -258,10 +258,10 @@ def test_frames_lost_before_the_node_are_counted_and_reported():
 
     from match_ros.core.config import defaults
     from match_ros.evaluation.bench_transport import _PUBLISHER
-    from match_ros.evaluation.graph import confine_to_loopback
+    from match_ros.evaluation.graph import confine_to_loopback, free_domain_id
     from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
 
-    confine_to_loopback(86)
+    confine_to_loopback(free_domain_id())
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DEFAULT_PROFILES_FILE")}
     pub = subprocess.Popen([sys.executable, "-c", _PUBLISHER, "30", "3", "best_effort"], env=env,
                            stdout=subprocess.PIPE)

@@ -53,7 +53,8 @@ class KeyframeMatcherNode(Node):
         self.worker = Worker(self._process, self.errors, "keyframe_matcher_worker")
         self.matcher, _ = self.worker.call(warm_matcher, p)  # all inference in the worker thread
         self.tracker = KeyframeTracker(self.matcher, KeyframeSelector(kf_conf), pose_conf)
-        self.processed = self.keyframes = self.rotation_only = self.no_pose = 0
+        self.processed = self.keyframes = self.rotation_only = self.no_pose = self.time_resets = 0
+        self._last_stamp = None  # of the last frame processed [ns]
         self.rate = RateMeter()
         self.stage_ms: dict = {}
         self.pub_corr = self.create_publisher(CorrespondenceSet, "~/correspondences", 10)
@@ -70,6 +71,13 @@ class KeyframeMatcherNode(Node):
         frame = self.input.frame(item)
         if frame is None:
             return
+        stamp = conv.stamp_to_ns(frame.header.stamp)
+        if self._last_stamp is not None and stamp < self._last_stamp:  # a bag restarted, /clock jumped back
+            self.get_logger().warning(f"image stamp jumped back {(self._last_stamp - stamp) * 1e-9:.3f} s: keyframe "
+                                      "reset, this frame starts a new one")
+            self.tracker.reset()
+            self.time_resets += 1
+        self._last_stamp = stamp
         t0 = time.monotonic()
         result = self.tracker.process(Frame(frame.image, conv.stamp_to_ns(frame.header.stamp), frame.header.frame_id,
                                             frame.K, frame.depth))
@@ -93,7 +101,7 @@ class KeyframeMatcherNode(Node):
 
     def _diagnostic_status(self):
         values = {"processed": self.processed, "keyframes": self.keyframes,
-                  "rotation_only_poses": self.rotation_only, "no_pose": self.no_pose,
+                  "rotation_only_poses": self.rotation_only, "no_pose": self.no_pose, "time_resets": self.time_resets,
                   **input_values(self.input, self.worker, self.errors), **self.rate.values(),
                   **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()}}
         if self.input.K is None and self.input.received:

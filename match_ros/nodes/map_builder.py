@@ -15,8 +15,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
-from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -32,12 +30,16 @@ from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, input_problem,
                                    input_values, log_outcome, matcher_spec, run_node, steady_clock, warm_matcher)
-from match_ros.ros.tf_buffer import TfListener, TfLookupError
+from match_ros.ros.services import MapFolder, map_folder_spec
+from match_ros.ros.tf_buffer import TfBuffer, TfListener, TfLookupError, wait_for
 from match_ros.srv import SaveMap
 
 NODE_NAME = "map_builder"
+POSE_TOPIC_FRAME = "pose_source"  # child frame under which poses from the pose topic are kept
 node_spec = {
-    "map_path": Param("", "Where ~/save_map, autosaves and the shutdown save write the map"),
+    "map_path": Param("", "Where ~/save_map, autosaves and the shutdown save write the map (relative: in "
+                      "map_directory)"),
+    **map_folder_spec,
     **matcher_spec("Local features of the map (the relocalizer must use the same)", "Keypoints per keyframe",
                    cpu_bf16=False),
     "use_depth": Param(False, "Use aligned depth (32FC1 m / 16UC1 mm) for 3D points; otherwise triangulate",
@@ -45,7 +47,8 @@ node_spec = {
     "pose_source": Param("tf", "'tf' (look up map_frame <- image frame) or the name of a PoseStamped topic with the "
                          "camera optical frame's pose", read_only=True),
     "map_frame": Param("map", "Frame of the camera poses and of the map"),
-    "tf_timeout_s": Param(0.2, "Wait for the pose transform at the image stamp", "s", 0.0, 5.0),
+    "tf_timeout_s": Param(0.2, "Wait for the camera pose at the image stamp (transform, or poses on pose_source "
+                          "around it: interpolated between the two either side)", "s", 0.0, 5.0),
     "save_on_shutdown": Param(True, "Save the map to map_path at shutdown"),
     "autosave_period_s": Param(60.0, "Save the map to map_path this often while mapping (0: never)", "s", 0.0,
                                86400.0),
@@ -72,32 +75,40 @@ class MapBuilderNode(Node):
         self._saved_keyframes, self._last_save = 0, time.monotonic()
         self._written: set = set()  # absolute paths this node saved a map to (it may replace those)
         self.failure = ""  # why the last failed save failed
-        self._poses: deque = deque(maxlen=200)
+        self.maps = MapFolder(p)
         self.tf = TfListener(self) if p["pose_source"] == "tf" else None
+        self._poses = TfBuffer(cache_time_s=10.0) if self.tf is None else None  # poses on pose_source
         if self.tf is None:
-            self.create_subscription(PoseStamped, p["pose_source"], lambda m: self._poses.append(
-                (conv.stamp_to_ns(m.header.stamp), conv.pose_to_matrix(m.pose))), 50)
+            self.create_subscription(PoseStamped, p["pose_source"], self._on_pose, 50,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
         self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
         self.diagnostics = Diagnostics(self, "mapping", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)
-        if p["map_path"] and Path(p["map_path"]).expanduser().exists() and not p["overwrite_map"]:
+        if p["map_path"] and self.maps.resolve(p["map_path"]).exists() and not p["overwrite_map"]:
             self.get_logger().warning(f"map_path {p['map_path']} exists: this node will not replace it (parameter "
                                       "overwrite_map is false), so its saves there will fail")
 
+    def _on_pose(self, msg) -> None:
+        try:
+            self._poses.set_transform(self.p["map_frame"], POSE_TOPIC_FRAME, conv.stamp_to_ns(msg.header.stamp),
+                                      conv.pose_to_matrix(msg.pose))
+        except ValueError as e:
+            self.errors("pose", f"pose on {self.p['pose_source']} ignored: {e}")
+
     def _pose_at(self, header):
+        """The camera's pose at the image stamp, waited for up to tf_timeout_s (as poses arrive after images)."""
         stamp = conv.stamp_to_ns(header.stamp)
-        if self.tf is not None:
-            try:
+        try:
+            if self.tf is not None:
                 return self.tf.lookup(self.p["map_frame"], header.frame_id, stamp, timeout_s=self.p["tf_timeout_s"])
-            except (TfLookupError, ValueError) as e:
-                self.errors("pose", f"no pose for the image: {e}")
-                return None
-        pose = next((T for s, T in reversed(self._poses) if s == stamp), None)
-        if pose is None:
-            self.errors("pose", f"no pose on {self.p['pose_source']} with the image stamp")
-        return pose
+            return wait_for(lambda: self._poses.lookup(self.p["map_frame"], POSE_TOPIC_FRAME, stamp),
+                            self.p["tf_timeout_s"])
+        except (TfLookupError, ValueError) as e:
+            source = "" if self.tf is not None else f" on {self.p['pose_source']}"
+            self.errors("pose", f"no pose{source} for the image: {e}")
+            return None
 
     @staticmethod
     def _make_builder(p: dict, conf: dict) -> MapBuilder:
@@ -131,12 +142,12 @@ class MapBuilderNode(Node):
         with self._lock:
             if self.builder.map is None:
                 return False, "the map is empty: no keyframe yet"
-            target = Path(path).expanduser().absolute()
+            target = self.maps.resolve(path).absolute()
             if target.exists() and target not in self._written and not self.p["overwrite_map"]:
                 return self._failed(f"{target} exists and was not written by this node in this run; it is kept (set "
                                     "parameter overwrite_map to true to replace it, or save elsewhere)")
             try:
-                target = check_save_path(target)
+                target = check_save_path(self.maps.for_save(path))
                 self.builder.build().save(target, with_vocabulary=with_vocabulary)
             except (MapError, OSError) as e:
                 return self._failed(f"previous file untouched: {e}")
@@ -144,7 +155,7 @@ class MapBuilderNode(Node):
             self._written.add(target)
         self.saves["saved"] += 1
         self._saved_keyframes, self._last_save = n, time.monotonic()
-        self.saves["last"] = f"saved {n} keyframes to {path}"
+        self.saves["last"] = f"saved {n} keyframes to {target}"
         return True, self.saves["last"]
 
     def _failed(self, reason: str) -> tuple[bool, str]:

@@ -21,7 +21,8 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.parameter import Parameter
 from rclpy.node import Node
 from std_msgs.msg import Header
 
@@ -37,14 +38,18 @@ from match_ros.ros import conversions as conv
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
                                    input_problem, input_values, log_outcome, matcher_spec, run_node, warm_matcher)
+from match_ros.ros.services import Answer, MapFolder, PendingCalls, map_folder_spec
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import LoadMap, Relocalize, SaveMap
 
 NODE_NAME = "relocalizer"
 MAX_SERVICE_TIMEOUT_S = 10.0
+MAX_WAITING_CALLS = 12  # ~/relocalize calls waiting at once (each waits in an executor thread of its own)
 node_spec = {
-    "map_path": Param("", "Map file loaded at start and by parameter changes (empty: start without a map)"),
+    "map_path": Param("", "Map file loaded at start and by parameter changes (relative: in map_directory; empty: "
+                      "start without a map); follows ~/load_map"),
+    **map_folder_spec,
     **matcher_spec("Matching backend; the map must have been built with it",
                    "Keypoints per query image; must equal the map's", cpu_bf16=False),
     "mode": Param("continuous", "continuous: localize the camera stream; on_request: only on ~/relocalize",
@@ -85,10 +90,13 @@ class RelocalizerNode(Node):
         self.localizer = Localizer(None, self.matcher, None, loc_conf, pnp_conf)
         self.tracker = ContinuousLocalizer(self.localizer, {k: p[k] for k in continuous_spec})
         self.map = None
-        self._lock = threading.Lock()  # map, localizer, tracker, requests, initial pose: worker vs callbacks
+        self._lock = threading.Lock()  # map, localizer, tracker, initial pose: worker vs callbacks
+        self.calls = PendingCalls(MAX_WAITING_CALLS)  # ~/relocalize calls waiting for the next image
+        self.maps = MapFolder(p)
         self.counts = {"queries": 0, "accepted": 0, "tracked": 0, "rejected": 0}
         self.last_status, self._initial_pose = "no query yet", None
-        self._warned_base, self._requests, self._last_query = False, [], 0.0
+        self._warned_base, self._last_query = False, 0.0
+        self._map_file = None  # absolute path of the loaded map
         self.rate = RateMeter()
         if p["map_path"]:
             ok, text = self._load(p["map_path"])
@@ -100,14 +108,15 @@ class RelocalizerNode(Node):
         self.tf_listener = TfListener(self)
         self.input = CameraInput(self, p, self.worker.put, self.errors)
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
-        for srv, name, cb in ((Relocalize, "~/relocalize", self._srv_relocalize), (SaveMap, "~/save_map",
-                              self._srv_save), (LoadMap, "~/load_map", self._srv_load)):
+        self.create_service(Relocalize, "~/relocalize", self._srv_relocalize, callback_group=ReentrantCallbackGroup())
+        for srv, name, cb in ((SaveMap, "~/save_map", self._srv_save), (LoadMap, "~/load_map", self._srv_load)):
             self.create_service(srv, name, cb, callback_group=MutuallyExclusiveCallbackGroup())
         self.diagnostics = Diagnostics(self, "relocalization", p["matcher"], self._diagnostic_status)
         ParameterUpdates(self, groups, self._apply_parameters)
 
     # ------------------------------------------------------------ map
     def _load(self, path: str) -> tuple[bool, str]:
+        path = self.maps.resolve(path)
         try:
             new_map = Map.load(path, self._identity)
         except (MapError, OSError) as e:
@@ -115,6 +124,7 @@ class RelocalizerNode(Node):
         if not len(new_map):
             return False, f"map not loaded: {path} has no keyframes"
         self.worker.call(self._install_map, new_map)  # between two frames, in the thread that runs the models
+        self._map_file = str(path)
         return True, f"map {path} loaded: {len(new_map)} keyframes"
 
     def _install_map(self, new_map: Map) -> None:
@@ -129,8 +139,8 @@ class RelocalizerNode(Node):
         res.success, res.message = self._load(req.path)
         res.num_keyframes = len(self.map) if res.success else 0
         log_outcome(self, res.success, res.message)
-        if res.success:
-            self.p["map_path"] = req.path
+        if res.success:  # the parameter follows (its callback sees the map is loaded already)
+            self.set_parameters([Parameter("map_path", value=self._map_file)])
         return res
 
     def _srv_save(self, req, res):
@@ -138,7 +148,7 @@ class RelocalizerNode(Node):
         res.success, res.message = False, "no map loaded" if self.map is None else "no path given"
         if self.map is not None and path:
             try:
-                check_save_path(path)
+                path = check_save_path(self.maps.for_save(path))
                 with self._lock:
                     self.map.save(path)
                 res.success, res.message = True, f"saved {len(self.map)} keyframes to {path}"
@@ -159,24 +169,15 @@ class RelocalizerNode(Node):
     def _srv_relocalize(self, req, res):
         timeout = req.timeout_s if np.isfinite(req.timeout_s) and req.timeout_s > 0 else 2.0
         timeout = min(float(timeout), MAX_SERVICE_TIMEOUT_S)
-        done, holder = threading.Event(), {}
-        with self._lock:
-            self._requests.append((done, holder))
-        if not done.wait(timeout):
-            with self._lock:
-                if (done, holder) in self._requests:
-                    self._requests.remove((done, holder))
-            res.success, res.message = False, f"no image and solution within {timeout:.1f} s"
-            return res
-        res.success, res.message = holder.get("success", False), holder.get("message", "")
-        if holder.get("pose") is not None:
-            res.pose, res.num_inliers = holder["pose"], holder["num_inliers"]
+        answer = self.calls.wait(timeout, f"no image and solution within {timeout:.1f} s")
+        res.success, res.message = answer.success, answer.message
+        if answer.result is not None:
+            res.pose, res.num_inliers = answer.result, answer.count
         return res
 
     # ------------------------------------------------------------ queries (worker thread)
     def _process(self, item):
-        with self._lock:
-            requests, self._requests = self._requests, []
+        requests = self.calls.take()
         p = self.p
         due = p["mode"] == "continuous" and (p["rate_hz"] <= 0 or time.monotonic() - self._last_query >= 1.0
                                              / p["rate_hz"])
@@ -184,22 +185,20 @@ class RelocalizerNode(Node):
             return
         self._last_query = time.monotonic()
         frame = self.input.frame(item)
-        holder = {"success": False, "message": "", "pose": None}
+        answer = Answer()
         try:
             if frame is not None:
-                self._query(frame, holder, global_only=bool(requests))
+                self._query(frame, answer, global_only=bool(requests))
             else:
-                holder["message"] = "the image could not be used (see /diagnostics)"
+                answer.message = "the image could not be used (see /diagnostics)"
         finally:
-            for done, h in requests:
-                h.update(holder)
-                done.set()
+            self.calls.answer(requests, answer)
 
-    def _query(self, frame, holder: dict, global_only: bool):
+    def _query(self, frame, answer: Answer, global_only: bool):
         p, header = self.p, frame.header
         if self.map is None or frame.K is None:
-            holder["message"] = "no map loaded" if self.map is None else "no usable camera_info"
-            self._status(header, DiagnosticStatus.ERROR, holder["message"], {})
+            answer.message = "no map loaded" if self.map is None else "no usable camera_info"
+            self._status(header, DiagnosticStatus.ERROR, answer.message, {})
             return
         stamp = conv.stamp_to_ns(header.stamp)
         camera = header.frame_id
@@ -220,8 +219,8 @@ class RelocalizerNode(Node):
         self._publish_correspondences(header, result)
         if not result.success:
             self.counts["rejected"] += 1
-            holder["message"] = f"{'lost' if self.tracker.lost else 'no pose'}: {result.reason}"
-            self._status(header, DiagnosticStatus.WARN, holder["message"], values)
+            answer.message = f"{'lost' if self.tracker.lost else 'no pose'}: {result.reason}"
+            self._status(header, DiagnosticStatus.WARN, answer.message, values)
             return
         self.counts["accepted"] += 1
         self.counts["tracked"] += int(result.mode == "tracking")
@@ -233,9 +232,9 @@ class RelocalizerNode(Node):
         pose = PoseWithCovarianceStamped(header=out)
         pose.pose.pose, pose.pose.covariance = conv.matrix_to_pose(T_map_base), cov.ravel().tolist()
         self.pub_pose.publish(pose)
-        holder.update(success=True, pose=pose, num_inliers=result.num_inliers,
-                      message=f"localized ({result.mode}) with {result.num_inliers} inliers")
-        level, text = DiagnosticStatus.OK, holder["message"]
+        answer.success, answer.result, answer.count = True, pose, result.num_inliers
+        answer.message = f"localized ({result.mode}) with {result.num_inliers} inliers"
+        level, text = DiagnosticStatus.OK, answer.message
         if T_odom_cam is None and p["odom_frame"]:  # it may have come during the query
             T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
             if T_odom_cam is not None:
@@ -309,8 +308,9 @@ class RelocalizerNode(Node):
         return DiagnosticStatus.OK, self.last_status, values
 
     def _apply_parameters(self, changes: dict) -> str:
-        if "" in changes and "map_path" in changes[""] and changes[""]["map_path"]:
-            ok, text = self._load(changes[""]["map_path"])
+        new_path = changes.get("", {}).get("map_path")
+        if new_path and str(self.maps.resolve(new_path)) != self._map_file:
+            ok, text = self._load(new_path)
             if not ok:
                 return text
         self.p.update(changes.get("", {}))
@@ -324,12 +324,16 @@ class RelocalizerNode(Node):
                 self.localizer.pnp_conf = make_conf(pnp_spec, {**self.localizer.pnp_conf, **changes["pnp"]}, "PnP")
         return ""
 
+    def answer_pending(self, message: str) -> None:
+        """Ctrl-C: every ~/relocalize call still waiting gets ``message`` before the node goes (``run_node``)."""
+        self.calls.close(message)
+
     def shutdown(self):
         self.worker.stop(10.0)
 
 
 def main(args=None):
-    run_node(RelocalizerNode, threads=4, args=args)
+    run_node(RelocalizerNode, threads=4 + MAX_WAITING_CALLS, args=args)
 
 
 if __name__ == "__main__":

@@ -525,7 +525,9 @@ def use_fastdds_profile() -> Optional[str]:
 def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
     """Create the node, spin it, and shut down once: the first SIGINT / SIGTERM (or an external shutdown) ends
     the spin, the node's ``shutdown()`` runs (a map save finishes), later signals are ignored meanwhile. A
-    ``shutdown()`` that returns a non-zero int (e.g. a final save failed) is the process's exit status."""
+    ``shutdown()`` that returns a non-zero int (e.g. a final save failed) is the process's exit status. Service
+    calls still waiting are answered first (``answer_pending("shutting down")``), so no caller waits for a node
+    that is gone, and the executor's threads are free when the interpreter exits (it joins them)."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
@@ -539,9 +541,7 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
     def on_signal(signum, _frame):
         if stopping.is_set():
             return  # already shutting down: e.g. the SIGINT `ros2 launch` forwards after the terminal's
-        stopping.set()
-        if executor is not None:
-            threading.Thread(target=executor.shutdown, kwargs={"timeout_sec": 0.1}, daemon=True).start()
+        stopping.set()  # the spin loop ends within its 0.2 s step; the shutdown runs there, not in the handler
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, on_signal)
@@ -555,6 +555,10 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
         pass
     finally:
         stopping.set()
+        if node is not None and hasattr(node, "answer_pending"):
+            node.answer_pending("shutting down")
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if node is not None:
             try:
                 if hasattr(node, "shutdown"):

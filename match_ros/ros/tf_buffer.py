@@ -105,6 +105,20 @@ class _Edge:
         return T
 
 
+def wait_for(lookup, timeout_s: float):
+    """lookup() until it stops raising TfLookupError, for up to timeout_s [s] of wall time (small sleeps, no
+    spinning: the subscriptions that feed the buffer run in other threads); then its TfLookupError."""
+    deadline = time.monotonic() + max(0.0, float(timeout_s))
+    while True:
+        try:
+            return lookup()
+        except TfLookupError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(0.01, left))
+
+
 class TfBuffer:
     """Transforms per (parent, child) edge in time-ordered buffers, looked up through the tree.
 
@@ -284,15 +298,7 @@ class TfListener:
         Sleeps in small steps and never spins the node: its executor must run elsewhere
         (another thread, or a MultiThreadedExecutor). Raises TfLookupError on timeout.
         """
-        deadline = time.monotonic() + max(0.0, float(timeout_s))
-        while True:
-            try:
-                return self._lookup_now(target_frame, source_frame, stamp_ns)
-            except TfLookupError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-                time.sleep(min(0.01, left))
+        return wait_for(lambda: self._lookup_now(target_frame, source_frame, stamp_ns), timeout_s)
 
     def can_transform(self, target_frame: str, source_frame: str, stamp_ns: int = 0) -> bool:
         try:

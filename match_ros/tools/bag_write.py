@@ -38,6 +38,7 @@ class BagLayout:
     map_frame: str = "map"
     tf_frame: str = ""                    # parent frame of /tf (empty: map_frame), e.g. "odom"
     T_tf_map: Optional[np.ndarray] = None  # [4 x 4] pose of map_frame in tf_frame (None: identity)
+    pose_delay_ns: int = 0                # the pose topic is recorded this long after its image (a late mocap/SLAM)
 
 
 def _frame_message(ts, key: str, frame, camera, layout: BagLayout, T_tf_cam=None):
@@ -93,7 +94,8 @@ def write_sequence_bag(path, sequence, *, storage: str = "sqlite3", with_depth: 
             for key, c in conns.items():
                 msg = _frame_message(ts, key, frame, sequence.camera, layout,
                                      None if tf_poses is None else tf_poses[i])
-                writer.write(c, frame.stamp_ns, ts.serialize_cdr(msg, c.msgtype))
+                delay = layout.pose_delay_ns if key == "pose" else 0
+                writer.write(c, frame.stamp_ns + delay, ts.serialize_cdr(msg, c.msgtype))
     except BaseException:
         try:
             writer.close()
