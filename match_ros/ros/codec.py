@@ -17,6 +17,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from match_ros.core.geometry.camera import Distortion
 from match_ros.core.geometry.transforms import matrix_from_quaternion
 
 
@@ -184,13 +185,34 @@ def depth_to_numpy(msg) -> np.ndarray:
 def camera_matrix(info) -> np.ndarray:
     """sensor_msgs/CameraInfo -> [3 x 3] K. ConversionError for an uncalibrated (zero) K.
 
-    Distortion (info.d) is not applied: the matchers and the pose solver work on the image as received, so
-    feed rectified images (image_rect) for exact poses.
+    K is the calibration of the image as published (image_raw: the distorted image; image_rect: the rectified
+    one, whose camera_info carries zero distortion). The distortion (info.d, info.distortion_model) is read by
+    ``camera_distortion``: the core undistorts the keypoints with it (not the images).
     """
     K = np.array(info.k, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
         raise ConversionError(f"camera_info has no valid K (fx={K[0, 0]}, fy={K[1, 1]})")
     return K
+
+
+def camera_distortion(info) -> Optional[Distortion]:
+    """sensor_msgs/CameraInfo -> its lens distortion (``core.geometry.camera.Distortion``), or None when there is
+    none (no coefficients, or all zero, whatever the model name).
+
+    plumb_bob, rational_polynomial and equidistant are supported: the core undistorts the keypoints of the raw
+    image with them. Any other model with non-zero coefficients (or coefficients a model cannot take) raises a
+    ConversionError: feed image_proc's rectified image (``image_rect``) and its camera_info instead.
+    """
+    d = np.asarray(list(info.d), np.float64).reshape(-1)
+    if not np.any(d):  # NaN counts as non-zero: refused below
+        return None
+    model = str(info.distortion_model or "")
+    try:
+        return Distortion(model, d)
+    except ValueError as e:
+        raise ConversionError(f"camera_info distortion cannot be undone on the keypoints ({e}): remap the images "
+                              "with image_proc (rectify) and subscribe to its rectified topic image_rect with its "
+                              "camera_info") from None
 
 
 def stamp_to_ns(stamp) -> int:

@@ -46,6 +46,7 @@ class A2NetAlignMatcher(XFeatExtractor):
 
     name = "a2net_align"
     kind = "a2net"
+    keypoint_geometry = False  # warps the query image onto the reference's keypoints: refuses distortion
     default_conf = {
         **XFeatExtractor.default_conf,
         "max_keypoints": 2048,  # top-k keypoints kept per image (reference, query and warped query)

@@ -26,6 +26,7 @@ from match_ros.core.models.checkpoint import load_checkpoint
 
 class NeMFDense(Matcher):
     name = "nemf_dense"
+    keypoint_geometry = False  # matches on the field maps of the images: refuses distortion (check_distortion)
     default_conf = {
         "grid_stride": 8,  # reference / query grid step [px]: (W / s) x (H / s) points per image
         "iterations": 7,  # PatchMatch iterations (propagation + random search) per direction

@@ -38,6 +38,9 @@ class Matcher(ABC):
 
     name: str = "?"
     default_conf: dict = {}
+    # False for backends that match on the images themselves (a pre-warp, a dense field): their matches come from
+    # raw pixels, and undistorted keypoints would not be where the image shows them (``check_distortion``)
+    keypoint_geometry: bool = True
 
     def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
         self.conf = merge_conf(self.default_conf, conf, self.name)
@@ -50,6 +53,42 @@ class Matcher(ABC):
     @abstractmethod
     def match(self, ref: Features, query: Features) -> Matches:
         """Match reference features to query features."""
+
+    def check_distortion(self, distortion) -> None:
+        """ValueError when this backend cannot work with a distorted image (``keypoint_geometry`` False) and
+        ``distortion`` (a ``camera.Distortion`` or None) is not the identity."""
+        if not self.keypoint_geometry and distortion is not None and not distortion.is_identity:
+            raise ValueError(f"{self.name} matches on the images themselves, so their {distortion.model} distortion "
+                             "cannot be undone on its keypoints: feed rectified images (image_proc's image_rect, "
+                             "with its camera_info), or use a keypoint backend")
+
+    def undistort(self, feats: Features, K, distortion) -> Features:
+        """``feats`` (extracted from a distorted image with calibration K) with undistorted keypoints
+        (``camera.undistort_features``); the same object without distortion. ValueError from ``check_distortion``.
+        Backends with per-image state computed from keypoint positions recompute it here."""
+        from match_ros.core.geometry.camera import undistort_features
+
+        self.check_distortion(distortion)
+        return undistort_features(feats, K, distortion)
+
+
+def check_distortion(matcher, distortion) -> None:
+    """``matcher.check_distortion(distortion)`` when there is a distortion (None or zero coefficients: nothing is
+    asked of the matcher, so objects with only extract / match serve as before)."""
+    if distortion is not None and not distortion.is_identity and hasattr(matcher, "check_distortion"):
+        matcher.check_distortion(distortion)
+
+
+def undistort(matcher, feats: Features, K, distortion) -> Features:
+    """``matcher.undistort(feats, K, distortion)`` (``Matcher.undistort``) when there is a distortion, else
+    ``feats`` itself."""
+    if distortion is None or distortion.is_identity:
+        return feats
+    if hasattr(matcher, "undistort"):
+        return matcher.undistort(feats, K, distortion)
+    from match_ros.core.geometry.camera import undistort_features
+
+    return undistort_features(feats, K, distortion)
 
 
 def available_matchers() -> list[str]:

@@ -288,6 +288,15 @@ class XFeatLighterGlue(XFeatExtractor):
             feats.extra["lighterglue"] = self._prepare(feats)
         return feats
 
+    def undistort(self, feats: Features, K, distortion) -> Features:
+        """As Matcher.undistort; LighterGlue's per-image state (positional encoding) is recomputed once from the
+        undistorted keypoints, so cached keyframes keep it."""
+        out = super().undistort(feats, K, distortion)
+        if out is not feats and "lighterglue" in out.extra:
+            with torch.inference_mode():
+                out.extra["lighterglue"] = self._prepare(out)
+        return out
+
     def _prepare(self, f: Features) -> dict:
         """The part of LighterGlue that depends on one image only, up to layer 0's self-attention
         (``PackedLighterGlue.prepare``). ``src``: this matcher and the tensors the state was computed from."""

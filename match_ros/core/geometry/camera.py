@@ -84,3 +84,122 @@ def calibration_change(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     """[4] relative change of ``calibration_per_width`` vectors from ``reference`` to ``other`` (fx, fy relative to
     themselves, the principal point relative to the focal length fx)."""
     return np.abs(other - reference) / np.array([reference[0], reference[1], reference[0], reference[0]])
+
+
+# ---------------------------------------------------------------------------------------------- lens distortion
+# ROS sensor_msgs/CameraInfo distortion models (sensor_msgs/distortion_models.hpp) -> number of coefficients
+DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4}
+# undistortion: fixed-point iterations until the step is below 1e-10 (normalised units) or 100 of them; OpenCV's
+# default (5 iterations) leaves ~0.5 px at the corners of a 640 px image with k1 = -0.28
+_UNDISTORT_CRITERIA = (3, 100, 1e-10)  # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS
+
+
+class Distortion:
+    """Lens distortion of a camera as sensor_msgs/CameraInfo gives it (the image itself is NOT rectified).
+
+    model: ``plumb_bob`` (k1, k2, p1, p2, k3: OpenCV's radial-tangential model), ``rational_polynomial`` (k1, k2,
+    p1, p2, k3, k4, k5, k6) or ``equidistant`` (k1, k2, k3, k4: OpenCV's fisheye model); coeffs as in CameraInfo.d
+    (plumb_bob and rational_polynomial may be shorter: missing ones are 0). All coefficients 0: ``is_identity``.
+    The coefficients act on normalised coordinates, so the same Distortion holds for the camera at any resolution
+    (K scaled with the image).
+    """
+
+    __slots__ = ("model", "coeffs")
+
+    def __init__(self, model: str, coeffs):
+        if model not in DISTORTION_MODELS:
+            raise ValueError(f"unsupported distortion model '{model}', expected one of {sorted(DISTORTION_MODELS)}")
+        c = np.asarray(coeffs, np.float64).reshape(-1)
+        n = DISTORTION_MODELS[model]
+        if len(c) > n or (model == "equidistant" and len(c) != n) or not np.all(np.isfinite(c)):
+            raise ValueError(f"{model} distortion needs {'' if model == 'equidistant' else 'at most '}{n} finite "
+                             f"coefficients, got {c.tolist()}")
+        self.model, self.coeffs = model, np.r_[c, np.zeros(n - len(c))]
+        self.coeffs.setflags(write=False)
+
+    @property
+    def is_identity(self) -> bool:
+        return not np.any(self.coeffs)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Distortion) and self.model == other.model
+                and np.array_equal(self.coeffs, other.coeffs))
+
+    def __hash__(self) -> int:
+        return hash((self.model, self.coeffs.tobytes()))
+
+    def __repr__(self) -> str:
+        return f"Distortion({self.model!r}, {self.coeffs.tolist()})"
+
+
+def _distorted(distortion: "Distortion | None") -> bool:
+    return distortion is not None and not distortion.is_identity
+
+
+def _points(uv) -> np.ndarray:
+    """float64 [N x 2] (the array itself when it is one)."""
+    uv = np.asarray(uv, np.float64)
+    return uv if uv.ndim == 2 and uv.shape[1] == 2 else uv.reshape(-1, 2)
+
+
+def undistort_points(uv: np.ndarray, K: np.ndarray, distortion: "Distortion | None") -> np.ndarray:
+    """[N x 2] pixels of the distorted (raw) image -> [N x 2] float64 pixels of the ideal pinhole camera with the
+    same K (where the point would be without distortion; what ``project`` with K predicts). None or zero
+    coefficients: ``uv`` itself (the same array when it is float64 [N x 2]). A pixel whose undistortion does not
+    converge (beyond the range where the model is invertible) keeps its raw position."""
+    uv = _points(uv)
+    if not _distorted(distortion) or not len(uv):
+        return uv
+    import cv2
+
+    K = np.asarray(K, np.float64)
+    src = np.ascontiguousarray(uv).reshape(-1, 1, 2)
+    if distortion.model == "equidistant":
+        out = cv2.fisheye.undistortPoints(src, K, distortion.coeffs, R=np.eye(3), P=K, criteria=_UNDISTORT_CRITERIA)
+    else:
+        out = cv2.undistortPoints(src, K, distortion.coeffs, R=np.eye(3), P=K, criteria=_UNDISTORT_CRITERIA)
+    out = out.reshape(-1, 2)
+    bad = ~np.all(np.isfinite(out), axis=1)
+    out[bad] = uv[bad]
+    return out
+
+
+def distort_points(uv: np.ndarray, K: np.ndarray, distortion: "Distortion | None") -> np.ndarray:
+    """The inverse of ``undistort_points``: [N x 2] ideal pinhole pixels -> [N x 2] float64 pixels of the raw
+    (distorted) image, e.g. to read a depth image registered to the raw image at an undistorted keypoint."""
+    uv = _points(uv)
+    if not _distorted(distortion) or not len(uv):
+        return uv
+    import cv2
+
+    K = np.asarray(K, np.float64)
+    xn = np.ascontiguousarray(normalize_points(uv, K)).reshape(-1, 1, 2)
+    if distortion.model == "equidistant":
+        return cv2.fisheye.distortPoints(xn, K, distortion.coeffs).reshape(-1, 2).astype(np.float64)
+    X = np.concatenate([xn, np.ones((len(uv), 1, 1))], axis=2)
+    return cv2.projectPoints(X, np.zeros(3), np.zeros(3), K, distortion.coeffs)[0].reshape(-1, 2)
+
+
+def depth_at_undistorted(depth: np.ndarray, pts: np.ndarray, K: np.ndarray, distortion: "Distortion | None",
+                         **kwargs) -> np.ndarray:
+    """``depth_at`` for undistorted pixels ``pts`` of a depth image registered to the raw (distorted) image: read
+    at their raw positions (``distort_points``). Without distortion: ``depth_at`` itself."""
+    return depth_at(depth, distort_points(pts, K, distortion), **kwargs)
+
+
+def undistort_features(feats, K: np.ndarray, distortion: "Distortion | None"):
+    """``Features`` with undistorted keypoints (``undistort_points``); descriptors, scores, image_size and extra
+    untouched (the same tensors), the raw keypoints kept in ``extra["raw_keypoints"]``. Without distortion: the
+    same object."""
+    if not _distorted(distortion) or not len(feats):
+        return feats
+    import torch
+
+    from match_ros.core.features.types import Features
+
+    kp = feats.keypoints
+    ideal = undistort_points(kp.detach().cpu().numpy(), K, distortion)
+    out = Features(torch.from_numpy(ideal).to(device=kp.device, dtype=kp.dtype), feats.descriptors, feats.scores,
+                   feats.image_size, dict(feats.extra))
+    out.extra["raw_keypoints"] = kp
+    return out

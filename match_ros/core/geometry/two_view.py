@@ -36,7 +36,8 @@ import numpy as np
 
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import pose_covariance
-from match_ros.core.geometry.camera import backproject, check_K, depth_at, normalize_points
+from match_ros.core.geometry.camera import (Distortion, backproject, check_K, depth_at_undistorted,
+                                            normalize_points)
 from match_ros.core.geometry.five_point import essential_from_five
 from match_ros.core.geometry.transforms import (invert, rotation_error_deg, rotation_from_vector, skew,
                                                 translation_angle_deg)
@@ -118,15 +119,18 @@ _MOVING_ROTATION_SAMPLES = 50
 
 def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np.ndarray,
                            K_query: np.ndarray, depth_ref: np.ndarray | None = None,
-                           conf: dict | None = None) -> RelativePose:
+                           conf: dict | None = None, depth_distortion: Distortion | None = None) -> RelativePose:
     """Relative pose T_ref_query from matched pixels.
 
-    pts_ref, pts_query: [M x 2] pixel coordinates of the same points
+    pts_ref, pts_query: [M x 2] pixel coordinates of the same points, of ideal pinhole cameras (undistorted:
+                        ``camera.undistort_points``, when the images were not rectified)
     K_ref, K_query:     [3 x 3] camera matrices
     depth_ref:          optional [H x W] float depth of the reference image in metres;
                         when given, PnP on back-projected reference points gives a
                         metric pose (scale_known=True), else the essential matrix
                         gives a unit-length translation or a rotation-only pose.
+    depth_distortion:   the lens distortion of the raw reference image depth_ref is registered to (None: none):
+                        the depth of an undistorted pts_ref is read at its raw pixel.
     """
     c = make_conf(pose_spec, conf, "two-view geometry")
     pts_ref = np.asarray(pts_ref, np.float64).reshape(-1, 2)
@@ -138,7 +142,7 @@ def estimate_relative_pose(pts_ref: np.ndarray, pts_query: np.ndarray, K_ref: np
     if m < max(5, c["min_inliers"]):
         return RelativePose(False, inliers=np.zeros(m, bool), reason=f"only {m} matches")
     if depth_ref is not None:
-        result = _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c)
+        result = _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c, depth_distortion)
         if result.valid:
             R = result.T_ref_query[:3, :3]
             result.parallax_deg = _median_parallax(pts_ref[result.inliers], pts_query[result.inliers],
@@ -339,9 +343,9 @@ def _moving_object(pts_ref, inliers, rot, max_share) -> str:
     return ""
 
 
-def _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c) -> RelativePose:
+def _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c, depth_distortion=None) -> RelativePose:
     m = len(pts_ref)
-    z = depth_at(depth_ref, pts_ref, min_depth=c["min_depth_m"])
+    z = depth_at_undistorted(depth_ref, pts_ref, K_ref, depth_distortion, min_depth=c["min_depth_m"])
     has_depth = np.isfinite(z)
     if has_depth.sum() < max(6, c["min_inliers"]):
         return RelativePose(False, inliers=np.zeros(m, bool),

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import Param, make_conf
+from match_ros.core.geometry.camera import Distortion
 from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
 
@@ -98,9 +99,10 @@ class ContinuousLocalizer:
         return None, "none", 0.0, False
 
     def localize(self, image: np.ndarray, K: np.ndarray, stamp_ns: int, T_odom_cam: Optional[np.ndarray] = None,
-                 global_only: bool = False) -> LocalizationResult:
+                 global_only: bool = False, distortion: Optional[Distortion] = None) -> LocalizationResult:
         """Localize one frame (stamp [ns], odometry odom -> camera at the stamp or None) and update the state.
-        global_only: search the whole map whatever the prior (a service request)."""
+        global_only: search the whole map whatever the prior (a service request). distortion: the raw image's lens
+        distortion or None (``Localizer.localize``)."""
         reset = self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns
         if reset:
             initial = self._initial
@@ -110,7 +112,8 @@ class ContinuousLocalizer:
         prior, source, age, confirmed = (None, "none", 0.0, False) if global_only else self.prior(stamp_ns,
                                                                                                   T_odom_cam)
         self._initial = None
-        result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed)
+        result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed,
+                                         distortion=distortion)
         result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
         if result.success and source == "odometry" and result.mode == "global":
             self._check_against_odometry(result, prior, T_odom_cam)

@@ -37,12 +37,13 @@ import cv2
 import numpy as np
 import torch
 
-from match_ros.core.features.matcher import Matcher
+from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, pnp_spec, pose_covariance,
                                                    pose_difference, pose_sigmas, reprojection_errors, solve_pnp)
-from match_ros.core.geometry.camera import CALIBRATION_NAMES, calibration_change, calibration_per_width, check_K
+from match_ros.core.geometry.camera import (CALIBRATION_NAMES, Distortion, calibration_change, calibration_per_width,
+                                            check_K)
 from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
 from match_ros.core.relocalization.guided import MapPoints, guided_matches, similarity_vectors
 from match_ros.core.relocalization.mapstore import Map, MapKeyframe
@@ -200,14 +201,19 @@ class Localizer:
     # ------------------------------------------------------------------ entry point
     def localize(self, image: np.ndarray, K: np.ndarray, prior_T_map_cam: Optional[np.ndarray] = None,
                  query_features: Optional[Features] = None, prior_age_s: float = 0.0,
-                 prior_confirmed: bool = True) -> LocalizationResult:
+                 prior_confirmed: bool = True, distortion: Optional[Distortion] = None) -> LocalizationResult:
         """Pose of the camera that took ``image`` ([H x W (x 3)] uint8, calibration K [3 x 3]).
 
         prior_T_map_cam: predicted camera pose in the map (tracking); global relocalization when it fails.
         prior_age_s: how long ago the prior was true without a measurement of the motion since (a last fix
         without odometry): the tracking radius grows with it. prior_confirmed: False for such a guess, whose
-        tracked pose needs the retrieval's agreement (``confirm_unconfirmed_priors``)."""
+        tracked pose needs the retrieval's agreement (``confirm_unconfirmed_priors``).
+        distortion: the lens distortion of the (raw, unrectified) image, or None: the keypoints are undistorted
+        right after extraction (``Matcher.undistort``), so matching, PnP and the result's pixels are those of the
+        ideal pinhole camera with K. query_features: the image's features as extracted (raw pixels; undistorted
+        here as well). ValueError for a backend that matches on the images (``Matcher.check_distortion``)."""
         image, K = check_image(image), check_K(K)
+        check_distortion(self.matcher, distortion)
         if self.map is None or not len(self.map):
             return LocalizationResult(False, reason="no map")
         size = (image.shape[1], image.shape[0])
@@ -217,6 +223,7 @@ class Localizer:
         t = {"extract": 0.0, "tracking": 0.0, "retrieval": 0.0, "match": 0.0, "pnp": 0.0, "verify": 0.0}
         t0 = time.perf_counter()
         feats = query_features if query_features is not None else self.matcher.extract(image)
+        feats = undistort(self.matcher, feats, K, distortion)
         t["extract"] = 1e3 * (time.perf_counter() - t0)
         query = _Query(feats, K, size)
         if len(query.kp) < self.pnp_conf["min_inliers"]:

@@ -30,20 +30,23 @@ import cv2
 import numpy as np
 
 from match_ros.core.config import Param, defaults, make_conf
-from match_ros.core.geometry.camera import backproject, check_K, depth_at, project, transform_points
+from match_ros.core.geometry.camera import (Distortion, backproject, check_K, depth_at_undistorted, project,
+                                            transform_points)
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
 from match_ros.core.relocalization.mapstore import Map, MapKeyframe, matcher_identity
-from match_ros.core.features.matcher import Matcher
+from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, check_image
 
 
 def backproject_keypoints(keypoints: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
-                          min_depth: float = 0.05, max_depth: float = 50.0, max_step: float = 0.05) -> np.ndarray:
+                          min_depth: float = 0.05, max_depth: float = 50.0, max_step: float = 0.05,
+                          distortion: Optional[Distortion] = None) -> np.ndarray:
     """keypoints [N x 2] px, depth [H x W] m (0/NaN = none) -> [N x 3] float32 world points, NaN without depth
-    (``camera.depth_at``: bilinear inverse depth, NaN on depth edges)."""
+    (``camera.depth_at``: bilinear inverse depth, NaN on depth edges). distortion: that of the raw image the depth
+    is registered to, the keypoints being undistorted (the depth is read at their raw pixels); None: none."""
     kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
-    z = depth_at(depth, kp, min_depth, max_depth, max_step)
+    z = depth_at_undistorted(depth, kp, K, distortion, min_depth=min_depth, max_depth=max_depth, max_step=max_step)
     out = np.full((len(kp), 3), np.nan, np.float32)
     ok = np.isfinite(z)
     out[ok] = transform_points(T_world_cam, backproject(kp[ok], z[ok], check_K(K)))
@@ -129,8 +132,10 @@ class MapBuilder:
     """Selects keyframes from posed frames, extracts their features once and gives them 3D points.
 
     add_frame(image [H x W (x 3)] uint8 RGB, T_world_cam [4 x 4] pose of the optical frame in the map frame,
-    K [3 x 3], stamp_ns, depth [H x W] float metres registered to the image (0/NaN = none) or None, frame_id)
-    -> True when the frame became a keyframe; build() -> Map. ``stats`` counts frames, keyframes and points.
+    K [3 x 3], stamp_ns, depth [H x W] float metres registered to the image (0/NaN = none) or None, frame_id,
+    distortion: the raw image's lens distortion or None) -> True when the frame became a keyframe; build() -> Map.
+    ``stats`` counts frames, keyframes and points. A keyframe of a distorted image stores undistorted keypoints
+    (``Matcher.undistort``: the ideal pinhole camera with K), so the map needs no distortion model.
     """
 
     spec = mapping_spec
@@ -183,10 +188,12 @@ class MapBuilder:
         return [ids[i] for i in np.argsort(score, kind="stable")[:k]]
 
     def add_frame(self, image: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray, stamp_ns: int,
-                  depth: np.ndarray | None = None, frame_id: str = "") -> bool:
+                  depth: np.ndarray | None = None, frame_id: str = "",
+                  distortion: Optional[Distortion] = None) -> bool:
         """Offer one posed frame; returns True when it was kept as a keyframe."""
         image = check_image(image)
         T, K = _check_pose(T_world_cam), check_K(K)
+        check_distortion(self.matcher, distortion)
         if depth is not None:
             depth = np.asarray(depth)
             if depth.shape[:2] != image.shape[:2] or depth.ndim != 2:
@@ -196,12 +203,13 @@ class MapBuilder:
         self.stats["frames"] += 1
         if not self._is_new_keyframe(T, K, (image.shape[1], image.shape[0])):
             return False
-        feats = self.matcher.extract(image)
+        feats = undistort(self.matcher, self.matcher.extract(image), K, distortion)
         kps = feats.keypoints.detach().cpu().numpy()
         desc = feats.descriptors.detach().cpu().numpy()
         c = self.conf
         if depth is not None:
-            points = backproject_keypoints(kps, depth, K, T, c["min_depth_m"], c["max_depth_m"], c["depth_max_step"])
+            points = backproject_keypoints(kps, depth, K, T, c["min_depth_m"], c["max_depth_m"], c["depth_max_step"],
+                                           distortion)
         else:
             points = np.full((len(kps), 3), np.nan, np.float32)
         if self.map is None:

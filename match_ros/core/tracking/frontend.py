@@ -12,10 +12,11 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import make_conf
+from match_ros.core.geometry.camera import Distortion
 from match_ros.core.geometry.transforms import rotation_error_deg
 from match_ros.core.geometry.two_view import RelativePose, estimate_relative_pose, pose_spec
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
-from match_ros.core.features.matcher import Matcher
+from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
 
 
@@ -27,6 +28,9 @@ class Frame:
     stamp_ns: acquisition time [ns]
     K:        [3 x 3] camera matrix, or None when no camera_info was received
     depth:    optional [H x W] float32 depth [m] aligned with image
+    distortion: the lens distortion of the (raw, unrectified) image, or None; with K, the keypoints are
+              undistorted right after extraction (``Matcher.undistort``): matches, poses and the published
+              pixels are those of the ideal pinhole camera with K; depth is read at the raw pixels
     """
 
     image: np.ndarray
@@ -34,6 +38,7 @@ class Frame:
     frame_id: str = ""
     K: Optional[np.ndarray] = None
     depth: Optional[np.ndarray] = None
+    distortion: Optional[Distortion] = None
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Keyframe:
     K: Optional[np.ndarray]
     depth: Optional[np.ndarray]
     reference_support: int = 0
+    distortion: Optional[Distortion] = None  # of the raw image its depth is registered to (features: undistorted)
 
 
 @dataclass
@@ -103,10 +109,14 @@ class KeyframeTracker:
         image = check_image(frame.image)
         if frame.depth is not None and frame.depth.shape[:2] != image.shape[:2]:
             raise ValueError(f"depth {frame.depth.shape[:2]} does not match image {image.shape[:2]}")
+        if frame.K is not None:
+            check_distortion(self.matcher, frame.distortion)
         query_id = self._next_query_id
         self._next_query_id += 1
         t0 = time.perf_counter()
         feats = self.matcher.extract(image)
+        if frame.K is not None:
+            feats = undistort(self.matcher, feats, frame.K, frame.distortion)
         t1 = time.perf_counter()
         timings = {"extract": 1e3 * (t1 - t0)}
         kf = self.keyframe
@@ -116,14 +126,16 @@ class KeyframeTracker:
             return TrackResult(query_id, new_kf, len(feats), Matches.empty(), empty, empty,
                                RelativePose(False, reason="first frame"), True, "first frame", timings, feats)
 
-        if kf.K is None and frame.K is not None:
-            kf.K = np.asarray(frame.K, np.float64)  # same camera; calibration arrived after the keyframe
+        if kf.K is None and frame.K is not None:  # same camera; calibration arrived after the keyframe
+            kf.K, kf.distortion = np.asarray(frame.K, np.float64), frame.distortion
+            kf.features = undistort(self.matcher, kf.features, kf.K, kf.distortion)
         matches = self.matcher.match(kf.features, feats)
         t2 = time.perf_counter()
         pts_ref, pts_query = matches.points(kf.features, feats)
         calibrated = kf.K is not None and frame.K is not None
         if calibrated:
-            pose = estimate_relative_pose(pts_ref, pts_query, kf.K, frame.K, kf.depth, self.pose_conf)
+            pose = estimate_relative_pose(pts_ref, pts_query, kf.K, frame.K, kf.depth, self.pose_conf,
+                                          depth_distortion=kf.distortion)
         else:
             pose = RelativePose(False, inliers=np.zeros(len(matches), bool), reason="no camera_info")
         t3 = time.perf_counter()
@@ -141,8 +153,9 @@ class KeyframeTracker:
         return result
 
     def _make_keyframe(self, frame: Frame, feats: Features) -> Keyframe:
+        calibrated = frame.K is not None
         self.keyframe = Keyframe(self._next_keyframe_id, frame.stamp_ns, frame.frame_id, feats,
-                                 None if frame.K is None else np.asarray(frame.K, np.float64),
-                                 frame.depth)
+                                 np.asarray(frame.K, np.float64) if calibrated else None, frame.depth,
+                                 distortion=frame.distortion if calibrated else None)
         self._next_keyframe_id += 1
         return self.keyframe

@@ -31,7 +31,7 @@ import numpy as np
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.features.matcher import Matcher
 from match_ros.core.geometry.absolute_pose import PnPResult, solve_pnp
-from match_ros.core.geometry.camera import backproject, depth_at, transform_points
+from match_ros.core.geometry.camera import backproject, depth_at_undistorted, transform_points
 from match_ros.core.geometry.transforms import invert, perturb_pose, rotation_error_deg, skew
 from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE, RelativePose
 from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult
@@ -236,8 +236,10 @@ class VisualOdometry:
         if inl.sum() < 10:
             return ""
         max_depth = self.conf["max_depth_m"]
-        z_kf = depth_at(kf.keyframe.depth, track.pts_ref[inl], max_depth=max_depth)
-        z_new = depth_at(frame.depth, track.pts_query[inl], max_depth=max_depth)
+        z_kf = depth_at_undistorted(kf.keyframe.depth, track.pts_ref[inl], kf.keyframe.K, kf.keyframe.distortion,
+                                    max_depth=max_depth)
+        z_new = depth_at_undistorted(frame.depth, track.pts_query[inl], frame.K, frame.distortion,
+                                     max_depth=max_depth)
         X = backproject(track.pts_ref[inl], z_kf, kf.keyframe.K)
         predicted = transform_points(invert(T_odom_cam) @ kf.T_odom_kf, X)[:, 2]
         expected = np.isfinite(predicted) & (predicted > 1e-3) & (predicted < max_depth)
@@ -285,7 +287,7 @@ class VisualOdometry:
             else:
                 m = self.tracker.matcher.match(kf.features, feats)
                 p_kf, p_new = m.points(kf.features, feats)
-            z = depth_at(kf.depth, p_kf, max_depth=c["max_depth_m"])
+            z = depth_at_undistorted(kf.depth, p_kf, kf.K, kf.distortion, max_depth=c["max_depth_m"])
             ok = np.isfinite(z)
             X.append(transform_points(pk.T_odom_kf, backproject(p_kf[ok], z[ok], kf.K)))
             x.append(p_new[ok])
