@@ -12,13 +12,15 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 
-from match_ros.ros.launch_params import NOT_GIVEN, node_parameters, parameter_arguments
+from match_ros.ros.launch_params import (NOT_GIVEN, RVIZ_ARGUMENTS, node_parameters, parameter_arguments,
+                                         rviz_node)
 
 
 def _nodes(context):
     given = context.launch_configurations
     image = given["image"]
-    return [Node(
+    rviz = rviz_node(given, get_package_share_directory("match_ros"))
+    return ([Node(**rviz)] if rviz else []) + [Node(
         package="match_ros",
         executable="keyframe_matcher",
         name="keyframe_matcher",
@@ -41,4 +43,6 @@ def generate_launch_description():
         DeclareLaunchArgument("depth", default_value="/camera/depth", description="depth topic (use_depth)"),
     ] + [DeclareLaunchArgument(a.name, default_value=NOT_GIVEN, description=a.description)
          for a in parameter_arguments("keyframe_matcher")]
+    args += [DeclareLaunchArgument(name, default_value=default, description=text)
+             for name, text, default in RVIZ_ARGUMENTS]
     return LaunchDescription(args + [OpaqueFunction(function=_nodes)])

@@ -20,7 +20,8 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 
-from match_ros.ros.launch_params import NOT_GIVEN, node_parameters, parameter_arguments
+from match_ros.ros.launch_params import (NOT_GIVEN, RVIZ_ARGUMENTS, node_parameters, parameter_arguments,
+                                         rviz_node)
 
 
 def _nodes(context):
@@ -39,7 +40,8 @@ def _nodes(context):
         parameters=node_parameters("relocalizer", given["relocalizer_params"], given, nodes_sharing_cores=2),
         remappings=camera,
     )
-    return [odometry, relocalizer]
+    rviz = rviz_node(given, get_package_share_directory("match_ros"))
+    return [odometry, relocalizer] + ([Node(**rviz)] if rviz else [])
 
 
 def generate_launch_description():
@@ -55,4 +57,6 @@ def generate_launch_description():
         DeclareLaunchArgument("depth", default_value="/camera/depth", description="depth topic (aligned with image)"),
     ] + [DeclareLaunchArgument(a.name, default_value=NOT_GIVEN, description=a.description)
          for a in parameter_arguments("visual_odometry", "relocalizer")]
+    args += [DeclareLaunchArgument(name, default_value=default, description=text)
+             for name, text, default in RVIZ_ARGUMENTS]
     return LaunchDescription(args + [OpaqueFunction(function=_nodes)])

@@ -217,9 +217,10 @@ def test_stamps_that_jump_back_reset_the_keyframe():
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         pub = node.create_publisher(Image, "/cam/image", qos)
         info_pub = node.create_publisher(CameraInfo, "/cam/camera_info", qos)
-        got, diags = [], []
+        got, diags, drawn = [], [], []
         node.create_subscription(CorrespondenceSet, "/keyframe_matcher/correspondences", got.append, 20)
         node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        node.create_subscription(Image, "/keyframe_matcher/debug_image", drawn.append, 20)
         params = {"matcher": "orb_teblid", "image_qos": "reliable"}
         with NodeProcess("match_ros.nodes.keyframe_matcher", params,
                          {"image": "/cam/image", "camera_info": "/cam/camera_info"}) as proc:
@@ -249,9 +250,17 @@ def test_stamps_that_jump_back_reset_the_keyframe():
             if m.pose_valid:  # (a pair without the parallax to tell is refused, with its reason)
                 T_true = invert(seq[ref].T_world_cam) @ seq[q].T_world_cam
                 R = conv.pose_to_matrix(m.relative_pose)[:3, :3]
-                assert rotation_error_deg(R, T_true[:3, :3]) < 1.0
+                assert rotation_error_deg(R, T_true[:3, :3]) < 2.0  # (beyond 2 deg counts as wrong: docs/two_view)
                 posed[q] = m.translation_valid
         print("posed (full pose?):", posed)
+        # ~/debug_image (drawn while subscribed): keyframe | frame side by side, stamped with the frame, inlier
+        # lines in green for a posed frame
+        dbg = {conv.stamp_to_ns(m.header.stamp): m for m in drawn}
+        q = max(posed)
+        m = dbg[stamps[q]]
+        img = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.width, 3)
+        assert (m.width, m.height) == (1280, 480)
+        assert np.sum(np.all(img == (40, 220, 40), axis=2)) > 5 * by_query[q].num_inliers
         # after the jump as many poses as before it (measured: 3 of 5 on each side, the rest refused for parallax)
         assert sum(q > 6 for q in posed) >= sum(q < 6 for q in posed) - 1, posed
     finally:

@@ -284,6 +284,130 @@ def test_map_directory_and_map_path_follow_what_the_user_meant(room, tmp_path, g
     assert Map.load(maps / "copies" / "today.db").equals(Map.load(d / "room.db"))
 
 
+def test_managed_relocalizer_follows_lifecycle_transitions(room, graph):
+    """lifecycle: true, driven as nav2's lifecycle_manager does (ChangeState configure, activate, ...): nothing
+    runs before configure; configure loads the map and offers the services; activate subscribes to the camera and
+    the node localizes a frame (checked against the ground truth); deactivate unsubscribes and ~/relocalize says
+    so; cleanup releases everything; a configure with a map that does not load fails and leaves it unconfigured."""
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from match_ros.evaluation.reloc_scenes import make_query_sequence
+    from match_ros.ros import conversions as conv
+    from match_ros.srv import Relocalize
+
+    d = room[0]
+    seq = make_query_sequence("room", 20)
+    node = graph()
+    change = node.create_client(ChangeState, "/relocalizer/change_state")
+    get_state = node.create_client(GetState, "/relocalizer/get_state")
+    reloc = node.create_client(Relocalize, "/relocalizer/relocalize")
+    image_pub = node.create_publisher(Image, "/camera/image_raw", 10)
+    info_pub = node.create_publisher(CameraInfo, "/camera/camera_info", 10)
+    from geometry_msgs.msg import PoseArray
+    from sensor_msgs.msg import PointCloud2
+
+    from match_ros.ros.visuals import latched_qos
+
+    shown = {"keyframes": [], "points": [], "debug": []}
+    node.create_subscription(PoseArray, "/relocalizer/map_keyframes", shown["keyframes"].append, latched_qos())
+    node.create_subscription(PointCloud2, "/relocalizer/map_points", shown["points"].append, latched_qos())
+    node.create_subscription(Image, "/relocalizer/debug_image", shown["debug"].append, 2)
+
+    def transition(t):
+        return _call(node, change, ChangeState.Request(transition=Transition(id=t))).success
+
+    def state():
+        return _call(node, get_state, GetState.Request()).current_state.id
+
+    params = {"map_path": str(d / "room.db"), "matcher": "orb_teblid", "lifecycle": True, "image_qos": "reliable"}
+    remaps = {"image": "/camera/image_raw", "camera_info": "/camera/camera_info"}
+    with NodeProcess("match_ros.nodes.relocalizer", params, remaps) as proc:
+        assert spin_until(node, lambda: change.service_is_ready() and get_state.service_is_ready(), 60), proc.log()
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        spin_until(node, lambda: False, 1.0)
+        assert not reloc.service_is_ready() and image_pub.get_subscription_count() == 0
+        assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
+        assert "map" in proc.log() and "loaded" in proc.log()
+        # rviz: the map's keyframes and points, latched (this subscriber came before, a later rviz gets them too)
+        assert spin_until(node, lambda: shown["keyframes"] and shown["points"], 10)
+        m = Map.load(d / "room.db")
+        kf_msg, cloud = shown["keyframes"][-1], shown["points"][-1]
+        assert kf_msg.header.frame_id == "map" and len(kf_msg.poses) == len(m)
+        centres = sorted(tuple(np.round(conv.pose_to_matrix(p)[:3, 3], 4)) for p in kf_msg.poses)
+        assert centres == sorted(tuple(np.round(kf.T_world_cam[:3, 3], 4)) for kf in m)
+        pts = np.frombuffer(bytes(cloud.data), "<f4").reshape(-1, 3)
+        map_pts = np.concatenate([kf.points3d[np.isfinite(kf.points3d[:, 0])] for kf in m])
+        assert cloud.width == len(pts) == len(map_pts) and np.allclose(np.sort(pts[:, 2]), np.sort(map_pts[:, 2]))
+        assert spin_until(node, reloc.service_is_ready, 10)
+        r = _call(node, reloc, Relocalize.Request(timeout_s=1.0))
+        assert not r.success and "not active" in r.message
+        assert image_pub.get_subscription_count() == 0
+        assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
+        assert spin_until(node, lambda: image_pub.get_subscription_count() == 1, 10)
+        # a frame while a call waits: the call gets the fix, which is the true pose
+        frame = seq[5]
+        info = CameraInfo(k=seq.camera.K.ravel().tolist(), width=640, height=480)
+        info.header.stamp, info.header.frame_id = conv.ns_to_stamp(frame.stamp_ns), "camera_optical_frame"
+        img = conv.numpy_to_image(frame.rgb, "rgb8", header=info.header)
+        for _ in range(3):  # camera_info first: a call answered for a frame before it would say "no camera_info"
+            info_pub.publish(info)
+            spin_until(node, lambda: False, 0.3)
+        future = reloc.call_async(Relocalize.Request(timeout_s=8.0))
+        for _ in range(20):
+            info_pub.publish(info)
+            image_pub.publish(img)
+            if spin_until(node, future.done, 0.4):
+                break
+        r = future.result()
+        assert r is not None and r.success, (r, proc.log()[-2000:])
+        T = conv.pose_to_matrix(r.pose.pose.pose)
+        assert np.linalg.norm(T[:3, 3] - frame.T_world_cam[:3, 3]) < 0.05
+        assert rotation_error_deg(T[:3, :3], frame.T_world_cam[:3, :3]) < 2.0
+        # ~/debug_image (drawn because this test subscribes): the query with its inliers in green
+        assert spin_until(node, lambda: bool(shown["debug"]), 5)
+        dbg = shown["debug"][-1]
+        drawn = np.frombuffer(bytes(dbg.data), np.uint8).reshape(dbg.height, dbg.width, 3)
+        assert (dbg.width, dbg.height) == (640, 480) and dbg.header.stamp == info.header.stamp
+        changed = np.any(drawn != frame.rgb, axis=2)  # drawn over this very frame: circles and a caption only
+        assert changed.mean() < 0.3 and np.sum(np.all(drawn == (40, 220, 40), axis=2)) > 500  # (measured 2893)
+        assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
+        assert spin_until(node, lambda: image_pub.get_subscription_count() == 0, 10)
+        r = _call(node, reloc, Relocalize.Request(timeout_s=1.0))
+        assert not r.success and "not active" in r.message
+        assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert spin_until(node, lambda: not reloc.service_is_ready(), 10)
+        # configure again with a map that does not load: refused, still unconfigured, the node keeps running
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        set_p = node.create_client(SetParameters, "/relocalizer/set_parameters")
+        assert spin_until(node, set_p.service_is_ready, 10)
+        bad = Parameter(name="map_path", value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                              string_value=str(d / "missing.db")))
+        assert _call(node, set_p, SetParameters.Request(parameters=[bad])).results[0].successful
+        assert not transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert "configure failed" in proc.log() and "missing.db" in proc.log()
+        assert proc.alive()
+    assert proc.proc.returncode == 0
+
+
+def test_plain_node_has_no_lifecycle_interface(room, graph):
+    from lifecycle_msgs.srv import GetState
+
+    from match_ros.srv import Relocalize
+
+    node = graph()
+    get_state = node.create_client(GetState, "/relocalizer/get_state")
+    reloc = node.create_client(Relocalize, "/relocalizer/relocalize")
+    params = {"map_path": str(room[0] / "room.db"), "matcher": "orb_teblid"}
+    with NodeProcess("match_ros.nodes.relocalizer", params) as proc:
+        assert spin_until(node, reloc.service_is_ready, 60), proc.log()
+        spin_until(node, lambda: False, 1.0)
+        assert not get_state.service_is_ready()
+
+
 def test_parameters_are_applied_or_refused_with_a_reason(room, graph):
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import GetParameters, SetParameters

@@ -247,3 +247,33 @@ def test_namespaced_copy_keeps_rcl_types(tmp_path):
         "tf_timeout_s": 0.1, "map_frame": "12", "mapping.min_overlap": 0.5, "use_sim_time": True}
     assert launch_params.file_parameters(copy, "/map_builder") == {"use_sim_time": True}
     assert launch_params.file_parameters(str(src), "/map_builder")["tf_timeout_s"] == 0.1
+
+
+@pytest.mark.parametrize("file_name", ["relocalize.launch.py", "keyframe_matching.launch.py",
+                                       "odometry_relocalize.launch.py"])
+def test_rviz_argument_starts_rviz_with_the_package_configuration(file_name, evaluate_launch_file, tmp_path):
+    nodes = evaluate_launch_file(file_name)
+    assert "rviz2" not in [n.get("package") for n in nodes]  # off unless asked
+    nodes = evaluate_launch_file(file_name, rviz="true")
+    rviz = [n for n in nodes if n.get("package") == "rviz2"]
+    assert len(rviz) == 1 and rviz[0]["arguments"] == ["-d", str(REPO / "config" / "match_ros.rviz")]
+    own = tmp_path / "mine.rviz"
+    nodes = evaluate_launch_file(file_name, rviz="True", rviz_config=str(own))
+    assert [n["arguments"] for n in nodes if n.get("package") == "rviz2"] == [["-d", str(own)]]
+    with pytest.raises(ValueError, match="rviz"):
+        evaluate_launch_file(file_name, rviz="maybe")
+
+
+def test_rviz_configuration_shows_the_nodes_outputs():
+    """The shipped .rviz subscribes to what the nodes publish, the map displays with transient local durability
+    (the relocalizer latches them), in the map frame."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "match_ros.rviz").read_text())
+    displays = {d["Topic"]["Value"]: d for d in config["Visualization Manager"]["Displays"] if "Topic" in d}
+    assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "map"
+    for topic in ("/relocalizer/map_points", "/relocalizer/map_keyframes"):
+        assert displays[topic]["Topic"]["Durability Policy"] == "Transient Local"
+    for topic in ("/relocalizer/pose", "/relocalizer/debug_image", "/keyframe_matcher/debug_image",
+                  "/visual_odometry/odom"):
+        assert topic in displays

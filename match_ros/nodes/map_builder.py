@@ -8,7 +8,8 @@ The map is saved at shutdown (Ctrl-C, SIGTERM; a second SIGINT does not interrup
 autosave_period_s, so neither a crash nor a kill loses more than that. A failed save (full disk, no permission)
 is reported and the map stays in memory for the next try; a failed save at shutdown says where the map could not
 go and the process exits with status 1. A file this node did not write in this run (the map of an earlier run at
-the same map_path) is never replaced unless overwrite_map is true.
+the same map_path) is never replaced unless overwrite_map is true. Relative paths resolve in map_directory.
+Managed with lifecycle: true (``ros.managed``): cleanup saves the map as a shutdown does.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import time
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 
 from match_ros.core.config import Param, make_conf
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
@@ -27,6 +27,7 @@ from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapping import MapBuilder, mapping_spec
 from match_ros.core.relocalization.mapstore import MapError
 from match_ros.ros import conversions as conv
+from match_ros.ros.managed import ManagedNode, managed_spec
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, input_problem,
                                    input_values, log_outcome, matcher_spec, run_node, steady_clock, warm_matcher)
@@ -58,15 +59,24 @@ node_spec = {
 
 
 def parameter_groups() -> dict:
-    return {"": {**node_spec, **camera_input_spec}, "mapping": mapping_spec}
+    return {"": {**node_spec, **camera_input_spec, **managed_spec}, "mapping": mapping_spec}
 
 
-class MapBuilderNode(Node):
+class MapBuilderNode(ManagedNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        groups = parameter_groups()
-        self.p = p = declare(self, groups[""])
-        conf = declare(self, mapping_spec, "mapping")
+        self.groups = parameter_groups()
+        self._read_parameters()
+        self.start()
+
+    def _read_parameters(self) -> tuple:
+        """(node settings, mapping settings): declared at start, read again at configure."""
+        return declare(self, self.groups[""]), declare(self, mapping_spec, "mapping")
+
+    def configure(self):
+        """The matcher and an empty map (built in the worker thread), ~/save_map, autosaves."""
+        p, conf = self._read_parameters()
+        self.p = p
         self.errors = ErrorLog(self)
         self.worker = Worker(self._process, self.errors, "map_builder_worker")
         self.builder = self.worker.call(self._make_builder, p, conf)  # all inference in the worker thread
@@ -76,19 +86,23 @@ class MapBuilderNode(Node):
         self._written: set = set()  # absolute paths this node saved a map to (it may replace those)
         self.failure = ""  # why the last failed save failed
         self.maps = MapFolder(p)
+        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
+        self.param_updates = ParameterUpdates(self, self.groups, self._apply_parameters)
+        if p["map_path"] and self.maps.resolve(p["map_path"]).exists() and not p["overwrite_map"]:
+            self.get_logger().warning(f"map_path {p['map_path']} exists: this node will not replace it (parameter "
+                                      "overwrite_map is false), so its saves there will fail")
+
+    def activate(self):
+        """Pose source (TF or the pose topic), camera subscriptions, diagnostics."""
+        p = self.p
         self.tf = TfListener(self) if p["pose_source"] == "tf" else None
         self._poses = TfBuffer(cache_time_s=10.0) if self.tf is None else None  # poses on pose_source
         if self.tf is None:
             self.create_subscription(PoseStamped, p["pose_source"], self._on_pose, 50,
                                      callback_group=MutuallyExclusiveCallbackGroup())
         self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=p["use_depth"])
-        self.create_service(SaveMap, "~/save_map", self._srv_save, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(5.0, self._autosave, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
         self.diagnostics = Diagnostics(self, "mapping", p["matcher"], self._diagnostic_status)
-        ParameterUpdates(self, groups, self._apply_parameters)
-        if p["map_path"] and self.maps.resolve(p["map_path"]).exists() and not p["overwrite_map"]:
-            self.get_logger().warning(f"map_path {p['map_path']} exists: this node will not replace it (parameter "
-                                      "overwrite_map is false), so its saves there will fail")
 
     def _on_pose(self, msg) -> None:
         try:
@@ -128,7 +142,7 @@ class MapBuilderNode(Node):
         with self._lock:
             try:
                 added = self.builder.add_frame(frame.image, T, frame.K, conv.stamp_to_ns(frame.header.stamp),
-                                               frame.depth, frame.header.frame_id)
+                                               frame.depth, frame.header.frame_id, frame.distortion)
             except ValueError as e:
                 self.errors("frame", str(e))
                 return
@@ -189,15 +203,18 @@ class MapBuilderNode(Node):
 
     def _apply_parameters(self, changes: dict) -> str:
         self.p.update(changes.get("", {}))
-        self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
+        if self.active:
+            self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
         if "mapping" in changes:
             with self._lock:
                 self.builder.conf = make_conf(mapping_spec, {**self.builder.conf, **changes["mapping"]}, "MapBuilder")
         return ""
 
-    def shutdown(self) -> int:
-        """Finish the current frame, then save (save_on_shutdown): Ctrl-C never loses the map silently. Returns the
-        process's exit status: 1 when the final save failed (the message says where the map could not go)."""
+    def cleanup(self) -> int:
+        """Finish the current frame, then save (save_on_shutdown): Ctrl-C (or a lifecycle cleanup) never loses the
+        map silently. Returns the process's exit status: 1 when the final save failed (the message says where the
+        map could not go)."""
+        self.param_updates.remove()
         self.worker.stop(30.0)
         if self.p["save_on_shutdown"] and self.p["map_path"] and self.builder.map is not None:
             ok, text = self.save(self.p["map_path"], with_vocabulary=False)

@@ -3,8 +3,12 @@
 Subscribes:  image (or image/compressed), camera_info, initialpose (a prior in map_frame), /tf, /tf_static
 Publishes:   ~/pose (PoseWithCovarianceStamped of base_frame in map_frame), ~/correspondences (the keyframe with
              the most inliers), ~/status (DiagnosticArray per query, stamped with the image: mode, inliers,
-             timings, or why no pose), /tf map -> odom (map -> base_frame when odom_frame is empty), /diagnostics
-Services:    ~/relocalize (a global query on the next image), ~/save_map, ~/load_map
+             timings, or why no pose), /tf map -> odom (map -> base_frame when odom_frame is empty), /diagnostics,
+             ~/debug_image (the query's matches, only while subscribed), ~/map_keyframes (PoseArray) and
+             ~/map_points (PointCloud2), both latched, in map_frame
+Services:    ~/relocalize (a global query on the next image; each call waits on its own, answered within its
+             timeout, and "shutting down" on Ctrl-C), ~/save_map, ~/load_map (paths relative to map_directory)
+Managed with lifecycle: true (``ros.managed``): configure loads the matcher and the map, activate subscribes.
 Continuous localization (``core.relocalization.continuous``): after a fix, the map -> odom estimate moved by the
 odometry on /tf (odom_frame -> camera at the image stamp; the frame is held up to odom_wait_s for it, as tf2's
 message filters do) is the prior, and the frame is tracked against the map around it; without odometry at the
@@ -20,10 +24,10 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.parameter import Parameter
-from rclpy.node import Node
+from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from match_ros.core.config import Param, make_conf
@@ -35,11 +39,13 @@ from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
 from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
+from match_ros.ros.managed import ManagedNode, managed_spec
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
                                    input_problem, input_values, log_outcome, matcher_spec, run_node, warm_matcher)
 from match_ros.ros.services import Answer, MapFolder, PendingCalls, map_folder_spec
 from match_ros.ros.tf import TfBroadcaster
+from match_ros.ros.visuals import DebugImage, draw_keypoints, latched_qos, map_messages
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
 from match_ros.srv import LoadMap, Relocalize, SaveMap
 
@@ -72,16 +78,28 @@ node_spec = {
 
 
 def parameter_groups() -> dict:
-    return {"": {**node_spec, **camera_input_spec}, "localizer": localizer_spec, "pnp": pnp_spec}
+    return {"": {**node_spec, **camera_input_spec, **managed_spec}, "localizer": localizer_spec, "pnp": pnp_spec}
 
 
-class RelocalizerNode(Node):
+class RelocalizerNode(ManagedNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        groups = parameter_groups()
-        p = declare(self, groups[""])
+        self.groups = parameter_groups()
+        self._read_parameters()
+        self.calls = PendingCalls(MAX_WAITING_CALLS)  # ~/relocalize calls waiting for the next image
+        self.start()
+
+    def _read_parameters(self) -> tuple:
+        """(node settings, localizer, pnp): declared at start, read again at configure."""
+        return (declare(self, self.groups[""]), declare(self, localizer_spec, "localizer"),
+                declare(self, pnp_spec, "pnp"))
+
+    def configure(self):
+        """The matcher (built and warmed up in the worker thread), the map, publishers and services. A managed
+        node's configure fails when map_path is set and the map does not load; a plain node starts without it
+        (diagnostics say so) and takes one from ~/load_map."""
+        p, loc_conf, pnp_conf = self._read_parameters()
         self.p = p
-        loc_conf, pnp_conf = declare(self, localizer_spec, "localizer"), declare(self, pnp_spec, "pnp")
         self.errors = ErrorLog(self)
         self.worker = Worker(self._process, self.errors, "relocalizer_worker")
         self.matcher, probe = self.worker.call(warm_matcher, p)  # all inference in the worker thread
@@ -91,28 +109,40 @@ class RelocalizerNode(Node):
         self.tracker = ContinuousLocalizer(self.localizer, {k: p[k] for k in continuous_spec})
         self.map = None
         self._lock = threading.Lock()  # map, localizer, tracker, initial pose: worker vs callbacks
-        self.calls = PendingCalls(MAX_WAITING_CALLS)  # ~/relocalize calls waiting for the next image
         self.maps = MapFolder(p)
         self.counts = {"queries": 0, "accepted": 0, "tracked": 0, "rejected": 0}
         self.last_status, self._initial_pose = "no query yet", None
         self._warned_base, self._last_query = False, 0.0
         self._map_file = None  # absolute path of the loaded map
         self.rate = RateMeter()
-        if p["map_path"]:
-            ok, text = self._load(p["map_path"])
-            log_outcome(self, ok, text)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
         self.pub_corr = self.create_publisher(CorrespondenceSet, "~/correspondences", 10)
         self.pub_status = self.create_publisher(DiagnosticArray, "~/status", 10)
+        self.pub_keyframes = self.create_publisher(PoseArray, "~/map_keyframes", latched_qos())
+        self.pub_points = self.create_publisher(PointCloud2, "~/map_points", latched_qos())
+        self.debug = DebugImage(self)
         self.tf = TfBroadcaster(self)
-        self.tf_listener = TfListener(self)
-        self.input = CameraInput(self, p, self.worker.put, self.errors)
-        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
+        if p["map_path"]:
+            ok, text = self._load(p["map_path"])
+            if not ok and self.managed:
+                raise RuntimeError(text)
+            log_outcome(self, ok, text)
         self.create_service(Relocalize, "~/relocalize", self._srv_relocalize, callback_group=ReentrantCallbackGroup())
         for srv, name, cb in ((SaveMap, "~/save_map", self._srv_save), (LoadMap, "~/load_map", self._srv_load)):
             self.create_service(srv, name, cb, callback_group=MutuallyExclusiveCallbackGroup())
-        self.diagnostics = Diagnostics(self, "relocalization", p["matcher"], self._diagnostic_status)
-        ParameterUpdates(self, groups, self._apply_parameters)
+        self.param_updates = ParameterUpdates(self, self.groups, self._apply_parameters)
+        self.calls.open()
+
+    def activate(self):
+        """TF listener, camera and initialpose subscriptions, diagnostics; tracking starts from a global query."""
+        self.tracker.reset()
+        self.tf_listener = TfListener(self)
+        self.input = CameraInput(self, self.p, self.worker.put, self.errors)
+        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
+        self.diagnostics = Diagnostics(self, "relocalization", self.p["matcher"], self._diagnostic_status)
+
+    def deactivate(self):
+        self.calls.answer(self.calls.take(), Answer(False, "the node was deactivated"))
 
     # ------------------------------------------------------------ map
     def _load(self, path: str) -> tuple[bool, str]:
@@ -125,6 +155,9 @@ class RelocalizerNode(Node):
             return False, f"map not loaded: {path} has no keyframes"
         self.worker.call(self._install_map, new_map)  # between two frames, in the thread that runs the models
         self._map_file = str(path)
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.p["map_frame"])
+        for pub, msg in zip((self.pub_keyframes, self.pub_points), map_messages(new_map, header)):
+            pub.publish(msg)  # latched: rviz started later gets them
         return True, f"map {path} loaded: {len(new_map)} keyframes"
 
     def _install_map(self, new_map: Map) -> None:
@@ -169,6 +202,9 @@ class RelocalizerNode(Node):
     def _srv_relocalize(self, req, res):
         timeout = req.timeout_s if np.isfinite(req.timeout_s) and req.timeout_s > 0 else 2.0
         timeout = min(float(timeout), MAX_SERVICE_TIMEOUT_S)
+        if not self.active:
+            res.success, res.message = False, "the node is not active (lifecycle): no images are processed"
+            return res
         answer = self.calls.wait(timeout, f"no image and solution within {timeout:.1f} s")
         res.success, res.message = answer.success, answer.message
         if answer.result is not None:
@@ -208,7 +244,8 @@ class RelocalizerNode(Node):
             initial, self._initial_pose = self._initial_pose, None
             if initial is not None and not global_only:
                 self.tracker.set_initial_pose(initial @ (T_base_cam if T_base_cam is not None else np.eye(4)))
-            result = self.tracker.localize(frame.image, frame.K, stamp, T_odom_cam, global_only=global_only)
+            result = self.tracker.localize(frame.image, frame.K, stamp, T_odom_cam, global_only=global_only,
+                                           distortion=frame.distortion)
         self.counts["queries"] += 1
         self.rate.add(1e3 * (time.monotonic() - frame.received))
         values = {"mode": result.mode, "prior": result.stats.get("prior", "none"), "inliers": result.num_inliers,
@@ -217,6 +254,8 @@ class RelocalizerNode(Node):
         if "reset" in result.stats:
             self.get_logger().warning(result.stats["reset"])
         self._publish_correspondences(header, result)
+        if self.debug.wanted():
+            self._draw(frame, result)
         if not result.success:
             self.counts["rejected"] += 1
             answer.message = f"{'lost' if self.tracker.lost else 'no pose'}: {result.reason}"
@@ -288,6 +327,17 @@ class RelocalizerNode(Node):
             T_ref_query=invert(kf.T_world_cam) @ result.T_map_cam, scale_known=True,
             num_inliers=int(km.inliers.sum())))
 
+    def _draw(self, frame, result) -> None:
+        """~/debug_image: the query with its matches to the best keyframe (inliers of the pose green)."""
+        km = result.matched[0] if result.matched else None
+        pts = km.pts_query if km is not None else np.zeros((0, 2))
+        text = (f"{result.mode}: {result.num_inliers} inliers" if result.success
+                else f"no pose: {result.reason[:80]}")
+        if km is not None:
+            text += f"\nkeyframe {km.keyframe_id}: {len(pts)} matches"
+        self.debug.publish(draw_keypoints(frame.image, pts, km.inliers if km is not None else None, text),
+                           frame.header)
+
     def _status(self, header, level: int, message: str, values: dict):
         self.last_status = message
         st = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: query", level=level, message=message,
@@ -315,7 +365,8 @@ class RelocalizerNode(Node):
                 return text
         self.p.update(changes.get("", {}))
         self.tracker.conf.update({k: v for k, v in changes.get("", {}).items() if k in continuous_spec})
-        self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
+        if self.active:
+            self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
         with self._lock:
             if "localizer" in changes:
                 self.localizer.conf = make_conf(localizer_spec, {**self.localizer.conf, **changes["localizer"]},
@@ -328,8 +379,13 @@ class RelocalizerNode(Node):
         """Ctrl-C: every ~/relocalize call still waiting gets ``message`` before the node goes (``run_node``)."""
         self.calls.close(message)
 
-    def shutdown(self):
+    def cleanup(self) -> int:
+        """Waiting calls answered; the frame in progress finishes; worker, matcher and map are released."""
+        self.calls.close("the node was cleaned up (lifecycle)")
+        self.param_updates.remove()
         self.worker.stop(10.0)
+        self.worker = self.matcher = self.localizer = self.tracker = self.map = None
+        return 0
 
 
 def main(args=None):

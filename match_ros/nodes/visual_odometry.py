@@ -9,6 +9,7 @@ odom starts at the robot's base at the first frame (REP 105: continuous, drifts,
 empty or has no TF to the camera, the camera frame is the child instead (one warning) and odom's axes are x forward,
 y left, z up at the first camera position. Without depth there is no metric odometry: use keyframe_matcher for
 scale-free relative poses. Every output carries the input image's stamp (use_sim_time follows /clock).
+Managed with lifecycle: true (``ros.managed``): the odometry keeps its pose across deactivate / activate.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from nav_msgs.msg import Odometry
-from rclpy.node import Node
 
 from match_ros.core.config import Param, make_conf
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame
@@ -27,6 +27,7 @@ from match_ros.core.tracking.frontend import Frame
 from match_ros.core.tracking.keyframes import keyframe_spec
 from match_ros.core.tracking.odometry import R_BODY_OPTICAL, VisualOdometry, odometry_spec, twist_between
 from match_ros.ros import conversions as conv
+from match_ros.ros.managed import ManagedNode, managed_spec
 from match_ros.ros.params import ParameterUpdates, declare
 from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
                                    input_problem, input_values, matcher_spec, run_node, warm_matcher)
@@ -45,16 +46,27 @@ node_spec = {
 
 
 def parameter_groups() -> dict:
-    return {"": {**node_spec, **camera_input_spec}, "keyframe": keyframe_spec, "geometry": pose_spec,
+    return {"": {**node_spec, **camera_input_spec, **managed_spec}, "keyframe": keyframe_spec, "geometry": pose_spec,
             "odometry": odometry_spec}
 
 
-class VisualOdometryNode(Node):
+class VisualOdometryNode(ManagedNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        groups = parameter_groups()
-        self.p = p = declare(self, groups[""])
-        confs = {g: declare(self, groups[g], g) for g in ("keyframe", "geometry", "odometry")}
+        self.groups = parameter_groups()
+        self._read_parameters()
+        self.start()
+
+    def _read_parameters(self) -> tuple:
+        """(node settings, {group: settings}): declared at start, read again at configure."""
+        return declare(self, self.groups[""]), {g: declare(self, self.groups[g], g)
+                                                for g in ("keyframe", "geometry", "odometry")}
+
+    def configure(self):
+        """The matcher (built and warmed up in the worker thread), the odometry, publishers. The odometry keeps
+        its pose across deactivate / activate (REP 105: odom is continuous); cleanup forgets it."""
+        p, confs = self._read_parameters()
+        self.p = p
         self.errors = ErrorLog(self)
         self.worker = Worker(self._process, self.errors, "visual_odometry_worker")
         self.matcher, _ = self.worker.call(warm_matcher, p)  # all inference in the worker thread
@@ -68,12 +80,15 @@ class VisualOdometryNode(Node):
         self.stage_ms: dict = {}
         self.pub_odom = self.create_publisher(Odometry, "~/odom", 10)
         self.tf = TfBroadcaster(self)
-        self.tf_listener = TfListener(self)
-        self.input = CameraInput(self, p, self.worker.put, self.errors, use_depth=True)
-        self.diagnostics = Diagnostics(self, "visual odometry", p["matcher"], self._diagnostic_status)
-        ParameterUpdates(self, groups, self._apply_parameters)
+        self.param_updates = ParameterUpdates(self, self.groups, self._apply_parameters)
         self.get_logger().info(f"matcher={p['matcher']} device={self.matcher.device} odom_frame={p['odom_frame']} "
                                f"base_frame={p['base_frame'] or '(camera)'} image_qos={p['image_qos']}")
+
+    def activate(self):
+        """TF listener, camera subscriptions and diagnostics."""
+        self.tf_listener = TfListener(self)
+        self.input = CameraInput(self, self.p, self.worker.put, self.errors, use_depth=True)
+        self.diagnostics = Diagnostics(self, "visual odometry", self.p["matcher"], self._diagnostic_status)
 
     def _start(self, camera: str, stamp: int) -> None:
         """First frame: odom = the base at this instant (or the camera, in body axes, without base TF)."""
@@ -108,7 +123,7 @@ class VisualOdometryNode(Node):
         if self.child_frame is None:
             self._start(header.frame_id, stamp)
         t0 = time.monotonic()
-        r = self.vo.process(Frame(frame.image, stamp, header.frame_id, frame.K, frame.depth))
+        r = self.vo.process(Frame(frame.image, stamp, header.frame_id, frame.K, frame.depth, frame.distortion))
         t1 = time.monotonic()
         if r.lost and not self.status_text.startswith("lost"):  # say when tracking is lost and when it is back
             self.get_logger().warning(f"odometry {r.status} at {stamp * 1e-9:.3f} s")
@@ -158,15 +173,19 @@ class VisualOdometryNode(Node):
 
     def _apply_parameters(self, changes: dict) -> str:
         self.p.update(changes.get("", {}))
-        self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
+        if self.active:
+            self.input.conf.update({k: v for k, v in changes.get("", {}).items() if k in camera_input_spec})
         self.vo.tracker.update_conf(changes.get("keyframe"), changes.get("geometry"))
         if "odometry" in changes:
             self.vo.conf = make_conf(odometry_spec, {**self.vo.conf, **changes["odometry"]}, "visual odometry")
         return ""
 
-    def shutdown(self):
+    def cleanup(self) -> int:
+        """The frame in progress finishes; the worker, the matcher and the odometry are released."""
+        self.param_updates.remove()
         self.worker.stop(5.0)
-        self.tf_listener.destroy()
+        self.worker = self.matcher = self.vo = None
+        return 0
 
 
 def main(args=None):

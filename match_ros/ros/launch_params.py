@@ -117,6 +117,24 @@ def node_parameters(node: str, params_file: str, configurations: Mapping[str, st
     return [params_file] + ([given] if given else [])
 
 
+RVIZ_ARGUMENTS = (("rviz", "start rviz2 with the package's display configuration (true / false)", "false"),
+                  ("rviz_config", "rviz2 configuration file", "config/match_ros.rviz"))
+
+
+def rviz_node(configurations: Mapping[str, str], share: str) -> dict | None:
+    """``launch_ros`` Node keyword arguments of rviz2 with ``rviz_config`` (relative: in the package's share
+    folder) when the launch argument ``rviz`` is true; None otherwise (ValueError for a value not true / false)."""
+    text = configurations.get("rviz", "false").lower()
+    if text not in _TRUE + _FALSE:
+        raise ValueError(f"launch argument rviz:={text!r} is not true or false")
+    if text in _FALSE:
+        return None
+    config = configurations.get("rviz_config") or RVIZ_ARGUMENTS[1][2]
+    config = config if os.path.isabs(config) else os.path.join(share, config)
+    return {"package": "rviz2", "executable": "rviz2", "name": "rviz2", "arguments": ["-d", config],
+            "output": "screen"}
+
+
 # ---------------------------------------------------------------------------------------------------- YAML
 def _loader():
     """PyYAML's safe loader, plus the floats ROS 2's parser reads that YAML 1.1 leaves as text (1e-3, 5E+6)."""

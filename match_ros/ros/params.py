@@ -37,12 +37,16 @@ def _descriptor(name: str, p: Param):
 
 
 def declare(node, spec: dict, prefix: str = "") -> dict:
-    """Declare ``prefix.name`` (or ``name``) for each setting; returns {name: checked value}."""
+    """Declare ``prefix.name`` (or ``name``) for each setting; returns {name: checked value}. A parameter declared
+    already is read (a managed node declares at start and reads again at configure)."""
     out = {}
     for key, p in spec.items():
         name = f"{prefix}.{key}" if prefix else key
         try:
-            value = node.declare_parameter(name, p.default, _descriptor(name, p)).value
+            if node.has_parameter(name):
+                value = node.get_parameter(name).value
+            else:
+                value = node.declare_parameter(name, p.default, _descriptor(name, p)).value
         except Exception as e:  # rclpy: type mismatch or out of the descriptor's range
             raise ParameterError(f"parameter '{name}': {e}") from None
         try:
@@ -63,6 +67,10 @@ class ParameterUpdates:
     def __init__(self, node, groups: dict, apply: Callable[[dict], str]):
         self.node, self.groups, self.apply = node, groups, apply
         node.add_on_set_parameters_callback(self._on_set)
+
+    def remove(self) -> None:
+        """Stop answering (a managed node's cleanup: changes are read again at the next configure)."""
+        self.node.remove_on_set_parameters_callback(self._on_set)
 
     def _lookup(self, name: str) -> Optional[tuple]:
         prefix, _, key = name.rpartition(".")

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from match_ros.core.geometry.camera import calibration_change, calibration_per_width
+from match_ros.core.geometry.camera import Distortion, calibration_change, calibration_per_width
 from match_ros.core.config import Param
 from match_ros.ros import codec
 from match_ros.ros.latest import LatestSlot
@@ -75,7 +75,8 @@ def image_qos(name: str):
 @dataclass
 class CameraFrame:
     """A checked camera frame: header (stamp and frame_id of the input), image [H x W (x 3)] uint8 RGB, K [3 x 3]
-    (None: no usable calibration), depth [H x W] float32 m (None), scale applied to the input, arrival time."""
+    (None: no usable calibration), depth [H x W] float32 m (None), scale applied to the input, arrival time,
+    distortion of the (raw) image from camera_info (None: none, or no K; the core undistorts the keypoints)."""
 
     header: object
     image: np.ndarray
@@ -83,6 +84,7 @@ class CameraFrame:
     depth: Optional[np.ndarray]
     scale: float
     received: float
+    distortion: Optional[Distortion] = None
 
 
 def check_camera_matrix(K: np.ndarray, width: int, height: int) -> str:
@@ -146,7 +148,7 @@ class CameraInput:
 
         self.node, self.conf, self.on_frame, self.errors = node, dict(conf), on_frame, errors
         self.use_depth = use_depth
-        self.K, self.info_size = None, None
+        self.K, self.info_size, self.distortion = None, None, None
         self.received, self.lost_events, self.lost_gaps = 0, 0, 0
         self._said: set = set()
         self._last_seq: dict = {}
@@ -218,6 +220,7 @@ class CameraInput:
     def _on_info(self, msg) -> None:
         try:
             K = codec.camera_matrix(msg)
+            distortion = codec.camera_distortion(msg)  # an unsupported model: the calibration is not used at all
         except codec.ConversionError as e:
             self.errors("camera_info", str(e))
             return
@@ -232,7 +235,7 @@ class CameraInput:
                         f"max_calibration_change): refused, still using fx {self.K[0, 0]:.1f} px; restart the node or "
                         f"set max_calibration_change to 0 if the camera really changed")
             return
-        self.K, self.info_size = K, size
+        self.K, self.info_size, self.distortion = K, size, distortion
 
     def _on_depth(self, msg) -> None:
         with self._depth_cond:
@@ -265,7 +268,7 @@ class CameraInput:
         if min(h, w) < 16:
             self.errors("image", f"image too small: {w}x{h}")
             return None
-        K = self.K
+        K, distortion = self.K, self.distortion  # (distortion acts on normalised coordinates: kept when scaled)
         if K is not None and self.info_size and all(self.info_size) and self.info_size != (w, h):
             self.errors("camera_info", f"camera_info is for {self.info_size[0]}x{self.info_size[1]} images, the "
                         f"image is {w}x{h}: no pose from this frame")
@@ -289,7 +292,7 @@ class CameraInput:
                 K = K.copy()
                 K[0, 0], K[0, 2] = K[0, 0] * sx, (K[0, 2] + 0.5) * sx - 0.5
                 K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
-        return CameraFrame(header, image, K, depth, scale, received)
+        return CameraFrame(header, image, K, depth, scale, received, distortion if K is not None else None)
 
     def _depth_for(self, stamp_ns: int, shape: tuple) -> Optional[np.ndarray]:
         deadline = time.monotonic() + self.conf["depth_wait_s"]

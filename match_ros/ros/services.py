@@ -48,6 +48,11 @@ class PendingCalls:
         self._idle = threading.Condition(self._lock)
         self.closed_message = ""
 
+    def open(self) -> None:
+        """Take calls (again, after ``close``)."""
+        with self._lock:
+            self.closed_message = ""
+
     def any_waiting(self) -> bool:
         with self._lock:
             return bool(self._waiting)
