@@ -200,14 +200,15 @@ def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
         matcher, probe = warm_matcher(p)
         assert matcher.name == "orb_teblid" and "cpu_bf16" not in matcher.conf
         assert 0 < len(probe) <= 300 and torch.get_num_threads() == 1
-        xfeat, _ = warm_matcher({**p, "matcher": "xfeat_mnn", "cpu_bf16": False, "torch_threads": 0})
+        xfeat, _ = warm_matcher({**p, "matcher": "xfeat_mnn", "cpu_bf16": "false", "torch_threads": 0})
         assert xfeat.conf["cpu_bf16"] is False and xfeat.conf["max_keypoints"] == 300
+        assert xfeat.precision == "float32 (cpu_bf16: false)"
         # a dense backend takes no max_keypoints: every node's parameter must not stop it from starting
         dense, grid = warm_matcher({**p, "matcher": "nemf_dense", "torch_threads": 0})
         assert dense.name == "nemf_dense" and "max_keypoints" not in dense.conf and len(grid) == 80 * 60
-        # with the nodes' default cpu_bf16 (on for keyframe_matcher) every backend builds and runs
+        # with cpu_bf16 forced on every backend builds and runs
         for name in ("a2net_align", "nemf_dense", "coam_xfeat"):
-            assert warm_matcher({**p, "matcher": name, "cpu_bf16": True, "torch_threads": 0})[0].name == name
+            assert warm_matcher({**p, "matcher": name, "cpu_bf16": "true", "torch_threads": 0})[0].name == name
     finally:
         torch.set_num_threads(before)
 

@@ -47,6 +47,11 @@ class Param:
             parts.append("Read-only while running.")
         return " ".join(parts)
 
+    @property
+    def bool_text(self) -> bool:
+        """A text setting whose choices include "true" and "false" (e.g. auto / true / false): YAML booleans count."""
+        return isinstance(self.default, str) and bool(self.choices) and {"true", "false"} <= set(self.choices)
+
     def check(self, name: str, value: Any) -> Any:
         """The value, converted to the setting's type; ValueError saying what is wrong."""
         kind = type(self.default)
@@ -63,6 +68,8 @@ class Param:
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
         elif kind is str:
+            if isinstance(value, bool) and self.bool_text:
+                value = "true" if value else "false"  # a YAML true / false for a true / false / auto setting
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be a string, got {value!r}")
             if self.choices and value not in self.choices:

@@ -74,6 +74,7 @@ class KeyframeMatcherNode(ManagedNode):
         self.tf = TfBroadcaster(self)
         self.debug, self._keyframe_image = DebugImage(self), (None, None)  # (keyframe id, its image)
         self.param_updates = ParameterUpdates(self, self.groups, self._apply_parameters)
+        self.get_logger().info(f"precision {self.matcher.precision}")
         self.get_logger().info(f"matcher={p['matcher']} device={self.matcher.device} "
                                f"max_keypoints={p['max_keypoints']}"
                                f" image_qos={p['image_qos']} image_transport={p['image_transport']}")
@@ -134,6 +135,7 @@ class KeyframeMatcherNode(ManagedNode):
     def _diagnostic_status(self):
         values = {"processed": self.processed, "keyframes": self.keyframes,
                   "rotation_only_poses": self.rotation_only, "no_pose": self.no_pose, "time_resets": self.time_resets,
+                  "precision": self.matcher.precision,
                   **input_values(self.input, self.worker, self.errors), **self.rate.values(),
                   **{f"{k}_ms": float(v) for k, v in self.stage_ms.items()}}
         if self.input.K is None and self.input.received:

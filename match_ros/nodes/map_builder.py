@@ -42,7 +42,7 @@ node_spec = {
                       "map_directory)"),
     **map_folder_spec,
     **matcher_spec("Local features of the map (the relocalizer must use the same)", "Keypoints per keyframe",
-                   cpu_bf16=False),
+                   cpu_bf16="false"),
     "use_depth": Param(False, "Use aligned depth (32FC1 m / 16UC1 mm) for 3D points; otherwise triangulate",
                        read_only=True),
     "pose_source": Param("tf", "'tf' (look up map_frame <- image frame) or the name of a PoseStamped topic with the "

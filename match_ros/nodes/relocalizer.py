@@ -57,7 +57,7 @@ node_spec = {
                       "start without a map); follows ~/load_map"),
     **map_folder_spec,
     **matcher_spec("Matching backend; the map must have been built with it",
-                   "Keypoints per query image; must equal the map's", cpu_bf16=False),
+                   "Keypoints per query image; must equal the map's", cpu_bf16="false"),
     "mode": Param("continuous", "continuous: localize the camera stream; on_request: only on ~/relocalize",
                   choices=("continuous", "on_request")),
     "rate_hz": Param(0.0, "Queries per second at most in continuous mode (0: as fast as they are processed)", "Hz",

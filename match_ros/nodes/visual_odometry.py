@@ -36,7 +36,7 @@ from match_ros.ros.tf_buffer import TfListener, TfLookupError
 
 NODE_NAME = "visual_odometry"
 node_spec = {
-    **matcher_spec(cpu_bf16=False),
+    **matcher_spec(cpu_bf16="false"),
     "odom_frame": Param("odom", "Odometry frame (REP 105)", read_only=True),
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: the "
                         "camera frame", read_only=True),
@@ -81,6 +81,7 @@ class VisualOdometryNode(ManagedNode):
         self.pub_odom = self.create_publisher(Odometry, "~/odom", 10)
         self.tf = TfBroadcaster(self)
         self.param_updates = ParameterUpdates(self, self.groups, self._apply_parameters)
+        self.get_logger().info(f"precision {self.matcher.precision}")
         self.get_logger().info(f"matcher={p['matcher']} device={self.matcher.device} odom_frame={p['odom_frame']} "
                                f"base_frame={p['base_frame'] or '(camera)'} image_qos={p['image_qos']}")
 

@@ -22,7 +22,8 @@ class ParameterError(ValueError):
 def _descriptor(name: str, p: Param):
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    desc = ParameterDescriptor(name=name, description=p.text, read_only=p.read_only)
+    desc = ParameterDescriptor(name=name, description=p.text, read_only=p.read_only,
+                               dynamic_typing=p.bool_text)  # auto / true / false: a YAML true is accepted too
     if p.choices:
         desc.additional_constraints = f"one of: {', '.join(p.choices)}"
     if isinstance(p.default, bool) or (p.min is None and p.max is None):
