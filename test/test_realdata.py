@@ -11,6 +11,7 @@ checks of the core on them.
 The real-data tests are skipped, saying what to install, where the data is missing.
 """
 import os
+import re
 
 import numpy as np
 import pytest
@@ -115,12 +116,17 @@ def test_cube_frames():
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_castel_odometry_keyframes_and_photometric_consistency(castel):
-    """Every frame through the RGB-D odometry. Measured (2026-12-06, 2 busy cores): 6 keyframes of 30 (23 with the
-    old rule, inliers / keypoints < 0.35); 110-170 ms per frame when the machine is quiet. Photometric check: at
-    5-frame gaps 25 of 25 over the whole image; between adjacent frames the still background (the objects around the
-    castle do not move) favours identity, so the check uses the pixels near the frame's PnP inliers (the part the
-    estimate claims to explain): 26 of 29 (the three failures are jumps of 1-2.4 deg between consecutive estimates
-    along the turn about a point at the scene's depth, which the direct PnP between the two frames does not show)."""
+    """Every frame through the RGB-D odometry. Measured (2026-12-06, 2 busy cores): 7 keyframes of 30 (the first
+    included; 23 with the old rule, inliers / keypoints < 0.35); 110-170 ms per frame when the machine is quiet.
+    Photometric check: at 5-frame gaps 25 of 25 over the whole image; between adjacent frames the still background
+    (the objects around the castle do not move) favours identity, so the check uses the pixels near the frame's PnP
+    inliers (the part the estimate claims to explain): 25-26 of 29. The issue's target is 0.95; the failures are
+    real, not below the check's resolution: the estimated motion of those pairs (10 -> 11, 12 -> 13, 16 -> 17,
+    26 -> 27) is 1.1-2.4 deg where the PnP between the two frames finds 0.1-0.4 deg, which passes 29 of 29 with a
+    photometric error of 2.4-3.8 against 5.1-7.4 grey levels. Each is a frame-to-keyframe PnP whose inliers drop
+    the still objects beside the castle (share of inliers beyond 0.32 m 0.12-0.18 -> 0.01-0.05): the two frames'
+    poses are those of different rigid bodies (castle and still objects together vs the castle alone), and their
+    difference is neither's motion (docs/data.md). Fixing it needs a multi-body aware odometry (not done)."""
     from match_ros.core.features.matcher import build_matcher
     from match_ros.core.geometry.photometric import check_motion, support_mask
     from match_ros.core.geometry.transforms import invert
@@ -156,8 +162,11 @@ def test_castel_odometry_keyframes_and_photometric_consistency(castel):
 @pytest.mark.parametrize("matcher_name", ["xfeat_lighterglue", "sift"])
 def test_a_still_camera_watching_a_moving_object_gives_no_full_pose(matcher_name):
     """mbt/cube, pairs (i, i + gap) for every third i and gaps 1, 3, 8 (210 pairs). Measured: before the moving-
-    object test 1 full pose (xfeat_lighterglue) and 15 (sift); now none; rotation p90 0.14 deg (xfeat_lighterglue,
-    208 rotation-only) and 0.40 deg (sift, 195 rotation-only, 15 without a pose)."""
+    object test 1 full pose (xfeat_lighterglue) and 15 (sift); since none. Before the kept motion was the
+    best-supported at every parallax, 6 (xfeat_lighterglue) and 15 (sift) verdicts named a rival that explains more
+    matches than the pose, rotation p90 0.14 deg (208 rotation-only) and 0.40 deg (195 rotation-only, 15 without
+    a pose); now none, 210 rotation-only each, rotation p90 0.03 and 0.04 deg (the background's pure rotation where
+    something moves in view)."""
     from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.core.geometry.transforms import rotation_error_deg
     from match_ros.core.geometry.two_view import estimate_relative_pose
@@ -171,17 +180,20 @@ def test_a_still_camera_watching_a_moving_object_gives_no_full_pose(matcher_name
             feats[i] = matcher.extract(cube[i])
         return feats[i]
 
-    full, rotation_only, rotations = [], 0, []
+    full, rotation_only, rotations, better_rivals = [], 0, [], []
     for i in range(0, len(cube) - 8, 3):
         for gap in (1, 3, 8):
             p_ref, p_query = matcher.match(features(i), features(i + gap)).points(features(i), features(i + gap))
             pose = estimate_relative_pose(p_ref, p_query, cube.K, cube.K)
+            better_rivals += [(i, gap, pose.reason) for n, m in re.findall(
+                r"explains (\d+) of the pose's (\d+) matches", pose.reason) if int(n) > int(m)]
             if pose.valid and pose.translation_valid:
                 full.append((i, gap, pose.parallax_deg))
             if pose.valid:
                 rotation_only += not pose.translation_valid
                 rotations.append(rotation_error_deg(pose.T_ref_query[:3, :3], np.eye(3)))
     assert full == []
+    assert better_rivals == []  # the kept motion is the best-supported by the rival test's own count
     assert len(rotations) >= 0.9 * 210 and rotation_only == len(rotations)
     assert np.percentile(rotations, 90) <= 0.5
 
