@@ -165,7 +165,7 @@ def test_a_wrongly_scaled_depth_does_not_anchor_the_odometry(room, scale):
     assert len(poses) >= 25
     m = trajectory_metrics(poses, truth)
     assert m["ate_rmse_m"] < 0.03, m  # measured 0.01 without the scaled frames
-    clean = VisualOdometry(build_matcher("orb_teblid"), conf={"max_depth_scale_change": 0.15})
+    clean = VisualOdometry(build_matcher("orb_teblid"), keyframe_conf={"max_depth_scale_change": 0.15})
     for i in range(0, 20, 2):  # the check refuses nothing on consistent depth
         f = room[i]
         assert not clean.process(Frame(f.rgb, f.stamp_ns, "cam", K, f.depth)).depth_refused

@@ -6,14 +6,15 @@ Pure core: the node converts messages into ``Frame`` objects, calls
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 
 from match_ros.core.config import make_conf
-from match_ros.core.geometry.camera import Distortion
-from match_ros.core.geometry.transforms import rotation_error_deg
+from match_ros.core.geometry.camera import (Distortion, backproject, depth_at_undistorted, distort_points,
+                                            transform_points)
+from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.geometry.two_view import RelativePose, estimate_relative_pose, pose_spec
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
 from match_ros.core.features.matcher import Matcher, check_distortion, undistort
@@ -54,6 +55,10 @@ class Keyframe:
     depth: Optional[np.ndarray]
     reference_support: int = 0
     distortion: Optional[Distortion] = None  # of the raw image its depth is registered to (features: undistorted)
+    # its depth agreed with another frame's: checked when it became the keyframe, or confirmed by a frame matched to
+    # it (the first keyframe and one made when tracking was lost are unconfirmed until then)
+    depth_confirmed: bool = False
+    depth_disagreements: int = 0  # frames in a row whose depth disagreed with this unconfirmed keyframe's
 
 
 @dataclass
@@ -76,6 +81,68 @@ class TrackResult:
     keyframe_reason: str
     timings_ms: dict = field(default_factory=dict)
     query_features: Optional[Features] = None
+    depth_refused: str = ""  # why the frame, due to become a keyframe, was not (its depth disagrees), or ""
+
+
+DEPTH_DISAGREEMENTS_TO_REPLACE = 3  # frames in a row disagreeing with an unconfirmed keyframe's depth replace it
+
+
+def depth_scale_problem(pts_ref: np.ndarray, pts_query: np.ndarray, ref: "Keyframe", frame: "Frame",
+                        T_ref_query: np.ndarray, tol: float, max_depth: float = np.inf) -> str:
+    """How ``frame``'s depth disagrees with the keyframe's, or "": the keyframe's depth points at the matches
+    (pts_ref / pts_query, e.g. the pose's inliers), seen from the frame's pose ``T_ref_query``, against the frame's
+    own depth there (median ratio within ``tol``), or the frame has no usable depth where the points predict one.
+    A depth image scaled x20 (a driver bug, a wrong unit) that became a keyframe sent visual odometry 5 m off and
+    made keyframe_matcher publish 0.3-0.96 m steps for 12 mm of motion."""
+    if tol <= 0 or ref.depth is None or ref.K is None or frame.depth is None or frame.K is None or len(pts_ref) < 10:
+        return ""
+    z_ref = depth_at_undistorted(ref.depth, pts_ref, ref.K, ref.distortion, max_depth=max_depth)
+    z_new = depth_at_undistorted(frame.depth, pts_query, frame.K, frame.distortion, max_depth=max_depth)
+    X = backproject(pts_ref, z_ref, ref.K)
+    predicted = transform_points(invert(T_ref_query), X)[:, 2]
+    expected = np.isfinite(predicted) & (predicted > 1e-3) & (predicted < max_depth)
+    ok = expected & np.isfinite(z_new) & (z_new > 0)
+    if expected.sum() >= 10 and ok.sum() < 0.5 * expected.sum():
+        return (f"no usable depth at {expected.sum() - ok.sum()} of {expected.sum()} inliers where the keyframe's "
+                f"points predict {np.median(predicted[expected]):.2f} m")
+    if ok.sum() < 10:
+        return ""
+    ratio = float(np.median(z_new[ok] / predicted[ok]))
+    if abs(ratio - 1.0) <= tol:
+        return ""
+    return (f"depth x{ratio:.2f} of what the keyframe's points predict (> {100 * tol:.0f} % off, "
+            f"max_depth_scale_change)")
+
+
+def carried_depth(ref: "Keyframe", pts_ref: np.ndarray, pts_query: np.ndarray, T_ref_query: np.ndarray,
+                  frame: "Frame") -> np.ndarray:
+    """A sparse depth image for ``frame``: the keyframe's depth at the matches (pts_ref -> pts_query), moved into the
+    frame by its pose, written at the query keypoints' raw pixels (2 x 2 blocks, so bilinear reads give it back);
+    0 elsewhere. A frame whose own depth disagrees becomes a keyframe with this: the chain's scale stays on the
+    depth that was confirmed, and a run of wrong depth images never anchors a pose."""
+    out = np.zeros(frame.depth.shape[:2], np.float32)
+    z_ref = depth_at_undistorted(ref.depth, pts_ref, ref.K, ref.distortion)
+    z = transform_points(invert(T_ref_query), backproject(pts_ref, z_ref, ref.K))[:, 2]
+    raw = distort_points(pts_query, frame.K, frame.distortion)
+    h, w = out.shape
+    ok = np.isfinite(z) & (z > 0) & (raw[:, 0] >= 0) & (raw[:, 0] < w - 1) & (raw[:, 1] >= 0) & (raw[:, 1] < h - 1)
+    x0, y0 = np.floor(raw[ok]).astype(int).T
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[y0 + dy, x0 + dx] = z[ok]
+    return out
+
+
+def without_scale(pose: RelativePose, reason: str) -> RelativePose:
+    """The pose as depth-free two-view geometry gives it: unit translation (its covariance with it), not metric."""
+    n = float(np.linalg.norm(pose.T_ref_query[:3, 3]))
+    if n < 1e-9:
+        return replace(pose, scale_known=False, reason=reason)
+    T, cov = pose.T_ref_query.copy(), pose.covariance.copy()
+    T[:3, 3] /= n
+    cov[:3, :] /= n
+    cov[:, :3] /= n
+    return replace(pose, T_ref_query=T, covariance=cov, scale_known=False, reason=reason)
 
 
 class KeyframeTracker:
@@ -143,13 +210,32 @@ class KeyframeTracker:
         # tracking support: geometric inliers, or raw matches when there is no calibration
         n_support = pose.num_inliers if calibrated else len(matches)
         kf.reference_support = max(kf.reference_support, n_support)
+        tol = self.selector.conf["max_depth_scale_change"]
+        depth_check = tol > 0 and pose.valid and pose.scale_known and frame.depth is not None
+        problem = ""
+        if depth_check:  # metric: the keyframe's depth gave it; the frame's own depth checks that depth
+            inl = np.asarray(pose.inliers, bool)
+            problem = depth_scale_problem(pts_ref[inl], pts_query[inl], kf, frame, pose.T_ref_query, tol)
+            if not kf.depth_confirmed:
+                kf.depth_confirmed, kf.depth_disagreements = not problem, kf.depth_disagreements + bool(problem)
+                if problem:  # which of the two depths is wrong is not known: no metric pose from it
+                    pose = without_scale(pose, f"scale not confirmed: the keyframe's {problem}")
         turned = rotation_error_deg(pose.T_ref_query[:3, :3], np.eye(3)) if pose.valid else 0.0
         decision = self.selector.decide(n_support, len(kf.features), pose.parallax_deg,
                                         (frame.stamp_ns - kf.stamp_ns) * 1e-9, kf.reference_support, turned)
-        result = TrackResult(query_id, kf, len(feats), matches, pts_ref, pts_query, pose,
-                             decision.new_keyframe, decision.reason, timings, feats)
-        if decision.new_keyframe:
-            self._make_keyframe(frame, feats)
+        new_keyframe, reason = decision.new_keyframe, decision.reason
+        if kf.depth_disagreements >= DEPTH_DISAGREEMENTS_TO_REPLACE:
+            new_keyframe, reason = True, f"{kf.depth_disagreements} frames in a row disagree with its depth"
+        result = TrackResult(query_id, kf, len(feats), matches, pts_ref, pts_query, pose, new_keyframe, reason,
+                             timings, feats)
+        if new_keyframe and depth_check and kf.depth_confirmed and problem:
+            # its own depth disagrees with the confirmed one: the keyframe carries that depth over instead
+            result.depth_refused = f"{problem}: not made a keyframe with its own depth (the keyframe's carried over)"
+            inl = np.asarray(pose.inliers, bool)  # (at every match, wrong matches bias the carried depth: x1.2)
+            frame = replace(frame, depth=carried_depth(kf, pts_ref[inl], pts_query[inl], pose.T_ref_query, frame))
+            self._make_keyframe(frame, feats).depth_confirmed = True
+        elif result.is_keyframe:
+            self._make_keyframe(frame, feats).depth_confirmed = depth_check and kf.depth_confirmed and not problem
         return result
 
     def _make_keyframe(self, frame: Frame, feats: Features) -> Keyframe:

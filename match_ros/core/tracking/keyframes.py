@@ -27,6 +27,10 @@ keyframe_spec = {
     "max_parallax_deg": Param(8.0, "... or when the median parallax exceeds this (0 disables)", "deg", 0.0, 180.0),
     "max_interval_s": Param(0.0, "... or when the keyframe is older than this (0 disables)", "s", 0.0, 86400.0),
     "min_interval_s": Param(0.0, "Never switch sooner than this after the last keyframe", "s", 0.0, 86400.0),
+    "max_depth_scale_change": Param(0.15, "With depth: a frame becomes a keyframe (its depth anchors what follows) "
+                                    "only when its depth at the inliers agrees with the keyframe's points seen from "
+                                    "the frame's pose within this share (median ratio); else the old keyframe is "
+                                    "kept (a depth scaled x20 sent odometry 5 m off); 0 disables", min=0.0, max=10.0),
 }
 default_keyframe_conf = defaults(keyframe_spec)
 

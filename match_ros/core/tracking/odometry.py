@@ -34,7 +34,7 @@ from match_ros.core.geometry.absolute_pose import PnPResult, solve_pnp
 from match_ros.core.geometry.camera import backproject, depth_at_undistorted, transform_points
 from match_ros.core.geometry.transforms import invert, perturb_pose, rotation_error_deg, skew
 from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE, RelativePose
-from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult
+from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult, depth_scale_problem
 from match_ros.core.tracking.keyframes import KeyframeSelector
 
 odometry_spec = {
@@ -53,10 +53,6 @@ odometry_spec = {
     "lost_variance": Param(1.0, "Variance added to the pose (m^2, rad^2) when tracking is lost and restarts from "
                            "the last pose", min=0.0, max=UNOBSERVED_VARIANCE),
     "max_depth_m": Param(20.0, "Depths beyond this are not used", "m", 0.1, 1000.0),
-    "max_depth_scale_change": Param(0.15, "A frame becomes a keyframe (its depth anchors what follows) only when its "
-                                    "depth at the inliers agrees with the current keyframe's points seen from the "
-                                    "frame's pose within this share (median ratio); else the old keyframe is kept "
-                                    "(a depth scaled x20 sent the odometry 5 m off); 0 disables", min=0.0, max=10.0),
     "adjust_window": Param(True, "Jointly adjust the window's keyframe poses at each new keyframe (local "
                            "adjustment)"),
 }
@@ -198,8 +194,8 @@ class VisualOdometry:
         if recovered is not None and recovered[0].valid:
             result.window_inliers = recovered[0].num_inliers
         self.lost_streak = 0 if status == "tracking" else self.lost_streak + 1
-        depth_problem = self._depth_scale_problem(track, frame, T) if track.is_keyframe and status == "tracking" \
-            else ""
+        depth_problem = track.depth_refused or (
+            self._depth_scale_problem(track, frame, T) if track.is_keyframe and status == "tracking" else "")
         if depth_problem:
             # the frame's pose stands (it comes from the keyframe's depth); its own depth does not anchor anything
             result.depth_refused = depth_problem
@@ -226,34 +222,16 @@ class VisualOdometry:
 
     # ------------------------------------------------------------------------------------------------
     def _depth_scale_problem(self, track: TrackResult, frame: Frame, T_odom_cam: np.ndarray) -> str:
-        """Why this frame's depth cannot anchor the odometry, or "": the current keyframe's depth points at the
-        pose's inliers, seen from the frame's pose, against the frame's own depth there (median ratio)."""
-        tol = float(self.conf["max_depth_scale_change"])
+        """Why this frame's depth cannot anchor the odometry, or "" (``frontend.depth_scale_problem`` with the
+        odometry's pose: it also covers a frame placed through the window when its own pose failed)."""
         kf = self.current
-        if tol <= 0 or kf.keyframe.depth is None or kf.keyframe.K is None or track.pose.inliers is None:
+        if track.pose.inliers is None:
             return ""
         inl = np.asarray(track.pose.inliers, bool)
-        if inl.sum() < 10:
-            return ""
-        max_depth = self.conf["max_depth_m"]
-        z_kf = depth_at_undistorted(kf.keyframe.depth, track.pts_ref[inl], kf.keyframe.K, kf.keyframe.distortion,
-                                    max_depth=max_depth)
-        z_new = depth_at_undistorted(frame.depth, track.pts_query[inl], frame.K, frame.distortion,
-                                     max_depth=max_depth)
-        X = backproject(track.pts_ref[inl], z_kf, kf.keyframe.K)
-        predicted = transform_points(invert(T_odom_cam) @ kf.T_odom_kf, X)[:, 2]
-        expected = np.isfinite(predicted) & (predicted > 1e-3) & (predicted < max_depth)
-        ok = expected & np.isfinite(z_new) & (z_new > 0)
-        if expected.sum() >= 10 and ok.sum() < 0.5 * expected.sum():
-            return (f"no usable depth at {expected.sum() - ok.sum()} of {expected.sum()} inliers where the keyframe's "
-                    f"points predict {np.median(predicted[expected]):.2f} m: not made a keyframe")
-        if ok.sum() < 10:
-            return ""
-        ratio = float(np.median(z_new[ok] / predicted[ok]))
-        if abs(ratio - 1.0) <= tol:
-            return ""
-        return (f"depth x{ratio:.2f} of what the keyframe's points predict (> {100 * tol:.0f} % off, "
-                f"max_depth_scale_change): not made a keyframe")
+        problem = depth_scale_problem(track.pts_ref[inl], track.pts_query[inl], kf.keyframe, frame,
+                                      invert(kf.T_odom_kf) @ T_odom_cam, self.tracker.selector.conf[
+                                          "max_depth_scale_change"], self.conf["max_depth_m"])
+        return f"{problem}: not made a keyframe" if problem else ""
 
     def _result(self, T, cov, status, track) -> OdometryResult:
         if T is not None and self.last_pose is not None and not status.startswith("lost"):
