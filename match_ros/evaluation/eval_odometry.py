@@ -10,12 +10,17 @@ figures are what a robot would see:
 - ``drift_end_pct``: position error at the last frame / distance travelled (%), ``drift_max_pct``: the largest
   position error over the run / distance travelled;
 - ``ate_rmse_m``: RMS position error over all frames; ``rpe_1m_pct`` / ``rpe_1m_deg``: median error of the
-  relative motion over 1 m of travel (translation %, rotation deg);
+  relative motion over 1 m of travel (translation % of the pair's path, rotation deg), over every pair of frames
+  whose ground-truth path between them is closest to 1 m (within 10 %); ``ate_se3_rmse_m``: the ATE after an
+  SE(3) Umeyama fit of the whole trajectory (``evo_ape -a``; nan on a line). ATE and RPE are computed by evo;
 - ``ms_per_frame_median``, ``keyframes``, ``lost_frames``; ``within_3sigma``: share of frames whose position
   error is inside the published covariance's 3-sigma ellipsoid.
 
 ``--depth-noise`` adds the noise of a structured-light RGB-D camera (sigma = 1.5 mm * z^2, per pixel) to the
 rendered depth. Plots: ``<out>/<scene>_trajectory.png`` (top view) and ``<scene>_error.png`` (error over distance).
+Trajectories: ``<out>/<scene>_estimate.tum`` (the odometry's poses as it gave them, odom frame) and
+``<out>/<scene>_groundtruth.tum`` (world frame), TUM format; ``evo_ape tum <out>/<scene>_groundtruth.tum
+<out>/<scene>_estimate.tum --align_origin`` gives the ATE above (``-a``: the SE(3)-fitted one).
 """
 from __future__ import annotations
 
@@ -27,35 +32,34 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.geometry.transforms import invert, rotation_error_deg
-
 SCENES = ("room", "corridor", "facade", "office", "street")
 
 
 def trajectory_metrics(T_est: list, T_gt: list, covariances: list | None = None) -> dict:
-    """Figures of one run (module docstring) from [N] estimated and true camera poses (first frame aligned)."""
-    A = T_gt[0] @ invert(T_est[0])
-    est = [A @ T for T in T_est]
+    """Figures of one run (module docstring) from [N] estimated and true camera poses (first frame aligned).
+
+    ATE, RPE and the per-frame errors are evo's (``trajectories.ate_rpe``: APE after evo's origin alignment, RPE
+    over the pairs 1 m of ground-truth path apart, and the ATE after an SE(3) Umeyama fit, ``ate_se3_rmse_m``);
+    computed here, because evo has no such figure: drift as a share of the distance travelled (from evo's errors
+    and path length) and ``within_3sigma``, the position errors against the published covariances."""
+    from match_ros.evaluation.trajectories import ate_rpe
+
+    ev = ate_rpe(T_est, T_gt, align="origin", rpe_delta_m=1.0)
+    A, est = ev["alignment"], ev["estimate"]
     p_est = np.array([T[:3, 3] for T in est])
     p_gt = np.array([T[:3, 3] for T in T_gt])
-    err = np.linalg.norm(p_est - p_gt, axis=1)
-    step = np.r_[0.0, np.linalg.norm(np.diff(p_gt, axis=0), axis=1)]
-    dist = np.cumsum(step)
+    err, dist = ev["position_errors_m"], ev["distance_m"]
     total = max(float(dist[-1]), 1e-9)
-    rpe_t, rpe_r = [], []
-    for i in range(len(est)):
-        j = int(np.searchsorted(dist, dist[i] + 1.0))
-        if j >= len(est):
-            break
-        d_est, d_gt = invert(est[i]) @ est[j], invert(T_gt[i]) @ T_gt[j]
-        rpe_t.append(100.0 * np.linalg.norm(d_est[:3, 3] - d_gt[:3, 3]) / max(dist[j] - dist[i], 1e-9))
-        rpe_r.append(rotation_error_deg(d_est[:3, :3], d_gt[:3, :3]))
+    rpe_t, rpe_r = ev["rpe_t_pct"], ev["rpe_r_deg"]
     out = {"frames": len(est), "distance_m": total, "drift_end_pct": 100.0 * float(err[-1]) / total,
-           "drift_max_pct": 100.0 * float(err.max()) / total, "ate_rmse_m": float(np.sqrt(np.mean(err ** 2))),
-           "rot_err_end_deg": rotation_error_deg(est[-1][:3, :3], T_gt[-1][:3, :3]),
-           "rpe_1m_pct": float(np.median(rpe_t)) if rpe_t else float("nan"),
-           "rpe_1m_deg": float(np.median(rpe_r)) if rpe_r else float("nan")}
+           "drift_max_pct": 100.0 * float(err.max()) / total, "ate_rmse_m": ev["ate_rmse_m"],
+           "ate_se3_rmse_m": _ate_se3(T_est, T_gt),
+           "rot_err_end_deg": float(ev["rotation_errors_deg"][-1]),
+           "rpe_1m_pct": float(np.median(rpe_t)) if len(rpe_t) else float("nan"),
+           "rpe_1m_deg": float(np.median(rpe_r)) if len(rpe_r) else float("nan")}
     if covariances is not None:
+        # covariance honesty is not an evo metric: the aligned position error against the covariance, rotated by
+        # the alignment
         inside = []
         for k, cov in enumerate(covariances):
             c = A[:3, :3] @ cov[:3, :3] @ A[:3, :3].T
@@ -67,9 +71,20 @@ def trajectory_metrics(T_est: list, T_gt: list, covariances: list | None = None)
     return out
 
 
+def _ate_se3(T_est: list, T_gt: list) -> float:
+    """ATE after evo's SE(3) Umeyama fit; nan when the true positions allow no unique fit (a line, < 3 poses)."""
+    from match_ros.evaluation.trajectories import ate_rpe
+
+    try:
+        return ate_rpe(T_est, T_gt, align="se3")["ate_rmse_m"]
+    except ValueError:
+        return float("nan")
+
+
 def run_sequence(frames, K, matcher, conf: dict | None = None, depth_noise: bool = False, seed: int = 0,
                  progress: bool = True, label: str = "") -> dict:
-    """Odometry over frames (objects with rgb, depth, stamp_ns, T_world_cam); metrics + per-frame records."""
+    """Odometry over frames (objects with rgb, depth, stamp_ns, T_world_cam); metrics + per-frame records
+    (``_trajectories``: stamps [ns], estimated and true poses, for ``write_tum_pair``)."""
     from tqdm import tqdm
 
     from match_ros.core.tracking.frontend import Frame
@@ -77,7 +92,7 @@ def run_sequence(frames, K, matcher, conf: dict | None = None, depth_noise: bool
 
     vo = VisualOdometry(matcher, conf)
     rng = np.random.default_rng(seed)
-    est, gt, covs, ms, statuses = [], [], [], [], []
+    est, gt, covs, ms, statuses, stamps = [], [], [], [], [], []
     for f in tqdm(frames, desc=label, disable=not progress, unit="frame"):
         depth = f.depth
         if depth_noise:
@@ -90,7 +105,9 @@ def run_sequence(frames, K, matcher, conf: dict | None = None, depth_noise: bool
         gt.append(f.T_world_cam)
         covs.append(r.covariance)
         statuses.append(r.status)
+        stamps.append(int(f.stamp_ns))
     out = trajectory_metrics(est, gt, covs)
+    out["_trajectories"] = (stamps, est, gt)  # for the TUM files
     out.update(ms_per_frame_median=float(np.median(ms)), ms_per_frame_p95=float(np.percentile(ms, 95)),
                keyframes=sum(s in ("keyframe", "initialized") for s in statuses),
                lost_frames=sum(s.startswith("lost") for s in statuses))
@@ -154,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-keypoints", type=int, default=1024)
     ap.add_argument("--depth-noise", action="store_true", help="structured-light depth noise (1.5 mm * z^2)")
     ap.add_argument("--window-keyframes", type=int, default=None, help="override odometry.window_keyframes")
-    ap.add_argument("--out", default="odometry_eval", help="directory for plots")
+    ap.add_argument("--out", default="odometry_eval", help="directory for plots and TUM trajectories")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
@@ -166,6 +183,7 @@ def main(argv=None) -> int:
     from match_ros.core.config import parse_overrides
     from match_ros.core.device import resolve_device
     from match_ros.core.features.matcher import build_matcher, shared_conf
+    from match_ros.evaluation.trajectories import evo_command, write_tum_pair
     from match_ros.sim import make_sequence
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -184,6 +202,8 @@ def main(argv=None) -> int:
             frames, K = seq, seq.camera.K
         m = run_sequence(frames, K, matcher, conf, args.depth_noise, progress=not args.no_progress, label=name)
         plot(out_dir, name, m)
+        stamps, est, gt = m["_trajectories"]
+        gt_path, est_path = write_tum_pair(out_dir, name, list(zip(stamps, est)), list(zip(stamps, gt)))
         report[name] = {k: v for k, v in m.items() if not k.startswith("_")}
         r = report[name]
         print(f"{name:10s} {r['distance_m']:6.2f} m  drift end {r['drift_end_pct']:5.2f} %"
@@ -191,10 +211,12 @@ def main(argv=None) -> int:
               f"  ATE {100 * r['ate_rmse_m']:5.2f} cm  RPE(1 m) {r['rpe_1m_pct']:5.2f} % {r['rpe_1m_deg']:5.2f} deg"
               f"  3sigma {r['within_3sigma']:.2f}  keyframes {r['keyframes']:3d}  lost {r['lost_frames']:3d}"
               f"  {r['ms_per_frame_median']:5.0f} ms/frame", flush=True)
+        print(f"{'':10s} ATE {100 * r['ate_se3_rmse_m']:5.2f} cm after an SE(3) fit; with evo:"
+              f" {evo_command(gt_path, est_path, 'origin')}  (-a: SE(3) fit)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"matcher": args.matcher, "depth_noise": args.depth_noise,
                                                "frames": args.frames, "scenes": report}, indent=2))
-    print(f"plots in {out_dir}/")
+    print(f"plots and TUM trajectories (<scene>_estimate.tum, <scene>_groundtruth.tum) in {out_dir}/")
     return 0
 
 

@@ -11,7 +11,10 @@ found automatically) or /tf map -> camera. With --node the query bag is also rep
 relocalizer node process (a real ROS 2 graph on loopback), which answers what it can keep up with.
 The JSON report (also printed) has recall_5cm_2deg, recall_25cm_5deg, recall_1m_10deg, wrong_poses (> 1 m or
 > 10 deg), no_pose, median_t_m, median_r_deg, ms_per_query_median, ms_per_query_p95, retrieval_hit_at_1/3/10,
-nees_mean and within_3sigma (covariance honesty); plots go beside it.
+nees_mean and within_3sigma (covariance honesty); plots go beside it, and the trajectories in TUM format
+(``offline_estimate.tum`` / ``offline_groundtruth.tum``, with --node ``node_estimate.tum`` /
+``node_groundtruth.tum``; poses in the map frame, frames without a pose left out of the estimate) for
+``evo_ape tum GT EST`` (printed).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
-from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, plot_report, score
+from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, plot_report, score, write_records_tum
 from match_ros.evaluation.reloc_scenes import (QUERY_KINDS, T_MAP_ODOM, make_query_sequence, scene_bags,  # noqa: F401
                                                write_query_bag)
 
@@ -99,12 +102,14 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
 def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain_id=None, startup_timeout=90.0,
                           log_path=None, topics=("/camera/image_raw", "/camera/camera_info", "/tf"),
                           gt_topic: str = "/ground_truth/pose", tf_sink: list | None = None,
-                          subscribe: dict | None = None) -> tuple:
+                          subscribe: dict | None = None, tum_dir=None) -> tuple:
     """Replay ``query_bag`` through the relocalizer node process. Returns (records, map_odom, node_log) with
     records for the frames the node answered ([QueryRecord], ground truth from ``gt_topic`` in the bag) and
     map_odom the map -> odom transforms it broadcast [(stamp_ns, T)]. tf_sink: a list that receives every other
     transform seen on /tf as (stamp_ns, parent, child, T) (e.g. from a visual_odometry node running alongside).
-    subscribe: {topic: (message type, callback)}: more topics to receive while the bag plays (reliable)."""
+    subscribe: {topic: (message type, callback)}: more topics to receive while the bag plays (reliable).
+    tum_dir: also write the node's poses and their ground truth there as ``node_estimate.tum`` /
+    ``node_groundtruth.tum`` (``write_records_tum``)."""
     confine_to_loopback(domain_id)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -179,6 +184,8 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
         T, cov = poses.get(stamp, (None, None))
         ms = float(vals.get("query_ms", "nan"))
         records.append(QueryRecord(stamp, gt[stamp], T, cov, ms, message, vals.get("mode", "")))
+    if tum_dir is not None:
+        write_records_tum(tum_dir, "node", records)
     return records, map_odom, node_log
 
 
@@ -212,6 +219,7 @@ def main(argv=None) -> int:
     if bool(args.scene) == bool(args.map_bag or args.query_bag) or (not args.scene and not (
             args.map_bag and args.query_bag)):
         ap.error("give --scene, or both --map-bag and --query-bag")
+    from match_ros.evaluation.trajectories import evo_command
     from match_ros.tools.bagio import BagError
     from match_ros.tools.build_map import build_map_from_bag
 
@@ -257,10 +265,14 @@ def main(argv=None) -> int:
               "keyframes": len(m), "localizer": conf}
     kf_pos = np.array([kf.T_world_cam[:3, 3] for kf in m])
     plots = plot_report(out_dir, records, kf_pos, f"{name} (offline)")
+    tum = {"offline": write_records_tum(out_dir, "offline", records)}
     if args.node:
         node_records, _, log = replay_relocalization(map_path, query_bag, {"matcher": args.matcher, **{
-            f"localizer.{k}": v for k, v in conf.items()}}, domain_id=args.domain_id, log_path=out_dir / "node.log")
+            f"localizer.{k}": v for k, v in conf.items()}}, domain_id=args.domain_id, log_path=out_dir / "node.log",
+            tum_dir=out_dir)
         report["node"] = {**score(node_records), "frames": len(records) * args.stride}
+        tum["node"] = (out_dir / "node_groundtruth.tum", out_dir / "node_estimate.tum")
+    report["tum"] = {k: {"groundtruth": str(g), "estimate": str(e)} for k, (g, e) in tum.items()}
     (out_dir / "records.json").write_text(json.dumps([
         {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(r).items()} for r in records]))
     text = json.dumps(report, indent=2)
@@ -269,6 +281,9 @@ def main(argv=None) -> int:
         Path(args.json).write_text(text)
     print(text)
     print("plots:", *map(str, plots))
+    for k, (g, e) in tum.items():
+        # no alignment: the poses are in the map frame, a fit would hide a wrong one
+        print(f"trajectories ({k}, TUM): {evo_command(g, e, 'none')}")
     return 0
 
 

@@ -7,6 +7,12 @@ recall_1m_10deg, wrong_poses (> 1 m or > 10 deg), no_pose, median_t_m, median_r_
 ms_per_query_p95, retrieval_hit_at_1 / _3 / _10, nees_mean, nees_median, within_3sigma, integrity_failures
 (accepted poses beyond 25 cm / 5 deg whose position sigma claims under 5 cm: the worst a localizer can do) and,
 in continuous mode, the poses given per prior (odometry, last fix, ...).
+
+These figures stay the package's own: evo (``trajectories``) evaluates trajectories (ATE / RPE of a pose per
+frame), while relocalization is scored per query: recall at error thresholds, poses refused, retrieval hits and
+the honesty of each pose's published covariance (NEES, integrity) are not evo metrics. The poses go out as TUM
+files (``write_records_tum``) for evo all the same: ``evo_ape tum GT EST`` (no alignment: the poses are in the
+map frame) gives the per-query translation errors of the poses given.
 """
 from __future__ import annotations
 
@@ -137,6 +143,15 @@ def score(records: list) -> dict:
     if modes:
         out["tracking_share"] = float(np.mean([m == "tracking" for m in modes]))
     return out
+
+
+def write_records_tum(out_dir, prefix: str, records: list) -> tuple[Path, Path]:
+    """``<out_dir>/<prefix>_groundtruth.tum`` (every query frame) and ``<prefix>_estimate.tum`` (the poses given;
+    frames without one are left out) from query records; returns (groundtruth path, estimate path)."""
+    from match_ros.evaluation.trajectories import write_tum_pair
+
+    return write_tum_pair(out_dir, prefix, [(r.stamp_ns, r.T_est) for r in records if r.T_est is not None],
+                          [(r.stamp_ns, r.T_gt) for r in records])
 
 
 def plot_report(out_dir: Path, records: list, keyframe_positions: np.ndarray, title: str) -> list:
