@@ -3,12 +3,17 @@
     match_ros_eval_reloc --map-bag MAP --query-bag QUERY [--gt-topic T] [--depth-topic T] --matcher M --json OUT
     match_ros_eval_reloc --scene office [--query classic] --matcher xfeat_lighterglue [--node]
 
-Builds the map from the mapping bag (depth when it has some, triangulation otherwise), then relocalizes EVERY
-query frame offline through the core localizer (none dropped): globally (--mode global, each frame alone) or as a
-robot would (--mode continuous: after a fix, the last pose moved by the odometry on /tf is the prior; global
-search when tracking fails). The ground truth is a PoseStamped topic of the camera in the map frame (--gt-topic,
-found automatically) or /tf map -> camera. With --node the query bag is also replayed in real time through the
-relocalizer node process (a real ROS 2 graph on loopback), which answers what it can keep up with.
+Builds the map from the mapping bag (depth when it has some, triangulation otherwise; cached in OUT/maps under a
+key of the bag's content and every option that changes the map, --rebuild-map to build it again), then
+relocalizes EVERY query frame offline through the core localizer (none dropped): globally (--mode global, each
+frame alone) or as a robot would (--mode continuous, the node's ContinuousLocalizer: after a fix, the last pose
+moved by the odometry on /tf at the frame's stamp is the prior; with --odometry none there is no odometry, and
+only a fix younger than max_fix_age_s, confirmed by the retrieval, is tracked from; otherwise, and when tracking
+fails, a global search). Every localizer setting is --localizer KEY=VALUE (e.g. max_keyframes_matched=5); the
+output folder's name carries every option that changes the figures. The ground truth is a PoseStamped topic of
+the camera in the map frame (--gt-topic, found automatically) or /tf map -> camera. With --node the query bag is
+also replayed in real time through the relocalizer node process (a real ROS 2 graph on loopback), which answers
+what it can keep up with.
 The JSON report (also printed) has recall_5cm_2deg, recall_25cm_5deg, recall_1m_10deg, wrong_poses (> 1 m or
 > 10 deg), no_pose, median_t_m, median_r_deg, ms_per_query_median, ms_per_query_p95, retrieval_hit_at_1/3/10,
 nees_mean and within_3sigma (covariance honesty); plots go beside it, and the trajectories in TUM format
@@ -189,6 +194,48 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
     return records, map_odom, node_log
 
 
+def localizer_options(items: list) -> dict:
+    """["key=value", ...] -> {key: value} checked against the localizer's settings (ValueError naming the key)."""
+    from match_ros.core.relocalization.localizer import localizer_spec
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in localizer_spec:
+            raise ValueError(f"--localizer {item!r}: expected KEY=VALUE with KEY one of {sorted(localizer_spec)}")
+        kind = type(localizer_spec[key].default)
+        value = text.lower() in ("1", "true", "yes", "on") if kind is bool else kind(text)
+        out[key] = localizer_spec[key].check(f"localizer {key}", value)
+    return out
+
+
+def map_cache_key(bag, matcher: str, depth_topic: str, builder_conf: dict | None) -> str:
+    """12 hex digits of the bag's content (every file of the bag folder, sha256) and the options the map is built
+    with: a regenerated bag, another matcher or depth topic never reuse a map (before: cached by the folder's name,
+    and two scenes' bags both called "map" shared one)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([matcher, depth_topic, builder_conf], sort_keys=True).encode())
+    bag = Path(bag)
+    for f in sorted(p for p in bag.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(bag)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def output_name(base: str, args, conf: dict) -> str:
+    """The run's folder name: ``base`` plus every option that changes the figures and is not at its default."""
+    parts = [base]
+    if args.mode == "continuous" and args.odometry != "drift":
+        parts.append(f"odom-{args.odometry}")
+    if args.stride != 1:
+        parts.append(f"stride{args.stride}")
+    parts += [f"{k}-{v}" for k, v in sorted(conf.items()) if k not in ("max_height_change_m", "max_tilt_change_deg")]
+    return "_".join(str(p).replace("/", "-") for p in parts)
+
+
 def main(argv=None) -> int:
     from match_ros.core.features.matcher import available_matchers
     from match_ros.sim import SCENES
@@ -207,10 +254,19 @@ def main(argv=None) -> int:
                      "frame (default: found; else /tf map -> camera)")
     src.add_argument("--depth-topic", default="auto", help="depth topic of the mapping bag (default: found)")
     ap.add_argument("--matcher", default="xfeat_lighterglue", choices=available_matchers(), help="local features")
-    ap.add_argument("--mode", choices=MODES, default="global", help="each frame alone, or tracking with odometry")
+    ap.add_argument("--mode", choices=MODES, default="global",
+                    help="global: each frame alone; continuous: the node's tracking (see --odometry)")
+    ap.add_argument("--odometry", choices=ODOMETRY, default="drift",
+                    help="continuous mode's odometry: drift (the query bag's /tf, drifting), none (no odometry: a fix "
+                    "younger than max_fix_age_s confirmed by retrieval, else global), delayed (/tf late, used within "
+                    "the node's odom_wait_s)")
     ap.add_argument("--stride", type=int, default=1, help="relocalize every n-th query frame (default: all)")
     ap.add_argument("--top-k", type=int, default=None, help="keyframes retrieved per query (localizer top_k)")
     ap.add_argument("--retrieval", choices=("bow", "global"), default=None, help="retrieval method")
+    ap.add_argument("--localizer", action="append", default=[], metavar="KEY=VALUE",
+                    help="any localizer setting (repeatable), e.g. max_keyframes_matched=5; see "
+                    "config/relocalizer.yaml for the names")
+    ap.add_argument("--rebuild-map", action="store_true", help="build the map again even when a cached one matches")
     ap.add_argument("--node", action="store_true", help="also replay the query bag through the relocalizer node")
     ap.add_argument("--out", default="build/eval_reloc", help="output folder (bags, maps, report, plots)")
     ap.add_argument("--json", default=None, help="write the report here too")
@@ -225,6 +281,10 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     conf = {k: v for k, v in (("top_k", args.top_k), ("retrieval", args.retrieval)) if v is not None}
+    try:
+        conf.update(localizer_options(args.localizer))
+    except ValueError as e:
+        ap.error(str(e))
     if args.scene == "chessboard":
         from match_ros.evaluation.chessboard import chessboard_bags
 
@@ -239,18 +299,23 @@ def main(argv=None) -> int:
     else:
         map_bag, query_bag = Path(args.map_bag), Path(args.query_bag)
         name = f"{map_bag.name}_{query_bag.name}_{args.matcher}_{args.mode}"
+    name = output_name(name, args, conf)
     out_dir = out / name
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        map_path = out / "maps" / f"{map_bag.name}_{args.matcher}.db"
+        builder_conf = {"min_overlap": 1.0} if args.scene == "chessboard" else None
+        key = map_cache_key(map_bag, args.matcher, args.depth_topic, builder_conf)
+        map_path = out / "maps" / f"{map_bag.name}_{args.matcher}_{key}.db"
         map_path.parent.mkdir(parents=True, exist_ok=True)
-        if not map_path.exists():
-            builder_conf = {"min_overlap": 1.0} if args.scene == "chessboard" else None
+        if map_path.exists() and not args.rebuild_map:
+            print(f"map: {map_path} (cached: same bag content and options)")
+        else:
             summary = build_map_from_bag(map_bag, map_path, args.matcher, depth_topic=args.depth_topic,
                                          builder_conf=builder_conf)
             print(f"map: {summary['keyframes']} keyframes, {summary['points3d']} points, "
-                  f"{summary['bytes'] / 1e6:.1f} MB")
-        records = run_offline(map_path, query_bag, args.matcher, args.mode, args.stride, conf, gt_topic=args.gt_topic)
+                  f"{summary['bytes'] / 1e6:.1f} MB -> {map_path}")
+        records = run_offline(map_path, query_bag, args.matcher, args.mode, args.stride, conf, gt_topic=args.gt_topic,
+                              odometry=args.odometry)
     except (BagError, ValueError, OSError) as e:
         print(f"match_ros_eval_reloc: error: {e}", file=sys.stderr)
         return 2
@@ -262,7 +327,8 @@ def main(argv=None) -> int:
     m = Map.load(map_path)
     report = {"offline": score(records), "scene": args.scene, "query": args.query if args.scene else None,
               "map_bag": str(map_bag), "query_bag": str(query_bag), "matcher": args.matcher, "mode": args.mode,
-              "keyframes": len(m), "localizer": conf}
+              "odometry": args.odometry if args.mode == "continuous" else None, "stride": args.stride,
+              "map": str(map_path), "keyframes": len(m), "localizer": conf}
     kf_pos = np.array([kf.T_world_cam[:3, 3] for kf in m])
     plots = plot_report(out_dir, records, kf_pos, f"{name} (offline)")
     tum = {"offline": write_records_tum(out_dir, "offline", records)}
