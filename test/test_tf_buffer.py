@@ -166,6 +166,20 @@ def test_buffer_pruned_beyond_cache_time():
     np.testing.assert_allclose(buf.lookup("odom", "base_link", int(9.5 * S))[:3, 3], [100, 0, 0])
 
 
+def test_time_that_jumps_back_restarts_the_buffer():
+    """A bag played again: /tf stamps 100 s earlier, one after another. tf2 drops a single stale sample, and
+    tf2_ros clears its buffer when time jumps back; before, every sample after the jump was dropped and no lookup
+    ever succeeded again."""
+    buf = TfBuffer(cache_time_s=2.0, tolerance_s=0.0)
+    for k in range(100, 111):
+        buf.set_transform("odom", "base_link", k * S, make(np.eye(3), [k, 0, 0]))
+    for k in range(0, 5):  # the replay: 100 s back
+        buf.set_transform("odom", "base_link", k * S, make(np.eye(3), [-k, 0, 0]))
+    assert buf.jumps == 1
+    np.testing.assert_allclose(buf.lookup("odom", "base_link", int(3.5 * S))[:3, 3], [-3.5, 0, 0])
+    assert not buf.can_transform("odom", "base_link", 105 * S)  # the history before the jump is gone
+
+
 # ----------------------------------------------------------------------------- ROS listener
 def test_listener_receives_tf_and_latched_tf_static():
     import rclpy

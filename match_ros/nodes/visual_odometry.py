@@ -121,6 +121,10 @@ class VisualOdometryNode(ManagedNode):
             return
         header = frame.header
         stamp = conv.stamp_to_ns(header.stamp)
+        if self.last is not None and stamp < self.last[0]:  # a bag played again, /clock reset
+            self.get_logger().warning(f"image stamp jumped back {(self.last[0] - stamp) * 1e-9:.3f} s: the odometry "
+                                      "goes on from its pose (REP 105: odom never jumps), its velocity starts anew")
+            self.last = None
         if self.child_frame is None:
             self._start(header.frame_id, stamp)
         t0 = time.monotonic()

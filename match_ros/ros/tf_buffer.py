@@ -47,23 +47,36 @@ def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
     return q / np.linalg.norm(q)
 
 
+STALE_IN_A_ROW = 3  # samples of an edge older than its cache window that mean time jumped back
+
+
 class _Edge:
     """Time-ordered samples of T_parent_child for one child frame."""
 
-    __slots__ = ("parent", "static", "stamps", "quats", "trans")
+    __slots__ = ("parent", "static", "stamps", "quats", "trans", "stale")
 
     def __init__(self, parent: str, static: bool):
         self.parent, self.static = parent, static
         self.stamps: list[int] = []
         self.quats: list[np.ndarray] = []
         self.trans: list[np.ndarray] = []
+        self.stale: list = []  # samples in a row older than the cache keeps
 
-    def insert(self, stamp_ns: int, q: np.ndarray, t: np.ndarray, cache_ns: int) -> None:
+    def insert(self, stamp_ns: int, q: np.ndarray, t: np.ndarray, cache_ns: int) -> bool:
+        """Add a sample; True when it showed that time jumped back (the history before it was discarded)."""
         if self.static:
             self.stamps, self.quats, self.trans = [0], [q], [t]
-            return
+            return False
         if self.stamps and stamp_ns < self.stamps[-1] - cache_ns:
-            return  # older than the cache keeps: dropped, as tf2 does
+            # older than the cache keeps: one such sample is dropped, as tf2 does; STALE_IN_A_ROW of them mean that
+            # time jumped back (a bag played again, /clock reset), where tf2_ros clears its buffer: so do we
+            self.stale.append((stamp_ns, q, t))
+            if len(self.stale) < STALE_IN_A_ROW:
+                return False
+            samples, self.stale = sorted(self.stale, key=lambda x: x[0]), []
+            self.stamps, self.quats, self.trans = ([x[i] for x in samples] for i in range(3))
+            return True
+        self.stale = []
         i = bisect.bisect_left(self.stamps, stamp_ns)
         if i < len(self.stamps) and self.stamps[i] == stamp_ns:
             self.quats[i], self.trans[i] = q, t  # same stamp: the newer message wins
@@ -137,6 +150,7 @@ class TfBuffer:
         self._tol_ns = int(round(tolerance_s * 1e9))
         self._edges: dict[str, _Edge] = {}  # child frame -> edge to its parent
         self._lock = threading.Lock()
+        self.jumps = 0  # edges restarted because time jumped back
 
     def set_transform(self, parent: str, child: str, stamp_ns: int, T_parent_child: np.ndarray,
                       static: bool = False) -> None:
@@ -157,7 +171,8 @@ class TfBuffer:
             edge = self._edges.get(child)
             if edge is None or edge.parent != parent or edge.static != static:
                 edge = self._edges[child] = _Edge(parent, static)
-            edge.insert(stamp_ns, quaternion_from_matrix(R), T[:3, 3].copy(), self._cache_ns)
+            if edge.insert(stamp_ns, quaternion_from_matrix(R), T[:3, 3].copy(), self._cache_ns):
+                self.jumps += 1
 
     def lookup(self, target_frame: str, source_frame: str, stamp_ns: int = 0) -> np.ndarray:
         """T_target_source [4 x 4] at stamp_ns (0: latest common time). Raises TfLookupError."""
@@ -270,12 +285,16 @@ class TfListener:
         ]
 
     def _on_tf(self, msg, static: bool) -> None:
+        jumps = self.buffer.jumps
         for ts in msg.transforms:
             try:
                 self.buffer.set_transform(ts.header.frame_id, ts.child_frame_id, self._to_ns(ts.header.stamp),
                                           self._to_matrix(ts.transform), static=static)
             except ValueError as e:
                 self._node.get_logger().warning(f"ignoring transform: {e}", throttle_duration_sec=5.0)
+        if self.buffer.jumps > jumps:
+            self._node.get_logger().warning("/tf stamps jumped back in time: the transforms before the jump were "
+                                            "discarded (as tf2_ros clears its buffer)", throttle_duration_sec=5.0)
 
     def _lookup_now(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
         if self._tf2 is None:
