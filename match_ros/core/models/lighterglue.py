@@ -18,10 +18,14 @@ Matrix products of other shapes sum in another order, so the result is kornia's 
 compare matches and scores with kornia's forward). One attention head only (LighterGlue's configuration).
 
 ``bucket`` (set for bfloat16 on the CPU, ``XFeatLighterGlue``'s ``cpu_bf16_glue``): oneDNN builds a bf16 kernel
-for every new shape, and the shapes here follow each frame's keypoint count and pruning. With a bucket, the
-per-keypoint layers see row counts rounded up to its multiples (zero rows, dropped after) and attention sees
-queries and keys padded likewise (the padded keys masked out): a few dozen shapes, whose layer kernels
-``warm_up`` builds once. In float32 the padded result equals the unpadded one up to rounding (tested).
+for every new shape, and the shapes here follow each frame's keypoint count and pruning. With a bucket, every
+product sees row counts rounded up to its multiples (zero rows, dropped after): the per-keypoint layers, the
+positional encoding and input projection of ``prepare``, the pruning's matchability, the assignment's projection,
+matchability and [m x n] similarity; attention sees queries and keys padded likewise (the padded keys masked out):
+a few dozen shapes, whose kernels ``warm_up`` builds once. Without it (issue #20) the shapes that were left
+unpadded (pruned token counts, the similarity's m x n) made a new oneDNN primitive nearly every frame: its cache
+(1024 primitives) filled with ~0.6 GB of kernels and, churning, kept keyframe_matcher's memory growing by
+~14 MB/min. In float32 the padded result equals the unpadded one up to rounding (tested).
 """
 from __future__ import annotations
 
@@ -96,6 +100,10 @@ class PackedLighterGlue:
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.linear(self._rows(x)[0], weight, bias)[:len(x)]
 
+    def _matchability(self, head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """[T x D] -> [T x 1] logits of kornia's ``MatchAssignment.matchability`` (rows bucketed)."""
+        return self._linear(x, head.matchability.weight, head.matchability.bias)
+
     def _ffn(self, x: torch.Tensor, message: torch.Tensor, ffn: tuple) -> torch.Tensor:
         """x + ffn([x, out_proj(message)]) with the output projection folded (module docstring)."""
         w_x, w_m, b, rest = ffn
@@ -126,11 +134,21 @@ class PackedLighterGlue:
         precision context), so that no kernel is built while frames are matched."""
         if self.bucket <= 1:
             return
-        weight = self.self_qkv[0][0]
-        for rows in range(self.bucket, max_tokens + self.bucket, self.bucket):
+        g, weight = self.glue, self.self_qkv[0][0]
+        head = g.log_assignment[0]
+        sizes = range(self.bucket, max_tokens + self.bucket, self.bucket)
+        for rows in sizes:
             x = torch.zeros((rows, self.d), device=weight.device)
             self._ffn(self._linear(x, *self.self_qkv[0])[:, :self.d], x, self.self_ffn[0])
             self._ffn(self._linear(x, *self.cross_qkv[0])[:, :self.d], x, self.cross_ffn[0])
+            self._matchability(head, x)
+            self._linear(x, head.final_proj.weight, head.final_proj.bias)
+            self._linear(torch.zeros((rows, 2), device=weight.device), g.posenc.Wr.weight, g.posenc.Wr.bias)
+            self._linear(torch.zeros((rows, g.input_proj.in_features), device=weight.device), g.input_proj.weight,
+                         g.input_proj.bias)
+        for m in sizes[:len(sizes) // 2]:  # the similarity of two images' sets (each up to max_tokens / 2)
+            for n in sizes[:len(sizes) // 2]:
+                torch.zeros((m, self.d), device=weight.device) @ torch.zeros((n, self.d), device=weight.device).t()
 
     # ------------------------------------------------------------------ per image, per pair
     def prepare(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_size: tuple) -> dict:
@@ -139,10 +157,12 @@ class PackedLighterGlue:
         from kornia.feature.lightglue import normalize_keypoints
 
         g = self.glue
+        n = len(keypoints)
         size = torch.tensor([image_size], device=keypoints.device, dtype=torch.float32)
-        enc = g.posenc(normalize_keypoints(keypoints[None], size))  # [2 x 1 x 1 x N x D]: cos, sin, pairwise equal
-        rot = torch.complex(enc[0, 0, 0, :, 0::2].float(), enc[1, 0, 0, :, 0::2].float())
-        desc = self._self(0, g.input_proj(descriptors), rot, [0, len(keypoints)])
+        # kornia's posenc (Wr, then cos and sin, each value twice): only the cos / sin of the pairs are kept
+        projected = self._linear(normalize_keypoints(keypoints[None], size)[0], g.posenc.Wr.weight, g.posenc.Wr.bias)
+        rot = torch.complex(torch.cos(projected).float(), torch.sin(projected).float())
+        desc = self._self(0, self._linear(descriptors, g.input_proj.weight, g.input_proj.bias), rot, [0, n])
         return {"desc": desc, "rot": rot}
 
     def match(self, s0: dict, s1: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +187,7 @@ class PackedLighterGlue:
                 if bool(1.0 - (token < g.confidence_thresholds[i]).float().sum() / total > c.depth_confidence):
                     break
             if prune and (m > prune_min or n > prune_min):
-                keep = g.get_pruning_mask(token, g.log_assignment[i].get_matchability(x), i)
+                keep = g.get_pruning_mask(token, torch.sigmoid(self._matchability(g.log_assignment[i], x))[:, 0], i)
                 keep[:m] |= m <= prune_min  # kornia prunes an image only while it has more than prune_min points
                 keep[m:] |= n <= prune_min
                 m, n = int(keep[:m].sum()), int(keep[m:].sum())
@@ -175,21 +195,28 @@ class PackedLighterGlue:
                 x, rot, index = x[kept], rot[kept], index[kept]
         if m == 0 or n == 0:
             return torch.zeros((0, 2), dtype=torch.long, device=device), torch.zeros(0, device=device)
-        return _assign(g.log_assignment[i], x, m, index, c.filter_threshold)
+        return self._assign(g.log_assignment[i], x, m, index, c.filter_threshold)
+
+    def _assign(self, head: torch.nn.Module, x: torch.Tensor, m: int, index: torch.Tensor,
+                threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """kornia's ``MatchAssignment`` + ``filter_matches`` on the token matrix, without building the dustbin row
+        and column (filter_matches never reads them): mutual best of the dual-softmax + matchability scores, score
+        exp(log assignment) above threshold. Returns (indices [K x 2] into the unpruned sets, scores [K])."""
+        md = (self._linear(x, head.final_proj.weight, head.final_proj.bias) / head.dim ** 0.25).float()
+        z = self._matchability(head, x)[:, 0]
+        # under CPU bf16 autocast the product runs in bf16 (matmul is on autocast's list): both sides bucketed
+        a, b = self._rows(md[:m])[0], self._rows(md[m:])[0]
+        sim = (a @ b.t())[:m, :len(x) - m]
+        return _assign_scores(sim, z, m, index, threshold)
 
 
-def _assign(head: torch.nn.Module, x: torch.Tensor, m: int, index: torch.Tensor,
-            threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """kornia's ``MatchAssignment`` + ``filter_matches`` on the token matrix, without building the dustbin row
-    and column (filter_matches never reads them): mutual best of the dual-softmax + matchability scores, score
-    exp(log assignment) above threshold. Returns (indices [K x 2] into the unpruned sets, scores [K])."""
-    md = (head.final_proj(x) / head.dim ** 0.25).float()  # the [m x n] product in float32 (bf16 kernels: per shape)
-    z = head.matchability(x)[:, 0]
-    sim = md[:m] @ md[m:].t()
+def _assign_scores(sim: torch.Tensor, z: torch.Tensor, m: int, index: torch.Tensor,
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of ``PackedLighterGlue._assign``: [m x n] similarity, [m + n] matchability logits."""
     certainties = F.logsigmoid(z[:m])[:, None] + F.logsigmoid(z[m:])[None]
     scores = F.log_softmax(sim, 1) + F.log_softmax(sim.t().contiguous(), 1).t() + certainties
     max0, max1 = scores.max(1), scores.max(0)
-    mutual = max1.indices[max0.indices] == torch.arange(m, device=x.device)
+    mutual = max1.indices[max0.indices] == torch.arange(m, device=sim.device)
     conf = max0.values.exp()
     valid = mutual & (conf > threshold)
     return torch.stack([index[:m][valid], index[m:][max0.indices[valid]]], -1), conf[valid]

@@ -39,6 +39,7 @@ import torch
 
 from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
+from match_ros.core.memory import LargeFrameTrim
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, pnp_spec, pose_covariance,
                                                    pose_difference, pose_sigmas, reprojection_errors, solve_pnp)
@@ -182,6 +183,7 @@ class Localizer:
         self.matcher, self.global_desc = matcher, global_desc
         self._features: OrderedDict = OrderedDict()
         self._points: dict = {}
+        self._trim = LargeFrameTrim()  # the heap back to the OS after an unusually large frame (issue #20)
         self.set_map(map_)
 
     def set_map(self, map_: Optional[Map]) -> None:
@@ -213,6 +215,7 @@ class Localizer:
         ideal pinhole camera with K. query_features: the image's features as extracted (raw pixels; undistorted
         here as well). ValueError for a backend that matches on the images (``Matcher.check_distortion``)."""
         image, K = check_image(image), check_K(K)
+        self._trim.frame(image.shape[0] * image.shape[1])
         check_distortion(self.matcher, distortion)
         if self.map is None or not len(self.map):
             return LocalizationResult(False, reason="no map")

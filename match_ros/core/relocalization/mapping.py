@@ -37,6 +37,7 @@ from match_ros.core.relocalization.global_desc import GlobalDescriptor
 from match_ros.core.relocalization.mapstore import Map, MapKeyframe, matcher_identity
 from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, check_image
+from match_ros.core.memory import LargeFrameTrim
 
 
 def backproject_keypoints(keypoints: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
@@ -148,6 +149,7 @@ class MapBuilder:
         self._positions = np.zeros((0, 3))
         self._rotations = np.zeros((0, 3, 3))
         self.stats = {"frames": 0, "keyframes": 0, "points_depth": 0, "points_triangulated": 0, "keypoints": 0}
+        self._trim = LargeFrameTrim()  # the heap back to the OS after an unusually large frame (issue #20)
 
     def _pose_distances(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(translation [m], rotation [deg]) from pose T to every keyframe, in keyframe order."""
@@ -192,6 +194,7 @@ class MapBuilder:
                   distortion: Optional[Distortion] = None) -> bool:
         """Offer one posed frame; returns True when it was kept as a keyframe."""
         image = check_image(image)
+        self._trim.frame(image.shape[0] * image.shape[1])
         T, K = _check_pose(T_world_cam), check_K(K)
         check_distortion(self.matcher, distortion)
         if depth is not None:

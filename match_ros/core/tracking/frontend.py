@@ -19,6 +19,7 @@ from match_ros.core.geometry.two_view import RelativePose, estimate_relative_pos
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
 from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
+from match_ros.core.memory import LargeFrameTrim
 
 
 @dataclass
@@ -161,6 +162,7 @@ class KeyframeTracker:
         self.keyframe: Keyframe | None = None
         self._next_keyframe_id = 0
         self._next_query_id = 0
+        self._trim = LargeFrameTrim()  # the heap back to the OS after an unusually large frame (issue #20)
 
     def reset(self) -> None:
         self.keyframe = None
@@ -174,6 +176,7 @@ class KeyframeTracker:
 
     def process(self, frame: Frame) -> TrackResult:
         image = check_image(frame.image)
+        self._trim.frame(image.shape[0] * image.shape[1])
         if frame.depth is not None and frame.depth.shape[:2] != image.shape[:2]:
             raise ValueError(f"depth {frame.depth.shape[:2]} does not match image {image.shape[:2]}")
         if frame.K is not None:
