@@ -24,6 +24,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"unknown device '{name}', expected one of {DEVICE_CHOICES} or 'cuda:N'")
 
 
+def cpu_model() -> str:
+    """The CPU's model name, which speed figures and cached measurements are labelled with: /proc/cpuinfo's
+    "model name" (x86), else lscpu's "Model name" (arm64 has no such line there), else what platform says."""
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "?"
+
+
 def cpu_has_bf16() -> bool:
     """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX); elsewhere bf16 is emulated
     and slower than float32."""

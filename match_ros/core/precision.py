@@ -15,28 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
+from match_ros.core.device import cpu_model
+
 MIN_SPEEDUP = 1.1
 PHOTO = Path(__file__).resolve().parents[1] / "sim" / "textures" / "building.jpg"
 MIN_AGREEMENT = 0.9
 CHOICES = ("auto", "true", "false")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cache_file() -> Path:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from match_ros.core.device import cpu_model
 
 RUNS = (("global", "drift"), ("continuous", "drift"), ("continuous", "none"), ("continuous", "delayed"))
 COLUMNS = (("recall_5cm_2deg", "5cm/2deg", "{:.1%}"), ("recall_25cm_5deg", "25cm/5deg", "{:.1%}"),
@@ -54,17 +55,6 @@ def parse_conf(items) -> dict:
             raise ValueError(f"--conf takes key=value, got {item!r}")
         out[key.strip()] = _value(value.strip())
     return out
-
-
-def cpu_label() -> str:
-    """The CPU model (speed figures are labelled with it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wait_s: float, progress: bool) -> list:
@@ -154,7 +144,7 @@ def main(argv=None) -> int:
     rows = [(f"{m} {mode}" + (f"/{o}" if mode == "continuous" else ""), score(r)) for (m, mode, o), r in
             pooled.items()]
     report = {"split": args.split or "given", "seeds": seeds, "matchers": args.matchers, "localizer": conf,
-              "odom_wait_s": args.odom_wait_s, "cpu": cpu_label(), "minutes": (time.time() - t0) / 60,
+              "odom_wait_s": args.odom_wait_s, "cpu": cpu_model(), "minutes": (time.time() - t0) / 60,
               "pooled": {label: s for label, s in rows}, "per_seed": per_seed}
     print()
     print(table(rows))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,18 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.device import cpu_model
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, free_domain_id, spin_until
 
 NODES = ("keyframe_matcher", "relocalizer", "visual_odometry", "map_builder")
 POSE_TOPIC = "/soak/camera_pose"
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 def memory_mb(pid: int) -> dict:

@@ -37,30 +37,13 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import time
 from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
 
-
-def cpu_model() -> str:
-    """The CPU's model name (lscpu, else /proc/cpuinfo), "?" when unknown."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
+from match_ros.core.device import cpu_model
 
 
 def _verdict(pose) -> str:
