@@ -34,6 +34,42 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def node(request):
+    """An rclpy node in a context of its own, for a module's in-process ROS tests (named after the module)."""
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    n = rclpy.create_node(request.module.__name__.rpartition(".")[2], context=ctx)
+    yield n
+    n.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture()
+def graph():
+    """graph(domain=None) -> an rclpy node in its own context, the test's side of a multi-process graph, on a
+    domain id no other graph on this machine uses (or ``domain``); destroyed after the test."""
+    import rclpy
+
+    from match_ros.evaluation.graph import confine_to_loopback, free_domain_id
+
+    nodes = []
+
+    def make(domain=None):
+        confine_to_loopback(free_domain_id() if domain is None else domain)
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        nodes.append((rclpy.create_node("e2e_test", context=ctx), ctx))
+        return nodes[-1][0]
+
+    yield make
+    for n, ctx in nodes:
+        n.destroy_node()
+        rclpy.shutdown(context=ctx)
+
+
 @pytest.fixture(scope="session")
 def test_device() -> str:
     """The device the backend tests build their matchers on: cpu (CI), cuda under scripts/gpu_check.sh."""

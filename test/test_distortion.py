@@ -256,18 +256,6 @@ def test_camera_info_distortion_models():
     assert "camera_distortion" in codec.camera_matrix.__doc__
 
 
-@pytest.fixture(scope="module")
-def node():
-    import rclpy
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    n = rclpy.create_node("distortion_test", context=ctx)
-    yield n
-    n.destroy_node()
-    rclpy.shutdown(context=ctx)
-
-
 def test_camera_input_hands_the_distortion_with_the_frame_or_refuses_the_calibration(node):
     from match_ros.core.config import defaults
     from match_ros.ros import conversions as conv

@@ -38,26 +38,6 @@ def _sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-@pytest.fixture()
-def graph():
-    """An rclpy node in its own context (the test's side of the graph)."""
-    import rclpy
-
-    nodes = []
-
-    def make(domain=None):  # a domain id no other graph on this machine uses
-        confine_to_loopback(free_domain_id() if domain is None else domain)
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx)
-        nodes.append((rclpy.create_node("e2e_test", context=ctx), ctx))
-        return nodes[-1][0]
-
-    yield make
-    for n, ctx in nodes:
-        n.destroy_node()
-        rclpy.shutdown(context=ctx)
-
-
 def _call(node, client, req, timeout=30.0):
     fut = client.call_async(req)
     assert spin_until(node, fut.done, timeout), "service did not answer"

@@ -14,18 +14,6 @@ from match_ros.sim import Camera, make_sequence
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def node():
-    import rclpy
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    n = rclpy.create_node("runtime_test", context=ctx)
-    yield n
-    n.destroy_node()
-    rclpy.shutdown(context=ctx)
-
-
 def _camera_input(node, use_depth=False):
     from match_ros.core.config import defaults
     from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
