@@ -53,10 +53,6 @@ class PendingCalls:
         with self._lock:
             self.closed_message = ""
 
-    def any_waiting(self) -> bool:
-        with self._lock:
-            return bool(self._waiting)
-
     def wait(self, timeout_s: float, timeout_message: str) -> Answer:
         """Called in the service callback: block until the worker answers, the timeout passes or ``close``."""
         call = _Call()
