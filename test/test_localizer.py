@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from match_ros.core.features.matcher import build_matcher
-from match_ros.core.geometry.absolute_pose import cell_weights, pose_covariance
+from match_ros.core.geometry.absolute_pose import cell_weights, occupied_cells, pose_covariance
 from match_ros.core.geometry.transforms import make_T, rotation_error_deg
 from match_ros.core.relocalization.continuous import ContinuousLocalizer
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
@@ -201,6 +201,11 @@ def test_correlated_matches_do_not_shrink_the_covariance():
     plain = pose_covariance(T, Xr, xr, K, 1.0)
     assert np.allclose(np.diag(weighted), np.diag(one), rtol=0.35)
     assert np.allclose(np.diag(plain) * 10, np.diag(one), rtol=0.35)
+    # the ambiguity test weighs the same evidence: 800 matches are < 160 observations (noise crosses cell borders),
+    # as many as the weights sum to
+    assert occupied_cells(x, 4.0) == 80 and occupied_cells(xr, 4.0) < 160
+    assert occupied_cells(xr, 4.0) == round(cell_weights(xr, 4.0).sum())
+    assert occupied_cells(x, 0.0) == len(x) and occupied_cells(np.zeros((0, 2)), 4.0) == 0
 
 
 def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):

@@ -170,6 +170,15 @@ def cell_weights(x_img: np.ndarray, cell_px: float) -> np.ndarray:
     return 1.0 / counts[inverse.ravel()]
 
 
+def occupied_cells(x_img: np.ndarray, cell_px: float) -> int:
+    """Number of ``cell_px`` squares of the image holding at least one of the points x_img [N x 2]: the
+    independent observations among correlated matches (``cell_weights`` sums to the same). cell_px 0: N."""
+    x_img = np.asarray(x_img, np.float64).reshape(-1, 2)
+    if cell_px <= 0 or not len(x_img):
+        return len(x_img)
+    return int(len(np.unique(np.floor(x_img / cell_px).astype(np.int64), axis=0)))
+
+
 def covariance_of_attached_frame(cov_cam: np.ndarray, T_map_cam: np.ndarray, T_map_frame: np.ndarray) -> np.ndarray:
     """Covariance [6 x 6] of a frame rigidly attached to the camera, from the camera's.
 
