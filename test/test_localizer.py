@@ -276,3 +276,11 @@ def test_a_global_fix_that_contradicts_the_odometry_waits_for_a_second(office, m
     r, f = accepted[0]
     assert errors(r.T_map_cam, f.T_world_cam)[0] < 0.05
     assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)
+
+
+def test_backends_the_integrity_benchmark_does_not_vouch_for_are_named():
+    """The relocalizer warns at start for a backend the integrity benchmark has not measured on its report seeds
+    (or found unsafe on its tune seeds)."""
+    from match_ros.core.relocalization.localizer import COVARIANCE_CALIBRATION, INTEGRITY_MEASURED, integrity_warning
+    assert all(integrity_warning(m) == "" and m in COVARIANCE_CALIBRATION for m in INTEGRITY_MEASURED)
+    assert "wrong poses" in integrity_warning("nemf_dense") and "not been measured" in integrity_warning("coam_xfeat")

@@ -34,7 +34,7 @@ from match_ros.core.config import Param, make_conf
 from match_ros.core.geometry.absolute_pose import covariance_of_attached_frame, pnp_spec
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.continuous import ContinuousLocalizer, continuous_spec
-from match_ros.core.relocalization.localizer import Localizer, localizer_spec
+from match_ros.core.relocalization.localizer import Localizer, integrity_warning, localizer_spec
 from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
 from match_ros.msg import CorrespondenceSet
@@ -71,6 +71,14 @@ node_spec = {
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: "
                         "the camera's own frame"),
     "publish_tf": Param(True, "Broadcast map -> odom (or map -> base_frame)"),
+    # as slam_toolbox (transform_publish_period) and nav2's AMCL (transform_tolerance) do: sent only at fixes, a
+    # tf2 lookup at an image stamp between two fixes extrapolated and failed (16 of 86 succeeded in a distro run)
+    "map_odom_period_s": Param(0.05, "Re-broadcast the latest map -> odom this often, so lookups between fixes "
+                               "succeed (0: only at fixes)", "s", 0.0, 10.0),
+    "transform_tolerance_s": Param(0.1, "... stamped this far ahead of the clock, so the latest transform is valid "
+                                   "until the next one", "s", 0.0, 10.0),
+    "map_odom_wait_s": Param(2.0, "A fix whose odometry was not there yet sets map -> odom when odom -> camera at "
+                             "its stamp arrives within this time", "s", 0.0, 30.0),
     "tf_timeout_s": Param(0.1, "Wait for the base -> camera transform at the image stamp", "s", 0.0, 5.0),
     "odom_wait_s": Param(0.5, "Hold a frame this long for the odometry at its stamp once odometry has been seen "
                          "(else it is tracked from the last fix or searched globally)", "s", 0.0, 5.0),
@@ -87,6 +95,10 @@ class RelocalizerNode(ManagedNode):
         self.groups = parameter_groups()
         self._read_parameters()
         self.calls = PendingCalls(MAX_WAITING_CALLS)  # ~/relocalize calls waiting for the next image
+        # the map -> odom on /tf: (image stamp [ns], T) of the fix that set it, and the newest fix still waiting for
+        # its odometry (stamp, T_map_cam, camera frame); worker and timer share them under _tf_lock
+        self._tf_lock = threading.Lock()
+        self._map_odom, self._pending_fix = None, None
         self.start()
 
     def _read_parameters(self) -> tuple:
@@ -106,6 +118,8 @@ class RelocalizerNode(ManagedNode):
         self._identity = matcher_identity(p["matcher"], p["max_keypoints"], probe.descriptors.shape[1],
                                           probe.descriptors.dtype)
         self.localizer = Localizer(None, self.matcher, None, loc_conf, pnp_conf)
+        if integrity_warning(p["matcher"]):
+            self.get_logger().warning(integrity_warning(p["matcher"]))
         self.tracker = ContinuousLocalizer(self.localizer, {k: p[k] for k in continuous_spec})
         self.map = None
         self._lock = threading.Lock()  # map, localizer, tracker, initial pose: worker vs callbacks
@@ -136,10 +150,13 @@ class RelocalizerNode(ManagedNode):
     def activate(self):
         """TF listener, camera and initialpose subscriptions, diagnostics; tracking starts from a global query."""
         self.tracker.reset()
+        self._clear_map_odom()
         self.tf_listener = TfListener(self)
         self.input = CameraInput(self, self.p, self.worker.put, self.errors)
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
         self.diagnostics = Diagnostics(self, "relocalization", self.p["matcher"], self._diagnostic_status)
+        if self.p["publish_tf"] and self.p["odom_frame"] and self.p["map_odom_period_s"] > 0:
+            self.create_timer(float(self.p["map_odom_period_s"]), self._rebroadcast_map_odom)
 
     def deactivate(self):
         self.calls.answer(self.calls.take(), Answer(False, "the node was deactivated"))
@@ -167,6 +184,7 @@ class RelocalizerNode(ManagedNode):
             self.localizer.set_map(new_map)  # learns the vocabulary of a format-1 map
             self.tracker.reset()
             self.map = new_map
+        self._clear_map_odom()
 
     def _srv_load(self, req, res):
         res.success, res.message = self._load(req.path)
@@ -253,6 +271,7 @@ class RelocalizerNode(ManagedNode):
                   **{f"{k}_ms": v for k, v in result.timings_ms.items()}}
         if "reset" in result.stats:
             self.get_logger().warning(result.stats["reset"])
+            self._clear_map_odom()  # its stamp is ahead of the new time
         self._publish_correspondences(header, result)
         if self.debug.wanted():
             self._draw(frame, result)
@@ -282,10 +301,57 @@ class RelocalizerNode(ManagedNode):
             if not p["odom_frame"]:
                 self.tf.send([conv.matrix_to_transform(T_map_base, out, base_frame)])
             elif T_odom_cam is None:
-                level, text = DiagnosticStatus.WARN, f"{text}; no {p['odom_frame']} transform: map->odom not sent"
+                with self._tf_lock:
+                    self._pending_fix = (stamp, result.T_map_cam, camera)
+                level = DiagnosticStatus.WARN
+                text = (f"{text}; no {p['odom_frame']} transform at the image stamp yet: map->odom waits for it up "
+                        f"to {p['map_odom_wait_s']} s")
             else:
-                self.tf.send([conv.matrix_to_transform(self.tracker.T_map_odom, out, p["odom_frame"])])
+                self._set_map_odom(stamp, self.tracker.T_map_odom)
         self._status(header, level, text, values)
+
+    def _clear_map_odom(self) -> None:
+        with self._tf_lock:
+            self._map_odom, self._pending_fix = None, None
+
+    def _set_map_odom(self, stamp: int, T_map_odom: np.ndarray) -> bool:
+        """Broadcast map -> odom at ``stamp`` unless a newer fix has set it already."""
+        with self._tf_lock:
+            if self._map_odom is not None and self._map_odom[0] > stamp:
+                return False
+            self._map_odom = (stamp, T_map_odom)
+            if self._pending_fix is not None and self._pending_fix[0] <= stamp:
+                self._pending_fix = None
+        header = Header(stamp=conv.ns_to_stamp(stamp), frame_id=self.p["map_frame"])
+        self.tf.send([conv.matrix_to_transform(T_map_odom, header, self.p["odom_frame"])])
+        return True
+
+    def _rebroadcast_map_odom(self) -> None:
+        """Timer: a fix waiting for its odometry takes it when it has come (or is dropped after map_odom_wait_s);
+        then the latest map -> odom goes out again, stamped transform_tolerance_s ahead of the clock."""
+        p = self.p
+        with self._tf_lock:
+            pending, latest = self._pending_fix, self._map_odom
+        now = self.get_clock().now().nanoseconds
+        if now <= 0:  # use_sim_time before the first /clock
+            return
+        if pending is not None:
+            stamp, T_map_cam, camera = pending
+            T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
+            if T_odom_cam is not None:
+                T_map_odom = T_map_cam @ invert(T_odom_cam)
+                if self._set_map_odom(stamp, T_map_odom):
+                    with self._lock:
+                        self.tracker.T_map_odom = T_map_odom
+                return
+            if now - stamp > p["map_odom_wait_s"] * 1e9:
+                with self._tf_lock:
+                    if self._pending_fix is pending:
+                        self._pending_fix = None
+        if latest is not None:  # never stamped before the fix it carries (the clock may lag the images)
+            ahead = max(now, latest[0]) + int(p["transform_tolerance_s"] * 1e9)
+            header = Header(stamp=conv.ns_to_stamp(ahead), frame_id=p["map_frame"])
+            self.tf.send([conv.matrix_to_transform(latest[1], header, p["odom_frame"])])
 
     def _lookup(self, target: str, source: str, stamp: int, timeout_s: float = 0.0):
         try:
