@@ -5,8 +5,9 @@ visual_odometry publishes odom -> base_frame from an RGB-D camera (image, camera
 publishes map -> odom from its fixes against the map: map -> odom -> base_frame (REP 105). Without a
 base_frame -> camera transform on TF, set base_frame to the camera's frame (both nodes then use it).
 
-Every parameter comes from odometry_params / relocalizer_params (default: the installed config files; under a
-namespace their relative entries apply to the namespaced nodes). The arguments map_path, matcher, map_frame /
+Every parameter comes from params_file (one YAML file with a section per node, as nav2's bring-up takes it) or, when
+it is not given, from odometry_params / relocalizer_params (default: the installed config files); under a namespace
+their relative entries apply to the namespaced nodes. The arguments map_path, matcher, map_frame /
 odom_frame / base_frame, image_transport, use_sim_time (bag replay) and torch_threads override their parameter
 (of both nodes where both have it) only when given. Further arguments: namespace and the image / camera_info /
 depth topics. torch_threads set nowhere (or 0 in the files): half the cores each, since two inference nodes with a
@@ -31,13 +32,15 @@ def _nodes(context):
     odometry = Node(
         package="match_ros", executable="visual_odometry", name="visual_odometry", namespace=given["namespace"],
         output="screen",
-        parameters=node_parameters("visual_odometry", given["odometry_params"], given, nodes_sharing_cores=2),
+        parameters=node_parameters("visual_odometry", given["params_file"] or given["odometry_params"], given,
+                                   nodes_sharing_cores=2),
         remappings=camera + [("depth", given["depth"])],
     )
     relocalizer = Node(
         package="match_ros", executable="relocalizer", name="relocalizer", namespace=given["namespace"],
         output="screen",
-        parameters=node_parameters("relocalizer", given["relocalizer_params"], given, nodes_sharing_cores=2),
+        parameters=node_parameters("relocalizer", given["params_file"] or given["relocalizer_params"], given,
+                                   nodes_sharing_cores=2),
         remappings=camera,
     )
     rviz = rviz_node(given, get_package_share_directory("match_ros"))
@@ -47,6 +50,9 @@ def _nodes(context):
 def generate_launch_description():
     share = get_package_share_directory("match_ros")
     args = [
+        DeclareLaunchArgument("params_file", default_value=NOT_GIVEN,
+                              description="one YAML file with the parameters of both nodes (replaces odometry_params "
+                                          "and relocalizer_params when given)"),
         DeclareLaunchArgument("odometry_params", default_value=os.path.join(share, "config", "visual_odometry.yaml"),
                               description="YAML file with visual_odometry parameters"),
         DeclareLaunchArgument("relocalizer_params", default_value=os.path.join(share, "config", "relocalizer.yaml"),

@@ -133,7 +133,7 @@ def _user_files(file_name: str, tmp_path: Path, namespace_key: str = "") -> dict
     files = {}
     for argument, node in FILE_KEYS[file_name].items():
         values = {"matcher": "sift", "image_transport": "compressed", "use_sim_time": True, "use_depth": True,
-                  "torch_threads": 1, "map_path": str(tmp_path / "user.db")}
+                  "torch_threads": 1, "map_path": str(tmp_path / "user.db"), "lifecycle": True}
         for a in NODE_ARGUMENTS[node]:
             if a.name.endswith("_frame"):
                 values[a.name] = f"user_{a.name}"
@@ -210,6 +210,26 @@ def test_two_nodes_share_the_cores_unless_the_file_or_an_argument_says_otherwise
     assert [_read_back(n, tmp_path)["torch_threads"] for n in nodes] == [1, 1]
     nodes = evaluate_launch_file("odometry_relocalize.launch.py", **paths, torch_threads="3")
     assert [_read_back(n, tmp_path)["torch_threads"] for n in nodes] == [3, 3]
+
+
+def test_one_params_file_for_both_nodes(evaluate_launch_file, tmp_path):
+    """odometry_relocalize takes one file with a section per node (params_file:=, as nav2's bring-up), instead of
+    the two per-node files; a distro check found params_file:= silently ignored there before."""
+    import yaml
+
+    files = _user_files("odometry_relocalize.launch.py", tmp_path)
+    both = {}
+    for path, _ in files.values():
+        both.update(yaml.safe_load(Path(path).read_text()))
+    one = tmp_path / "both.yaml"
+    one.write_text(yaml.safe_dump(both))
+    nodes = evaluate_launch_file("odometry_relocalize.launch.py", params_file=str(one), lifecycle="false")
+    for n in nodes:
+        got = _read_back(n, tmp_path)
+        expected = files["odometry_params" if n["name"] == "visual_odometry" else "relocalizer_params"][1]
+        assert {k: got[k] for k in expected if k != "lifecycle"} == {k: v for k, v in expected.items()
+                                                                     if k != "lifecycle"}, n["name"]
+        assert got["lifecycle"] is False  # the argument, given, wins over the file's true
 
 
 def test_parameter_arguments_are_parameters_of_their_node_with_its_type():

@@ -55,6 +55,8 @@ _MATCHER = ("matcher", "matching backend (from params_file unless given)")
 _TRANSPORT = ("image_transport", "raw or compressed (from params_file unless given)")
 _SIM_TIME = ("use_sim_time", "use /clock, for bag replay (false unless given)", bool)
 _THREADS = ("torch_threads", "torch intra-op threads (from params_file unless given)", int)
+_LIFECYCLE = ("lifecycle", "a managed node, configured and activated through its lifecycle services as nav2's "
+              "lifecycle_manager does (from params_file unless given)", bool)
 
 # launch arguments that override a parameter, per node; the names and types are those of the nodes' parameters
 # (checked by the tests against the node specs)
@@ -62,23 +64,25 @@ NODE_ARGUMENTS = {
     "keyframe_matcher": _args(
         _MATCHER, ("keyframe_frame", "TF frame of the keyframe (from params_file unless given)"),
         ("tracked_frame", "TF frame of the camera (from params_file unless given)"),
-        ("use_depth", "metric poses from depth (from params_file unless given)", bool), _TRANSPORT, _SIM_TIME),
+        ("use_depth", "metric poses from depth (from params_file unless given)", bool), _TRANSPORT, _SIM_TIME,
+        _LIFECYCLE),
     "map_builder": _args(
         ("map_path", "where to save the map (from params_file unless given)"),
         ("matcher", "local features of the map (from params_file unless given)"),
         ("map_frame", "frame of the camera poses (from params_file unless given)"),
-        ("use_depth", "3D points from depth (from params_file unless given)", bool), _TRANSPORT, _SIM_TIME),
+        ("use_depth", "3D points from depth (from params_file unless given)", bool), _TRANSPORT, _SIM_TIME,
+        _LIFECYCLE),
     "relocalizer": _args(
         ("map_path", "map file built by build_map.launch.py or match_ros_build_map (from params_file unless given)"),
         ("matcher", "matching backend, the one the map was built with (from params_file unless given)"),
         ("map_frame", "map frame, REP 105 (from params_file unless given)"),
         ("odom_frame", "odometry frame, REP 105 (from params_file unless given; none: '\"\"')"),
         ("base_frame", "robot frame whose pose is published (from params_file unless given)"),
-        _TRANSPORT, _SIM_TIME, _THREADS),
+        _TRANSPORT, _SIM_TIME, _THREADS, _LIFECYCLE),
     "visual_odometry": _args(
         _MATCHER, ("odom_frame", "odometry frame, REP 105 (from params_file unless given)"),
         ("base_frame", "robot frame, needs base_frame -> camera on TF (from params_file unless given)"),
-        _TRANSPORT, _SIM_TIME, _THREADS),
+        _TRANSPORT, _SIM_TIME, _THREADS, _LIFECYCLE),
 }
 
 

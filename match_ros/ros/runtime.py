@@ -406,10 +406,10 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
     measured as nil (keyframe_matcher's two-view poses); "false" for visual odometry (drift 0.24-0.53 -> 0.32-0.58 %)
     and mapping / relocalization (1 wrong pose in 500 changed-day queries against a float32 map, none without)."""
     from match_ros.core.device import DEVICE_CHOICES
-    from match_ros.core.features.matcher import available_matchers
+    from match_ros.core.features.matcher import DEFAULT_MATCHER, available_matchers
 
     return {
-        "matcher": Param("xfeat_lighterglue", matcher_text, choices=tuple(available_matchers()), read_only=True),
+        "matcher": Param(DEFAULT_MATCHER, matcher_text, choices=tuple(available_matchers()), read_only=True),
         "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
                         read_only=True),
         "max_keypoints": Param(1024, keypoints_text + " (not for nemf_dense, whose grid is fixed)", min=16,

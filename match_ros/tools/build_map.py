@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MATCHER
+
 AUTO = "auto"
 
 
-def build_map_from_bag(bag, out, matcher_name="orb_teblid", max_keypoints=1024, device="auto",
+def build_map_from_bag(bag, out, matcher_name=DEFAULT_MATCHER, max_keypoints=1024, device="auto",
                        image_topic=AUTO, info_topic=AUTO, depth_topic=AUTO, pose_topic=AUTO, map_frame="map",
                        use_depth=True, builder_conf=None, progress=True, log=print) -> dict:
     """Build and save a map; returns the summary (keyframes, points, bytes, seconds, topics used)."""
@@ -74,7 +76,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bag", help="rosbag2 folder (sqlite3 or mcap)")
     ap.add_argument("out", help="map file to write (SQLite; replaced atomically)")
-    ap.add_argument("--matcher", default="orb_teblid", choices=available_matchers(), help="local features")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER, choices=available_matchers(),
+                    help="local features (default: the relocalizer's, %(default)s)")
     ap.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per keyframe")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--image-topic", default=AUTO, help="image topic (Image or CompressedImage; default: found)")
