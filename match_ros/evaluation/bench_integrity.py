@@ -14,7 +14,7 @@ odom_delay_s on average, used when it arrives within --odom-wait-s, the node's o
 Printed and in the JSON, per matcher and mode, pooled over the seeds: recall within (5 cm, 2 deg) and
 (25 cm, 5 deg), wrong poses (> 1 m or > 10 deg), integrity failures (beyond 25 cm / 5 deg at a position sigma
 under 5 cm), mean and median NEES, share of errors within 3 sigma, ms per query. The seeds are printed; choose
-parameters on ``tune`` only, and report ``report`` (see the seed split in match_ros.sim.procedural). The maps are
+parameters on ``tune`` only, and report ``report`` (see the seed split in match_ros.sim.seeds). The maps are
 built from exact poses, so the localizer adds no map error (``EXACT_MAP``; --conf overrides it).
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def table(rows: list) -> str:
 def main(argv=None) -> int:
     from match_ros.core.features.matcher import available_matchers
     from match_ros.evaluation.reloc_metrics import score
-    from match_ros.sim.procedural import REPORT_SEEDS, TUNE_SEEDS, fresh_seed
+    from match_ros.sim.seeds import REPORT_SEEDS, TUNE_SEEDS, fresh_seed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = ap.add_mutually_exclusive_group(required=True)

@@ -80,7 +80,7 @@ def fit_factor(d: dict, power: float, within: float = 0.96) -> float:
 
 def main(argv=None) -> int:
     from match_ros.core.relocalization.localizer import localizer_spec
-    from match_ros.sim.procedural import TUNE_SEEDS
+    from match_ros.sim.seeds import TUNE_SEEDS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", default="build/bench_integrity/records", help="match_ros_bench_integrity's records")

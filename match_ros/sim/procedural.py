@@ -19,13 +19,8 @@
 
 Every pose of both runs keeps >= MIN_CLEARANCE_M from every plane (and outside every obstacle).
 
-THE SEED SPLIT -- what keeps the figures a measurement of new places:
-- TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
-- REPORT_SEEDS (2000-2011; 1000-1011 retired): report figures on these, and NEVER look at them (images, per-seed
-  results, failure cases) when choosing a parameter. A report seed that has influenced a choice has become a
-  tuning seed: move the whole report set to new seeds (and say so) rather than keep reporting on it.
-- fresh_seed(): a seed >= 10**6 from the OS's entropy, for a one-off check of a finished configuration on a
-  place nobody has seen (print it so the check can be repeated).
+THE SEED SPLIT (tune, report, fresh seeds; what keeps the figures a measurement of new places): see
+``match_ros.sim.seeds``, kept apart so that moving it does not change the cases.
 A case depends on the seed AND on the photos installed (photo_pool), the camera and this generator's code: the
 bag folders carry a hash of all of them (``case_key``), so a cached case is never confused with another.
 
@@ -42,7 +37,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import secrets
 import shutil
 import sys
 import time
@@ -55,14 +49,10 @@ import numpy as np
 
 from match_ros.sim.factories import DEFAULT_START_NS, PlaneBuilder, default_textures_dir, texture_crop
 from match_ros.sim.scene import Camera, Lighting, Plane, Scene, Sequence, pose_from_ypr
+from match_ros.sim.seeds import (FRESH_SEED_MIN, REPORT_SEEDS, RETIRED_REPORT_SEEDS,  # noqa: F401 (re-exported)
+                                 TUNE_SEEDS, fresh_seed, seed_split)
 
 GENERATOR_VERSION = 1  # bump when a change of this module changes the cases a seed gives
-TUNE_SEEDS = tuple(range(100, 110))
-# 1000-1011 were reported once (2026-12-06, docs/relocalization.md), then their pooled table prompted a change of
-# continuous localization: retired by the rule below, they count as tuning seeds now
-RETIRED_REPORT_SEEDS = tuple(range(1000, 1012))
-REPORT_SEEDS = tuple(range(2000, 2012))
-FRESH_SEED_MIN = 10 ** 6
 PLACES = ("room", "street")
 ODOMETRY_KINDS = ("none", "drift", "delayed")
 MAP_RATE_HZ = 30.0
@@ -86,21 +76,6 @@ _SOURCES = ("procedural.py", "scene.py", "factories.py")  # code whose text goes
 
 
 # ----------------------------------------------------------------------------- seeds
-def fresh_seed() -> int:
-    """A seed >= FRESH_SEED_MIN from the OS's entropy (``secrets``): a place nobody has tuned on."""
-    return FRESH_SEED_MIN + secrets.randbelow(2 ** 40)
-
-
-def seed_split(seed: int) -> str:
-    """"tune" for TUNE_SEEDS (and the retired report seeds), "report" for REPORT_SEEDS, "fresh" for seeds >=
-    FRESH_SEED_MIN, else "other"."""
-    if seed in TUNE_SEEDS or seed in RETIRED_REPORT_SEEDS:
-        return "tune"
-    if seed in REPORT_SEEDS:
-        return "report"
-    return "fresh" if seed >= FRESH_SEED_MIN else "other"
-
-
 def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
