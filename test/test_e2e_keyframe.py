@@ -106,9 +106,13 @@ def test_metric_pose_with_depth(room, tmp_path):
     res = replay_through_node(bag, seq, {"matcher": "orb_teblid", "use_depth": True}, rate=0.5,
                               domain_id=free_domain_id())
     valid = [m for m in res.messages if m.pose_valid]
-    assert len(valid) >= 8 and all(m.scale_known for m in valid)
     from match_ros.evaluation.metrics import pose_errors, relative_pose_gt
     from match_ros.ros.conversions import pose_to_matrix, stamp_to_ns
+
+    # failed once in ~11 runs on 2026-12-06 (13 poses, some without scale), not reproduced in 9 more: say which
+    unscaled = [(stamp_to_ns(m.header.stamp), stamp_to_ns(m.reference_stamp), m.num_inliers, m.is_keyframe)
+                for m in valid if not m.scale_known]
+    assert len(valid) >= 8 and not unscaled, (len(valid), unscaled, res.node_log[-3000:])
 
     idx = {s: i for i, s in enumerate(seq.stamps_ns)}
     errs = []
