@@ -118,8 +118,9 @@ class RelocalizerNode(ManagedNode):
         self._identity = matcher_identity(p["matcher"], p["max_keypoints"], probe.descriptors.shape[1],
                                           probe.descriptors.dtype)
         self.localizer = Localizer(None, self.matcher, None, loc_conf, pnp_conf)
-        if integrity_warning(p["matcher"]):
-            self.get_logger().warning(integrity_warning(p["matcher"]))
+        unmeasured = integrity_warning(p["matcher"])
+        if unmeasured:
+            self.get_logger().warning(unmeasured)
         self.tracker = ContinuousLocalizer(self.localizer, {k: p[k] for k in continuous_spec})
         self.map = None
         self._lock = threading.Lock()  # map, localizer, tracker, initial pose: worker vs callbacks
@@ -322,9 +323,12 @@ class RelocalizerNode(ManagedNode):
             self._map_odom = (stamp, T_map_odom)
             if self._pending_fix is not None and self._pending_fix[0] <= stamp:
                 self._pending_fix = None
+        self._send_map_odom(stamp, T_map_odom)
+        return True
+
+    def _send_map_odom(self, stamp: int, T_map_odom: np.ndarray) -> None:
         header = Header(stamp=conv.ns_to_stamp(stamp), frame_id=self.p["map_frame"])
         self.tf.send([conv.matrix_to_transform(T_map_odom, header, self.p["odom_frame"])])
-        return True
 
     def _rebroadcast_map_odom(self) -> None:
         """Timer: a fix waiting for its odometry takes it when it has come (or is dropped after map_odom_wait_s);
@@ -349,9 +353,7 @@ class RelocalizerNode(ManagedNode):
                     if self._pending_fix is pending:
                         self._pending_fix = None
         if latest is not None:  # never stamped before the fix it carries (the clock may lag the images)
-            ahead = max(now, latest[0]) + int(p["transform_tolerance_s"] * 1e9)
-            header = Header(stamp=conv.ns_to_stamp(ahead), frame_id=p["map_frame"])
-            self.tf.send([conv.matrix_to_transform(latest[1], header, p["odom_frame"])])
+            self._send_map_odom(max(now, latest[0]) + int(p["transform_tolerance_s"] * 1e9), latest[1])
 
     def _lookup(self, target: str, source: str, stamp: int, timeout_s: float = 0.0):
         try:

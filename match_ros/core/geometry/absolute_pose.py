@@ -162,21 +162,24 @@ def cell_weights(x_img: np.ndarray, cell_px: float) -> np.ndarray:
     neighbouring matches are correlated (blur, the same texture patch, one map point's error seen by several
     keyframes; dense matchers give thousands of them), so each occupied cell counts as one observation instead
     of as many as it holds. cell_px 0: weights 1."""
-    x_img = np.asarray(x_img, np.float64).reshape(-1, 2)
-    if cell_px <= 0 or not len(x_img):
-        return np.ones(len(x_img))
-    cells = np.floor(x_img / cell_px).astype(np.int64)
-    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse.ravel()]
+    inverse, counts = _cells(x_img, cell_px)
+    return 1.0 / counts[inverse]
 
 
 def occupied_cells(x_img: np.ndarray, cell_px: float) -> int:
     """Number of ``cell_px`` squares of the image holding at least one of the points x_img [N x 2]: the
     independent observations among correlated matches (``cell_weights`` sums to the same). cell_px 0: N."""
+    return len(_cells(x_img, cell_px)[1])
+
+
+def _cells(x_img: np.ndarray, cell_px: float) -> tuple:
+    """(cell index of each point [N], points per occupied cell [C]); cell_px 0 or no points: a cell per point."""
     x_img = np.asarray(x_img, np.float64).reshape(-1, 2)
     if cell_px <= 0 or not len(x_img):
-        return len(x_img)
-    return int(len(np.unique(np.floor(x_img / cell_px).astype(np.int64), axis=0)))
+        return np.arange(len(x_img)), np.ones(len(x_img), np.int64)
+    _, inverse, counts = np.unique(np.floor(x_img / cell_px).astype(np.int64), axis=0, return_inverse=True,
+                                   return_counts=True)
+    return inverse.ravel(), counts
 
 
 def covariance_of_attached_frame(cov_cam: np.ndarray, T_map_cam: np.ndarray, T_map_frame: np.ndarray) -> np.ndarray:

@@ -532,12 +532,15 @@ class Localizer:
         # the weak-geometry gates read the plain first-order covariance (what they were measured on); the pose is
         # published with the honest one (correlated matches, map error, disagreement of independent parts)
         geometry = pose_covariance(T, X[inl], x[inl], q.K, sigma) if n >= 6 else None
-        cov, disagreement, ratio = None, 0.0, n / max(len(gm), 1)
+        ratio = n / max(len(gm), 1)
+        factor = self.covariance_factor(ratio)
+        cov, disagreement, inflation = None, 0.0, 1.0
         if geometry is not None and np.all(np.isfinite(geometry)):
-            cov = self._covariance(T, X[inl], x[inl], q.K, sigma, ratio)
+            cov = self._covariance(T, X[inl], x[inl], q.K, sigma, factor)
             if c["consistency_chi2"] > 0:
                 disagreement = self._disagreement(T, X[inl], x[inl], q.K, sigma, kf_of[inl])
-                cov = cov * max(1.0, disagreement / 6.0)  # parts disagreeing within their sigma: the pose less sure
+                inflation = max(1.0, disagreement / 6.0)  # parts disagreeing within their sigma: the pose less sure
+                cov = cov * inflation
         finite = cov is not None and np.all(np.isfinite(cov))
         pos_sigma, rot_sigma = pose_sigmas(geometry) if finite else (float("inf"), float("inf"))
         published = pose_sigmas(cov) if finite else (float("inf"), float("inf"))
@@ -548,14 +551,13 @@ class Localizer:
                                         "position_sigma_m": published[0], "rotation_sigma_deg": published[1],
                                         "supporting_keyframes": len(strong), "disagreement_chi2": disagreement,
                                         # how the published covariance was made (fit_covariance inverts it)
-                                        "covariance_factor": self.covariance_factor(ratio),
-                                        "consistency_inflation": max(1.0, disagreement / 6.0),
+                                        "covariance_factor": factor, "consistency_inflation": inflation,
                                         "map_position_sigma_m": float(c["map_position_sigma_m"]),
                                         "map_rotation_sigma_deg": float(c["map_rotation_sigma_deg"])})
         if n < pc["min_inliers"]:
             out.reason = f"{n} inliers < {pc['min_inliers']}"
-        elif n / max(len(gm), 1) < pc["min_inlier_ratio"]:
-            out.reason = f"inlier ratio {n / len(gm):.2f} < {pc['min_inlier_ratio']}"
+        elif ratio < pc["min_inlier_ratio"]:
+            out.reason = f"inlier ratio {ratio:.2f} < {pc['min_inlier_ratio']}"
         elif rmse > pc["max_rmse_px"]:
             out.reason = f"inlier RMSE {rmse:.2f} px > {pc['max_rmse_px']}"
         elif coverage(x[inl], *q.size) < pc["min_coverage"]:
@@ -588,14 +590,14 @@ class Localizer:
         return factor * max(float(inlier_ratio), 1e-3) ** -float(c["outlier_inflation_power"])
 
     def _covariance(self, T: np.ndarray, X: np.ndarray, x: np.ndarray, K: np.ndarray, sigma: float,
-                    inlier_ratio: float) -> np.ndarray:
+                    factor: float) -> np.ndarray:
         """Pose covariance [6 x 6] from inlier correspondences: first order with correlated neighbours counted once,
-        calibrated (``covariance_factor``), plus the map's own error (keyframe poses and points)."""
+        times ``factor`` (``covariance_factor``), plus the map's own error (keyframe poses and points)."""
         c = self.conf
         cov = pose_covariance(T, X, x, K, sigma, weights=cell_weights(x, float(c["covariance_cell_px"])))
         floor = np.r_[np.full(3, float(c["map_position_sigma_m"])),
                       np.full(3, np.radians(float(c["map_rotation_sigma_deg"])))] ** 2
-        return self.covariance_factor(inlier_ratio) * cov + np.diag(floor)
+        return factor * cov + np.diag(floor)
 
     def _disagreement(self, T: np.ndarray, X: np.ndarray, x: np.ndarray, K: np.ndarray, sigma: float,
                       keyframe: np.ndarray) -> float:
