@@ -3,8 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from match_ros.core.geometry.absolute_pose import pose_covariance, solve_pnp
-from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
+from match_ros.core.geometry.absolute_pose import (moved_covariance, pose_covariance, pose_difference,
+                                                   pose_mahalanobis, solve_pnp)
+from match_ros.core.geometry.transforms import invert, make_T, perturb_pose, rotation_error_deg
 
 K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 
@@ -62,3 +63,23 @@ def test_weak_or_degenerate_input_is_rejected_with_a_reason():
     assert not r.valid and r.reason
     with pytest.raises(ValueError):
         solve_pnp(np.zeros((10, 3)), np.zeros((9, 2)), K, (640, 480))
+
+
+def test_moved_covariance_matches_monte_carlo_of_a_moved_pose():
+    """A fix's covariance carried along an exact motion (the odometry's prediction): sampled fixes moved by the
+    same motion spread as moved_covariance says; the rotation error swings the position by the lever arm."""
+    rng = np.random.default_rng(3)
+    T_fix = make_T(cv2.Rodrigues(np.array([0.1, -0.3, 1.2]))[0], [1.0, 2.0, 0.5])
+    motion = make_T(cv2.Rodrigues(np.array([0.0, 0.4, 0.0]))[0], [0.3, -0.1, 2.0])
+    scale = np.r_[[0.02] * 3, [0.01] * 3]  # 2 cm, 0.6 deg, correlated
+    A = rng.normal(size=(6, 6)) * 0.3
+    cov = np.outer(scale, scale) * (np.eye(6) + A @ A.T)
+    samples = rng.multivariate_normal(np.zeros(6), cov, size=20000)
+    moved = T_fix @ motion
+    diffs = np.array([pose_difference(perturb_pose(T_fix, d) @ motion, moved) for d in samples])
+    predicted = moved_covariance(cov, T_fix, moved)
+    assert np.allclose(np.cov(diffs.T), predicted, atol=0.05 * np.abs(predicted).max())
+    # the squared Mahalanobis distances of the samples average the 6 degrees of freedom
+    m = [pose_mahalanobis(perturb_pose(T_fix, d) @ motion, moved, predicted) for d in samples[:2000]]
+    assert np.mean(m) == pytest.approx(6.0, rel=0.1)
+    assert np.isnan(pose_mahalanobis(moved, moved, np.full((6, 6), np.nan)))

@@ -220,8 +220,8 @@ def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
     assert r.success and r.stats["prior"] == "none"
     # 0.33 s later (a 3 Hz query): tracked from the last fix, confirmed by the retrieval
     f1 = q[sharp[0] + 10]
-    prior, source, age, confirmed = tracker.prior(f1.stamp_ns, None)
-    assert source == "last fix" and not confirmed and age == pytest.approx(10 / 30, abs=1e-3)
+    prior, source, age, confirmed, cov = tracker.prior(f1.stamp_ns, None)
+    assert source == "last fix" and not confirmed and cov is None and age == pytest.approx(10 / 30, abs=1e-3)
     # 5 s later: the last fix is no prior, the frame is searched globally
     late = q[sharp[0]].stamp_ns + 5 * 10**9
     assert tracker.prior(late, None)[1] == "none"
@@ -275,6 +275,35 @@ def test_a_global_fix_that_contradicts_the_odometry_waits_for_a_second(office, m
     assert accepted, [r.reason for r, _ in results]
     r, f = accepted[0]
     assert errors(r.T_map_cam, f.T_world_cam)[0] < 0.05
+    assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)
+
+
+def test_a_pose_the_odometry_cannot_explain_is_not_integrated(office, matcher):
+    """Measured on the integrity benchmark: poses tracked from an odometry prior locked onto a wrong basin 0.3 m /
+    10 deg off, inside the fixed max_prior_deviation_* gates. The odometry's prediction carries a covariance (the
+    fix's, moved along, plus drift per metre): a fix that the odometry says is 0.2 m off right after the last fix
+    (an odometry that jumped, or a wrong pose) is not integrated at once, though it is well inside 0.5 m / 10 deg;
+    a second fix that implies the same map -> odom is accepted."""
+    m, q, _ = office
+    sharp = [i for i in range(40, 160) if q.blur[i] is None]
+    tracker = ContinuousLocalizer(Localizer(m, matcher))
+    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
+    f0, f1 = q[sharp[0]], q[sharp[1]]
+    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    # the prediction's covariance: the fix's plus 5 % of the distance moved (and 2 deg per metre)
+    pred, source, _, confirmed, cov = tracker.prior(f1.stamp_ns, T_odom_map @ f1.T_world_cam)
+    assert source == "odometry" and confirmed and cov is not None
+    moved = float(np.linalg.norm(f1.T_world_cam[:3, 3] - f0.T_world_cam[:3, 3]))
+    assert np.sqrt(np.linalg.eigvalsh(cov[:3, :3])).max() < 0.05 * moved + 0.05
+    jumped = make_T(np.eye(3), [0.2, 0.0, 0.0]) @ T_odom_map  # the odometry is suddenly 0.2 m off
+    results = [(tracker.localize(q[i].rgb, q.camera.K, q[i].stamp_ns, jumped @ q[i].T_world_cam), q[i])
+               for i in sharp[1:10:2]]
+    first, _ = results[0]
+    assert not first.success and "held back" in first.reason and "chi2" in first.reason, first.reason
+    accepted = [(r, f) for r, f in results[1:] if r.success]
+    assert accepted, [r.reason for r, _ in results]
+    for r, f in accepted:  # never the odometry's wrong prediction: the camera where it is
+        assert errors(r.T_map_cam, f.T_world_cam)[0] < 0.05
     assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 
 DEFAULT_MATCHERS = ("orb_teblid", "sift", "xfeat_mnn", "xfeat_lighterglue")
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--matchers", nargs="+", default=list(DEFAULT_MATCHERS), help="backends to measure")
     ap.add_argument("--rate", type=float, default=30.0, help="camera rate [Hz]")
     ap.add_argument("--seconds", type=float, default=10.0, help="measurement time per matcher [s]")
-    ap.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image")
+    ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS, help="keypoints per image")
     ap.add_argument("--image-qos", choices=("reliable", "sensor_data"), default="reliable",
                     help="QoS of the image topic (both ends)")
     ap.add_argument("--json", default="build/bench/keyframe_matcher.json", help="where to write the figures")

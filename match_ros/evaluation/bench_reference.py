@@ -29,6 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+
 DEFAULT_MATCHERS = ("orb_teblid", "sift", "xfeat_mnn", "xfeat_lighterglue")
 
 
@@ -186,7 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--matchers", nargs="+", default=list(DEFAULT_MATCHERS))
     ap.add_argument("--pairs", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-keypoints", type=int, default=1024)
+    ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS)
     ap.add_argument("--device", default="cpu", help="device of the package's backends: cpu, cuda, auto")
     ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
                     help="backend options for the learned backends, e.g. cpu_bf16=True")

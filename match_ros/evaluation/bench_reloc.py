@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+
 SCENES = ("office", "street", "room", "corridor", "facade")
 KEYS = ("recall_5cm_2deg", "recall_25cm_5deg", "recall_1m_10deg", "wrong_poses", "no_pose", "ms_per_query_median",
         "ms_per_query_p95", "retrieval_hit_at_3", "within_3sigma", "nees_mean")
@@ -67,7 +69,8 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
     rows = []
     for scene in scenes:
         m = Map.load(out / "maps" / f"{scene}_map_300_{matcher}.db")
-        mt = build_matcher(matcher, shared_conf(matcher, max_keypoints=int(m.matcher_conf.get("max_keypoints", 1024))))
+        max_kp = int(m.matcher_conf.get("max_keypoints", DEFAULT_MAX_KEYPOINTS))
+        mt = build_matcher(matcher, shared_conf(matcher, max_keypoints=max_kp))
         locs = {(method, rerank): Localizer(m, mt, gd, {"retrieval": method, "rerank": rerank})
                 for method in ("bow", "global") for rerank in (False, True)}
         hits = {k: [] for k in locs}
@@ -110,7 +113,7 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: d
     t0 = time.perf_counter()
     merged.build_vocabulary()
     vocab_s = time.perf_counter() - t0
-    max_kp = int(merged.matcher_conf.get("max_keypoints", 1024))
+    max_kp = int(merged.matcher_conf.get("max_keypoints", DEFAULT_MAX_KEYPOINTS))
     mt = build_matcher(matcher, {**shared_conf(matcher, max_keypoints=max_kp), **(matcher_conf or {})})
     loc = Localizer(merged, mt)
     ms, ok, wrong, stages = [], 0, 0, []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
 from match_ros.core.device import cpu_model
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, free_domain_id, spin_until
 
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-min", type=float, default=2.0, help="samples before this are left out of the slope")
     ap.add_argument("--sample-s", type=float, default=5.0, help="memory sampling period [s]")
     ap.add_argument("--frames", type=int, default=60, help="rendered frames (played forwards and backwards)")
-    ap.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image")
+    ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS, help="keypoints per image")
     ap.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE", help="further node parameters")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a free one)")
     ap.add_argument("--out", default="build/bench/soak.json", help="where to write the figures (JSON)")

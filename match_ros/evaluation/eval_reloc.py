@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, plot_report, score, write_records_tum
 from match_ros.evaluation.reloc_scenes import (QUERY_KINDS, T_MAP_ODOM, make_query_sequence, scene_bags,  # noqa: F401
@@ -75,7 +76,7 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     dev = resolve_device(device)
     conf = dict(localizer_conf or {})
     gd = GlobalDescriptor(device=dev) if conf.get("retrieval") == "global" else None
-    max_kp = int(m.matcher_conf.get("max_keypoints", 1024))
+    max_kp = int(m.matcher_conf.get("max_keypoints", DEFAULT_MAX_KEYPOINTS))
     matcher = build_matcher(m.matcher_name, shared_conf(m.matcher_name, max_keypoints=max_kp), dev)
     loc = Localizer(m, matcher, gd, conf, pnp_conf)
     tracker = ContinuousLocalizer(loc, continuous_conf)

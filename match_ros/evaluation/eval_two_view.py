@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+
 WRONG_ROT_DEG, WRONG_DIR_DEG = 2.0, 15.0
 CHI2_3DOF_99 = 11.34
 
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     from match_ros.core.features.matcher import build_matcher, shared_conf
 
     torch.set_num_threads(2)
-    conf = {**shared_conf(args.matcher, max_keypoints=1024), **parse_overrides(args.conf)}
+    conf = {**shared_conf(args.matcher, max_keypoints=DEFAULT_MAX_KEYPOINTS), **parse_overrides(args.conf)}
     matcher = build_matcher(args.matcher, conf, resolve_device("auto"))
     report, every = {}, []
     print(f"{'scene':10s} {'pairs':>5s} {'full':>5s} {'wrong':>5s} {'rot-only':>8s} {'wrong':>5s} {'none':>5s}"

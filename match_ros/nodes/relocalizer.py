@@ -64,8 +64,7 @@ node_spec = {
                      0.0, 1000.0),
     "use_odometry": Param(True, "Track from the last fix moved by odom_frame -> camera on /tf at the image stamp "
                           "(else only from a young last fix, confirmed by retrieval)"),
-    "lost_after": continuous_spec["lost_after"],
-    "max_fix_age_s": continuous_spec["max_fix_age_s"],
+    **continuous_spec,
     "map_frame": Param("map", "Map frame (REP 105)"),
     "odom_frame": Param("odom", "Odometry frame; empty: publish map -> base_frame instead of map -> odom"),
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: "
@@ -297,13 +296,13 @@ class RelocalizerNode(ManagedNode):
         if T_odom_cam is None and p["odom_frame"]:  # it may have come during the query
             T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
             if T_odom_cam is not None:
-                self.tracker.T_map_odom = result.T_map_cam @ invert(T_odom_cam)
+                self.tracker.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam)
         if p["publish_tf"]:
             if not p["odom_frame"]:
                 self.tf.send([conv.matrix_to_transform(T_map_base, out, base_frame)])
             elif T_odom_cam is None:
                 with self._tf_lock:
-                    self._pending_fix = (stamp, result.T_map_cam, camera)
+                    self._pending_fix = (stamp, result.T_map_cam, result.covariance, camera)
                 level = DiagnosticStatus.WARN
                 text = (f"{text}; no {p['odom_frame']} transform at the image stamp yet: map->odom waits for it up "
                         f"to {p['map_odom_wait_s']} s")
@@ -340,13 +339,12 @@ class RelocalizerNode(ManagedNode):
         if now <= 0:  # use_sim_time before the first /clock
             return
         if pending is not None:
-            stamp, T_map_cam, camera = pending
+            stamp, T_map_cam, covariance, camera = pending
             T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
             if T_odom_cam is not None:
-                T_map_odom = T_map_cam @ invert(T_odom_cam)
-                if self._set_map_odom(stamp, T_map_odom):
+                if self._set_map_odom(stamp, T_map_cam @ invert(T_odom_cam)):
                     with self._lock:
-                        self.tracker.T_map_odom = T_map_odom
+                        self.tracker.anchor_odometry(T_map_cam, covariance, T_odom_cam)
                 return
             if now - stamp > p["map_odom_wait_s"] * 1e9:
                 with self._tf_lock:

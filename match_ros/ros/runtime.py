@@ -406,14 +406,14 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
     measured as nil (keyframe_matcher's two-view poses); "false" for visual odometry (drift 0.24-0.53 -> 0.32-0.58 %)
     and mapping / relocalization (1 wrong pose in 500 changed-day queries against a float32 map, none without)."""
     from match_ros.core.device import DEVICE_CHOICES
-    from match_ros.core.features.matcher import DEFAULT_MATCHER, available_matchers
+    from match_ros.core.features.matcher import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS, available_matchers
 
     return {
         "matcher": Param(DEFAULT_MATCHER, matcher_text, choices=tuple(available_matchers()), read_only=True),
         "device": Param("auto", "Inference device: auto (CUDA when present), cpu, cuda", choices=DEVICE_CHOICES,
                         read_only=True),
-        "max_keypoints": Param(1024, keypoints_text + " (not for nemf_dense, whose grid is fixed)", min=16,
-                               max=16384, read_only=True),
+        "max_keypoints": Param(DEFAULT_MAX_KEYPOINTS, keypoints_text + " (not for nemf_dense, whose grid is fixed)",
+                               min=16, max=16384, read_only=True),
         "torch_threads": Param(0, "Intra-op threads of torch (0: torch's default, one per core); where several "
                                "match_ros nodes share the cores give each its share (two nodes on 2 cores: 1 each)",
                                min=0, max=256, read_only=True),

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MATCHER
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 
 AUTO = "auto"
 
 
-def build_map_from_bag(bag, out, matcher_name=DEFAULT_MATCHER, max_keypoints=1024, device="auto",
+def build_map_from_bag(bag, out, matcher_name=DEFAULT_MATCHER, max_keypoints=DEFAULT_MAX_KEYPOINTS, device="auto",
                        image_topic=AUTO, info_topic=AUTO, depth_topic=AUTO, pose_topic=AUTO, map_frame="map",
                        use_depth=True, builder_conf=None, progress=True, log=print) -> dict:
     """Build and save a map; returns the summary (keyframes, points, bytes, seconds, topics used)."""
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="map file to write (SQLite; replaced atomically)")
     ap.add_argument("--matcher", default=DEFAULT_MATCHER, choices=available_matchers(),
                     help="local features (default: the relocalizer's, %(default)s)")
-    ap.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per keyframe")
+    ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS, help="keypoints per keyframe")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--image-topic", default=AUTO, help="image topic (Image or CompressedImage; default: found)")
     ap.add_argument("--camera-info-topic", default=AUTO, help="camera_info topic (default: found)")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
 from match_ros.evaluation.graph import confine_to_loopback
 
 
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=90, help="frames in the sequence (30 Hz)")
     ap.add_argument("--rate", type=float, default=1.0,
                     help="replay speed (1.0 = real time; the node drops frames it cannot keep up with)")
-    ap.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image")
+    ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS, help="keypoints per image")
     ap.add_argument("--out", default="build/demo", help="where the rendered bag is cached")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: environment or 57)")
     args = ap.parse_args(argv)

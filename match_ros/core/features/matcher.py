@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from match_ros.core.config import merge_conf
-from match_ros.core.features import DEFAULT_MATCHER  # noqa: F401 (re-exported)
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS  # noqa: F401 (re-exported)
 from match_ros.core.features.types import Features, Matches
 
 # name -> "module:Class"; the class's ``name`` attribute is the same name

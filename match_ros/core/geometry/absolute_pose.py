@@ -151,6 +151,27 @@ def pose_difference(T_a: np.ndarray, T_b: np.ndarray) -> np.ndarray:
     return np.r_[T_a[:3, 3] - T_b[:3, 3], cv2.Rodrigues(dR)[0].ravel()]
 
 
+def pose_mahalanobis(T_a: np.ndarray, T_b: np.ndarray, cov: np.ndarray) -> float:
+    """Squared Mahalanobis distance of ``pose_difference(T_a, T_b)`` under ``cov`` [6 x 6] (the two poses'
+    covariances summed, for independent estimates); nan when cov is not finite or singular."""
+    if not np.all(np.isfinite(cov)):
+        return float("nan")
+    d = pose_difference(T_a, T_b)
+    try:
+        return float(d @ np.linalg.solve(cov, d))
+    except np.linalg.LinAlgError:
+        return float("nan")
+
+
+def moved_covariance(cov: np.ndarray, T_from: np.ndarray, T_to: np.ndarray) -> np.ndarray:
+    """Covariance [6 x 6] of pose T_to = T_from M for an exactly known motion M, when T_from has ``cov`` (the
+    parameters of ``pose_covariance``): a rotation error of T_from swings the moved position about T_from's origin,
+    dp = dt - [T_to.t - T_from.t]x dtheta; the rotation error is carried as it is."""
+    J = np.eye(6)
+    J[:3, 3:] = -skew(T_to[:3, 3] - T_from[:3, 3])
+    return J @ cov @ J.T
+
+
 def pose_sigmas(cov: np.ndarray) -> tuple[float, float]:
     """(largest 1-sigma position [m], largest 1-sigma rotation [deg]) of a [6 x 6] pose covariance."""
     return (float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))),

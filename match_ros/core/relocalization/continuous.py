@@ -3,13 +3,15 @@ relocalizer node and ``match_ros_eval_reloc --mode continuous`` both run it).
 
 Each frame is tracked from the strongest prior there is, and says which one it used (``result.stats["prior"]``):
 1. ``odometry``: the map -> odom of the last fix composed with odom -> camera at the image stamp, a measured
-   motion; the tracked pose must stay near it (``max_prior_deviation_*`` of the localizer);
+   motion. Its covariance is the fix's, moved along, plus the odometry's drift over the path since the fix
+   (``odometry_drift*``); the tracked pose must agree with it within the localizer's ``prior_chi2`` (and
+   ``max_prior_deviation_*``): a pose in a wrong basin 10 deg off, which still verifies around itself, is refused;
 2. ``initial pose``: a pose someone gave (rviz's 2D pose estimate); a guess, confirmed like the next;
 3. ``last fix``: the previous fix while it is younger than ``max_fix_age_s``; a guess (nothing measured the motion
    since), so the search radius grows with its age and the tracked pose must be confirmed by the retrieval
    short-list (``Localizer.localize(prior_confirmed=False)``);
 4. ``none``: the whole map is searched (global relocalization), as when tracking fails.
-A global fix that contradicts the odometry's prediction (beyond the localizer's ``max_prior_deviation_*``) is not
+A global fix that contradicts the odometry's prediction (the same test) is not
 trusted on its own: either the fix is wrong (repeated structure) or the odometry jumped, and a wrong map -> odom
 would steer every later frame (tracked from a prior that counts as confirmed). It is held back and accepted when
 the next such fix agrees with it (same map -> odom within ``same_place_*``).
@@ -22,8 +24,9 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import Param, make_conf
+from match_ros.core.geometry.absolute_pose import moved_covariance
 from match_ros.core.geometry.camera import Distortion
-from match_ros.core.geometry.transforms import invert, rotation_error_deg
+from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
 
 continuous_spec = {
@@ -31,6 +34,14 @@ continuous_spec = {
                            0.0, 3600.0),
     "lost_after": Param(5, "Failed queries in a row after which the state is lost (no prior from the last fix)",
                         min=1, max=100000),
+    # a wheel or visual odometry's error, generously: 5 % and 2 deg per metre; the procedural benchmark's random walk
+    # (1 mm and 0.02 deg per 30 Hz step) is below it at the speeds of its paths
+    "odometry_drift": Param(0.05, "Odometry's position error per metre travelled (1 sigma, a fraction)", min=0.0,
+                            max=10.0),
+    "odometry_drift_deg_per_m": Param(2.0, "Odometry's heading error per metre travelled (1 sigma)", "deg/m", 0.0,
+                                      360.0),
+    "odometry_turn_drift": Param(0.05, "Odometry's rotation error per angle turned (1 sigma, a fraction)", min=0.0,
+                                 max=10.0),
 }
 
 PRIORS = ("odometry", "initial pose", "last fix", "none")
@@ -53,6 +64,7 @@ class ContinuousLocalizer:
         self.T_map_odom: Optional[np.ndarray] = None
         self.last_fix: Optional[np.ndarray] = None
         self.last_fix_ns: Optional[int] = None
+        self._anchor: Optional[tuple] = None  # the fix behind T_map_odom: (T_map_cam, covariance, T_odom_cam)
         self.last_stamp_ns: Optional[int] = None
         self.fail_streak = 0
         self._initial: Optional[np.ndarray] = None
@@ -66,37 +78,61 @@ class ContinuousLocalizer:
     def lost(self) -> bool:
         return self.fail_streak >= self.conf["lost_after"]
 
-    def _check_against_odometry(self, result: LocalizationResult, predicted: np.ndarray, T_odom_cam: np.ndarray):
-        """A global fix where the odometry predicted ``predicted``: refused when they disagree, unless the previous
-        contradicting fix gave the same map -> odom (then the odometry, or the map -> odom, was what had jumped)."""
-        c = self.localizer.conf
-        dt = float(np.linalg.norm(result.T_map_cam[:3, 3] - predicted[:3, 3]))
-        dr = rotation_error_deg(result.T_map_cam[:3, :3], predicted[:3, :3])
-        if dt <= c["max_prior_deviation_m"] and dr <= c["max_prior_deviation_deg"]:
+    def _check_against_odometry(self, result: LocalizationResult, predicted: np.ndarray,
+                                predicted_covariance: Optional[np.ndarray], T_odom_cam: np.ndarray):
+        """A global fix where the odometry predicted ``predicted``: refused when they disagree
+        (``Localizer.prior_contradiction``), unless the previous contradicting fix gave the same map -> odom (then
+        the odometry, or the map -> odom, was what had jumped)."""
+        contradiction = self.localizer.prior_contradiction(result, predicted, predicted_covariance)
+        if not contradiction:
             self._pending_map_odom = None
             return
         implied = result.T_map_cam @ invert(T_odom_cam)
         pending, self._pending_map_odom = self._pending_map_odom, implied
         if pending is not None and self.localizer._same_place(pending, implied):
             self._pending_map_odom = None
-            result.stats["odometry_jump"] = f"{dt:.2f} m / {dr:.1f} deg, confirmed by a second fix"
+            result.stats["odometry_jump"] = f"{contradiction}, confirmed by a second fix"
             return
         result.success, result.covariance = False, np.full((6, 6), np.nan)
-        result.reason = (f"global fix {dt:.2f} m / {dr:.1f} deg from the odometry's prediction: held back until "
-                         f"a second fix agrees (a wrong fix here would steer every later frame)")
+        result.reason = (f"global fix {contradiction} (the odometry's prediction): held back until a second fix "
+                         f"agrees (a wrong fix here would steer every later frame)")
 
     def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray]) -> tuple:
-        """(T_map_cam or None, source in PRIORS, age [s], confirmed) for a frame at ``stamp_ns`` whose odometry
-        (odom -> camera at that stamp) is ``T_odom_cam`` (None: none)."""
+        """(T_map_cam or None, source in PRIORS, age [s], confirmed, covariance [6 x 6] or None) for a frame at
+        ``stamp_ns`` whose odometry (odom -> camera at that stamp) is ``T_odom_cam`` (None: none)."""
         if T_odom_cam is not None and self.T_map_odom is not None:
-            return self.T_map_odom @ T_odom_cam, "odometry", 0.0, True
+            predicted = self.T_map_odom @ T_odom_cam
+            return predicted, "odometry", 0.0, True, self.odometry_covariance(predicted, T_odom_cam)
         if self._initial is not None:
-            return self._initial, "initial pose", 0.0, False
+            return self._initial, "initial pose", 0.0, False, None
         if self.last_fix is not None and not self.lost:
             age = max(0.0, (stamp_ns - self.last_fix_ns) * 1e-9)
             if age <= self.conf["max_fix_age_s"]:
-                return self.last_fix, "last fix", age, False
-        return None, "none", 0.0, False
+                return self.last_fix, "last fix", age, False, None
+        return None, "none", 0.0, False, None
+
+    def odometry_covariance(self, predicted: np.ndarray, T_odom_cam: np.ndarray) -> Optional[np.ndarray]:
+        """Covariance of the odometry's prediction ``predicted`` (camera at odom -> camera ``T_odom_cam``): the
+        last fix's covariance moved along, plus the drift over the path since (``odometry_drift*``, from the
+        straight-line distance and the angle turned). None without a finite fix covariance."""
+        if self._anchor is None or not np.all(np.isfinite(self._anchor[1])):
+            return None
+        fix, cov, at_fix = self._anchor
+        motion = invert(at_fix) @ T_odom_cam
+        dist = float(np.linalg.norm(motion[:3, 3]))
+        turned = float(np.arccos(np.clip((np.trace(motion[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)))
+        c = self.conf
+        sigma_t = c["odometry_drift"] * dist
+        sigma_r = np.radians(c["odometry_drift_deg_per_m"]) * dist + c["odometry_turn_drift"] * turned
+        return moved_covariance(cov, fix, predicted) + np.diag([sigma_t ** 2] * 3 + [sigma_r ** 2] * 3)
+
+    def anchor_odometry(self, T_map_cam: np.ndarray, covariance: np.ndarray, T_odom_cam: np.ndarray) -> np.ndarray:
+        """Set map -> odom from a fix (pose, covariance) and odom -> camera at its stamp (which may arrive after the
+        fix); later frames are predicted from it. Returns the map -> odom."""
+        self._anchor = (np.asarray(T_map_cam, np.float64), np.asarray(covariance, np.float64),
+                        np.asarray(T_odom_cam, np.float64))
+        self.T_map_odom = self._anchor[0] @ invert(self._anchor[2])
+        return self.T_map_odom
 
     def localize(self, image: np.ndarray, K: np.ndarray, stamp_ns: int, T_odom_cam: Optional[np.ndarray] = None,
                  global_only: bool = False, distortion: Optional[Distortion] = None) -> LocalizationResult:
@@ -109,14 +145,14 @@ class ContinuousLocalizer:
             self.reset()
             self._initial = initial
         self.last_stamp_ns = int(stamp_ns)
-        prior, source, age, confirmed = (None, "none", 0.0, False) if global_only else self.prior(stamp_ns,
-                                                                                                  T_odom_cam)
+        prior, source, age, confirmed, prior_cov = ((None, "none", 0.0, False, None) if global_only
+                                                    else self.prior(stamp_ns, T_odom_cam))
         self._initial = None
         result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed,
-                                         distortion=distortion)
+                                         distortion=distortion, prior_covariance=prior_cov)
         result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
         if result.success and source == "odometry" and result.mode == "global":
-            self._check_against_odometry(result, prior, T_odom_cam)
+            self._check_against_odometry(result, prior, prior_cov, T_odom_cam)
         if reset:
             result.stats["reset"] = "the stamp jumped back: tracking state cleared"
         if not result.success:
@@ -125,7 +161,7 @@ class ContinuousLocalizer:
         self.fail_streak = 0
         self.last_fix, self.last_fix_ns = result.T_map_cam, int(stamp_ns)
         if T_odom_cam is not None:
-            self.T_map_odom = result.T_map_cam @ invert(T_odom_cam)
+            self.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam)
         return result
 
 
