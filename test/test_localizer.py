@@ -161,6 +161,19 @@ def test_configuration_is_checked(office, matcher):
         Localizer(m, matcher, conf={"retrieval": "global"})
 
 
+def test_the_map_point_cache_is_bounded(office, matcher):
+    """A long run visits every keyframe of a large map: the prepared map points are an LRU of point_cache
+    keyframes, and a small cache gives the same poses."""
+    m, _, queries = office
+    small, full = Localizer(m, matcher, conf={"point_cache": 4}), Localizer(m, matcher)
+    K = office[1].camera.K
+    for f in queries[:6]:
+        a, b = small.localize(f.rgb, K), full.localize(f.rgb, K)
+        assert a.success == b.success and (not a.success or np.allclose(a.T_map_cam, b.T_map_cam, atol=1e-6))
+        assert len(small._points) <= 4
+    assert len(full._points) > 4
+
+
 def test_a_blank_image_gives_no_pose_and_says_why(office, matcher):
     m, q, _ = office
     r = Localizer(m, matcher).localize(np.zeros((480, 640, 3), np.uint8), q.camera.K)

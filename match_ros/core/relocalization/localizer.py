@@ -175,6 +175,10 @@ localizer_spec = {
                                  "(0 disables)", "deg", 0.0, 180.0),
     "feature_cache": Param(64, "Keyframes whose features stay prepared on the matcher's device", min=1,
                            max=100000),
+    # a query touches ~60 keyframes (top_k, guided_keyframes, the twin check's 40 nearest); unbounded, the cache
+    # grew with every keyframe ever visited (a 20 min soak's steps, ~0.3 MB per xfeat keyframe)
+    "point_cache": Param(256, "Keyframes whose 3D points and similarity vectors stay prepared (least recently used "
+                         "dropped first)", min=1, max=1000000),
 }
 default_localizer_conf = defaults(localizer_spec)
 
@@ -223,7 +227,7 @@ class Localizer:
             raise ValueError("retrieval 'global' needs a global descriptor")
         self.matcher, self.global_desc = matcher, global_desc
         self._features: OrderedDict = OrderedDict()
-        self._points: dict = {}
+        self._points: OrderedDict = OrderedDict()
         self._trim = LargeFrameTrim()  # the heap back to the OS after an unusually large frame (issue #20)
         self.set_map(map_)
 
@@ -719,15 +723,20 @@ class Localizer:
         return f
 
     def map_points(self, kf: MapKeyframe) -> MapPoints:
-        """The keyframe's keypoints with 3D points (xyz, similarity vectors of their descriptors), cached."""
+        """The keyframe's keypoints with 3D points (xyz, similarity vectors of their descriptors), cached (LRU,
+        ``point_cache``)."""
         pts = self._points.get(kf.id)
-        if pts is None:
+        if pts is not None:
+            self._points.move_to_end(kf.id)
+        else:
             idx = np.flatnonzero(np.all(np.isfinite(kf.points3d), axis=1))
             desc = kf.descriptors[idx]
             pts = self._points[kf.id] = MapPoints(kf.points3d[idx].astype(np.float64), similarity_vectors(desc),
                                                   np.full(len(idx), kf.id, np.int64), idx.astype(np.int64),
                                                   np.repeat(kf.T_world_cam[None, :3, 3], len(idx), axis=0),
                                                   desc if desc.dtype == np.uint8 else None)
+            while len(self._points) > int(self.conf["point_cache"]):
+                self._points.popitem(last=False)
         return pts
 
 
