@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from match_ros.core.geometry.absolute_pose import (moved_covariance, pose_covariance, pose_difference,
+from match_ros.core.geometry.absolute_pose import (fuse_poses, moved_covariance, pose_covariance, pose_difference,
                                                    pose_mahalanobis, solve_pnp)
 from match_ros.core.geometry.transforms import invert, make_T, perturb_pose, rotation_error_deg
 
@@ -83,3 +83,26 @@ def test_moved_covariance_matches_monte_carlo_of_a_moved_pose():
     m = [pose_mahalanobis(perturb_pose(T_fix, d) @ motion, moved, predicted) for d in samples[:2000]]
     assert np.mean(m) == pytest.approx(6.0, rel=0.1)
     assert np.isnan(pose_mahalanobis(moved, moved, np.full((6, 6), np.nan)))
+
+
+def test_fused_poses_lean_on_the_more_certain_one():
+    """Two estimates of a pose (a weak view's and the odometry's prediction): equal covariances meet half-way with
+    half the covariance; a far more certain one wins; the fused errors of sampled estimates match its covariance."""
+    rng = np.random.default_rng(5)
+    T = make_T(cv2.Rodrigues(np.array([0.2, -0.1, 0.9]))[0], [1.0, -2.0, 0.4])
+    cov = np.diag([0.02 ** 2] * 3 + [0.01 ** 2] * 3)
+    shifted = perturb_pose(T, [0.04, 0.0, 0.0, 0.0, 0.0, 0.02])
+    F, C = fuse_poses(T, cov, shifted, cov)
+    assert np.allclose(pose_difference(F, T), [0.02, 0, 0, 0, 0, 0.01], atol=1e-4) and np.allclose(C, cov / 2)
+    F, _ = fuse_poses(shifted, cov * 1e4, T, cov)
+    assert np.linalg.norm(pose_difference(F, T)) < 1e-3
+    weak = np.diag([0.07 ** 2] * 3 + [0.04 ** 2] * 3)  # a weak view's 7 cm, 2.5 deg against a 2 cm prior
+    errors = []
+    for _ in range(2000):
+        a = perturb_pose(T, rng.multivariate_normal(np.zeros(6), weak))
+        b = perturb_pose(T, rng.multivariate_normal(np.zeros(6), cov))
+        F, C = fuse_poses(a, weak, b, cov)
+        errors.append(pose_mahalanobis(F, T, C))
+    assert np.mean(errors) == pytest.approx(6.0, rel=0.1)
+    with pytest.raises(ValueError, match="finite"):
+        fuse_poses(T, np.full((6, 6), np.nan), T, cov)

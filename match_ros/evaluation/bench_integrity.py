@@ -61,6 +61,7 @@ def parse_conf(items) -> dict:
 
 def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wait_s: float, progress: bool) -> list:
     """[(matcher, mode, odometry, [QueryRecord])] of one seed's place."""
+    from match_ros.core.relocalization.continuous import continuous_spec
     from match_ros.evaluation.eval_reloc import run_offline
     from match_ros.sim.procedural import make_procedural_case, write_case_bags
     from match_ros.tools.build_map import build_map_from_bag
@@ -68,6 +69,8 @@ def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wa
     case = make_procedural_case(seed)
     map_bag, query_bag = write_case_bags(case, out / "cases", progress=progress)
     results = []
+    continuous_conf = {k: v for k, v in localizer_conf.items() if k in continuous_spec}
+    localizer_conf = {k: v for k, v in localizer_conf.items() if k not in continuous_spec}
     for matcher in matchers:
         map_path = out / "maps" / f"{case.name}_{matcher}.db"  # the case name carries the content key
         if not map_path.exists():
@@ -76,7 +79,7 @@ def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wa
         for mode, odometry in runs:
             records = run_offline(map_path, query_bag, matcher, mode, localizer_conf=localizer_conf,
                                   odometry=odometry, odom_delay_s=case.odom_delay_s, odom_wait_s=odom_wait_s,
-                                  progress=False)
+                                  progress=False, continuous_conf=continuous_conf)
             results.append((matcher, mode, odometry, records))
     return results
 
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--matchers", nargs="+", default=["xfeat_lighterglue"], choices=available_matchers())
     ap.add_argument("--runs", nargs="+", default=[f"{m}:{o}" for m, o in RUNS],
                     help="mode:odometry pairs (default: %(default)s)")
-    ap.add_argument("--conf", nargs="*", default=[], help="localizer parameters key=value (tuning)")
+    ap.add_argument("--conf", nargs="*", default=[], help="localizer and continuous-mode parameters key=value "
+                    "(tuning; e.g. ambiguity_z=3 odometry_drift=0.02)")
     ap.add_argument("--odom-wait-s", type=float, default=0.5, help="how long a frame waits for its odometry")
     ap.add_argument("--out", default="build/bench_integrity", help="cases, maps and per-query records")
     ap.add_argument("--json", default=None, help="write the report here too")

@@ -155,7 +155,9 @@ class VisualOdometryNode(ManagedNode):
             msg.twist.covariance = [float(x) for x in np.diag(np.diag(2.0 * rel) / dt ** 2).ravel()]
         self.last = (stamp, T_odom_base)
         self.pub_odom.publish(msg)
-        if self.p["publish_tf"]:
+        # while lost the held pose is no measurement: on /odom its covariance says so, but a transform has none, and
+        # map -> camera through a held odom was 0.4-0.95 m off under `ros2 launch` at 1x on a busy machine
+        if self.p["publish_tf"] and not r.lost:
             out = msg.header
             self.tf.send([conv.matrix_to_transform(T_odom_base, out, self.child_frame)])
         now = time.monotonic()

@@ -536,6 +536,20 @@ def use_fastdds_profile() -> Optional[str]:
     return name
 
 
+def _drain_pool(executor, timeout_s: float) -> None:
+    """Let the callbacks a MultiThreadedExecutor's thread pool is still running end, and drop the queued ones,
+    before ``executor.shutdown``: rclpy's shutdown destroys the executor's guard condition first and its pool after
+    (ros2/rclpy#968), so a callback that ends in between fails on the guard ("The following exception was never
+    retrieved: cannot use Destroyable because destruction was requested", on most Ctrl-C of an idle relocalizer,
+    whose map -> odom timer runs at 20 Hz). Bounded: a callback that does not end within timeout_s is left."""
+    pool = getattr(executor, "_executor", None)  # rclpy's ThreadPoolExecutor; absent in single-threaded ones
+    if pool is None:
+        return
+    done = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+    done.start()
+    done.join(timeout_s)
+
+
 def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
     """Create the node, spin it, and shut down once: the first SIGINT / SIGTERM (or an external shutdown) ends
     the spin, the node's ``shutdown()`` runs (a map save finishes), later signals are ignored meanwhile. A
@@ -572,6 +586,7 @@ def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
         if node is not None and hasattr(node, "answer_pending"):
             node.answer_pending("shutting down")
         if executor is not None:
+            _drain_pool(executor, 1.0)
             executor.shutdown(timeout_sec=1.0)
         if node is not None:
             try:

@@ -172,6 +172,18 @@ def moved_covariance(cov: np.ndarray, T_from: np.ndarray, T_to: np.ndarray) -> n
     return J @ cov @ J.T
 
 
+def fuse_poses(T_a: np.ndarray, cov_a: np.ndarray, T_b: np.ndarray, cov_b: np.ndarray) -> tuple:
+    """(T, cov): two independent estimates of one pose combined (a Kalman update of a by b in the parameters of
+    ``pose_covariance``): the fused pose lies between them, nearer the more certain one, with a covariance smaller
+    than either. ValueError when the covariances are not finite or their sum is singular."""
+    if not (np.all(np.isfinite(cov_a)) and np.all(np.isfinite(cov_b))):
+        raise ValueError("fuse_poses needs finite covariances")
+    gain = np.linalg.solve((cov_a + cov_b).T, cov_a.T).T  # cov_a (cov_a + cov_b)^-1
+    T = perturb_pose(T_a, gain @ pose_difference(T_b, T_a))
+    cov = (np.eye(6) - gain) @ cov_a
+    return T, (cov + cov.T) / 2.0
+
+
 def pose_sigmas(cov: np.ndarray) -> tuple[float, float]:
     """(largest 1-sigma position [m], largest 1-sigma rotation [deg]) of a [6 x 6] pose covariance."""
     return (float(np.sqrt(max(np.max(np.linalg.eigvalsh(cov[:3, :3])), 0.0))),

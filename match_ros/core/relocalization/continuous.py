@@ -6,6 +6,8 @@ Each frame is tracked from the strongest prior there is, and says which one it u
    motion. Its covariance is the fix's, moved along, plus the odometry's drift over the path since the fix
    (``odometry_drift*``); the tracked pose must agree with it within the localizer's ``prior_chi2`` (and
    ``max_prior_deviation_*``): a pose in a wrong basin 10 deg off, which still verifies around itself, is refused;
+   a pose that agrees is fused with the prediction (``fuse_odometry``: a Kalman update; a weak view, whose own
+   sigma is large, leans on the odometry);
 2. ``initial pose``: a pose someone gave (rviz's 2D pose estimate); a guess, confirmed like the next;
 3. ``last fix``: the previous fix while it is younger than ``max_fix_age_s``; a guess (nothing measured the motion
    since), so the search radius grows with its age and the tracked pose must be confirmed by the retrieval
@@ -24,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.geometry.absolute_pose import moved_covariance
+from match_ros.core.geometry.absolute_pose import fuse_poses, moved_covariance, pose_sigmas
 from match_ros.core.geometry.camera import Distortion
 from match_ros.core.geometry.transforms import invert
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
@@ -42,6 +44,8 @@ continuous_spec = {
                                       360.0),
     "odometry_turn_drift": Param(0.05, "Odometry's rotation error per angle turned (1 sigma, a fraction)", min=0.0,
                                  max=10.0),
+    "fuse_odometry": Param(True, "Publish a pose that agrees with the odometry's prediction fused with it (both "
+                           "covariances; a weak view then leans on the odometry instead of a wrong basin)"),
 }
 
 PRIORS = ("odometry", "initial pose", "last fix", "none")
@@ -126,6 +130,16 @@ class ContinuousLocalizer:
         sigma_r = np.radians(c["odometry_drift_deg_per_m"]) * dist + c["odometry_turn_drift"] * turned
         return moved_covariance(cov, fix, predicted) + np.diag([sigma_t ** 2] * 3 + [sigma_r ** 2] * 3)
 
+    @staticmethod
+    def _fuse(result: LocalizationResult, predicted: np.ndarray, predicted_covariance: np.ndarray) -> None:
+        try:
+            T, cov = fuse_poses(result.T_map_cam, result.covariance, predicted, predicted_covariance)
+        except (ValueError, np.linalg.LinAlgError):
+            return
+        result.stats["fusion_shift_m"] = float(np.linalg.norm(T[:3, 3] - result.T_map_cam[:3, 3]))
+        result.T_map_cam, result.covariance = T, cov
+        result.stats["position_sigma_m"], result.stats["rotation_sigma_deg"] = pose_sigmas(cov)
+
     def anchor_odometry(self, T_map_cam: np.ndarray, covariance: np.ndarray, T_odom_cam: np.ndarray) -> np.ndarray:
         """Set map -> odom from a fix (pose, covariance) and odom -> camera at its stamp (which may arrive after the
         fix); later frames are predicted from it. Returns the map -> odom."""
@@ -153,6 +167,9 @@ class ContinuousLocalizer:
         result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
         if result.success and source == "odometry" and result.mode == "global":
             self._check_against_odometry(result, prior, prior_cov, T_odom_cam)
+        if (result.success and source == "odometry" and prior_cov is not None and self.conf["fuse_odometry"]
+                and "odometry_jump" not in result.stats):
+            self._fuse(result, prior, prior_cov)
         if reset:
             result.stats["reset"] = "the stamp jumped back: tracking state cleared"
         if not result.success:
