@@ -259,7 +259,8 @@ def test_camera_info_distortion_models():
 def test_camera_input_hands_the_distortion_with_the_frame_or_refuses_the_calibration(node):
     from match_ros.core.config import defaults
     from match_ros.ros import conversions as conv
-    from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
+    from match_ros.ros.camera_input import CameraInput, camera_input_spec
+    from match_ros.ros.diagnostics import ErrorLog
 
     items, errors = [], ErrorLog(node)
     conf = {**defaults(camera_input_spec), "max_image_pixels": 100_000, "depth_wait_s": 0.0}

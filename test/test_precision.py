@@ -62,7 +62,7 @@ def test_a_parameter_file_written_for_the_old_boolean_still_starts_the_node():
     from rclpy.parameter import Parameter
 
     from match_ros.ros.params import declare
-    from match_ros.ros.runtime import matcher_spec
+    from match_ros.ros.matcher_params import matcher_spec
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _camera_input(node, use_depth=False):
     from match_ros.core.config import defaults
-    from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
+    from match_ros.ros.camera_input import CameraInput, camera_input_spec
+    from match_ros.ros.diagnostics import ErrorLog
 
     items, errors = [], ErrorLog(node)
     conf = {**defaults(camera_input_spec), "max_image_pixels": 400_000, "depth_wait_s": 0.0}
@@ -135,7 +136,7 @@ def test_compressed_images_decode_to_the_same_pixels():
 
 
 def test_errors_are_counted_by_kind_and_recent_ones_expire(node):
-    from match_ros.ros.runtime import ErrorLog
+    from match_ros.ros.diagnostics import ErrorLog
 
     log = ErrorLog(node, recent_s=0.2)
     for i in range(5):
@@ -153,7 +154,8 @@ def test_worker_runs_calls_in_its_own_thread_between_frames(node):
     reaches the caller, frames keep flowing, and after stop() a call runs inline."""
     import threading
 
-    from match_ros.ros.runtime import ErrorLog, Worker
+    from match_ros.ros.diagnostics import ErrorLog
+    from match_ros.ros.worker import Worker
 
     seen = []
     worker = Worker(lambda item: seen.append((item, threading.current_thread().name)), ErrorLog(node), "test_worker")
@@ -179,7 +181,7 @@ def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
     import torch
 
     from match_ros.core.config import defaults
-    from match_ros.ros.runtime import matcher_spec, warm_matcher
+    from match_ros.ros.matcher_params import matcher_spec, warm_matcher
 
     before = torch.get_num_threads()
     try:
@@ -248,7 +250,8 @@ def test_frames_lost_before_the_node_are_counted_and_reported():
     from match_ros.core.config import defaults
     from match_ros.evaluation.bench_transport import _PUBLISHER
     from match_ros.evaluation.graph import confine_to_loopback, free_domain_id
-    from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
+    from match_ros.ros.camera_input import CameraInput, camera_input_spec
+    from match_ros.ros.diagnostics import ErrorLog
 
     confine_to_loopback(free_domain_id())
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DEFAULT_PROFILES_FILE")}

@@ -21,7 +21,7 @@ def test_diagnostics_are_named_after_the_fully_qualified_node_name(context):
     from rclpy.executors import SingleThreadedExecutor
 
     from match_ros.evaluation.graph import spin_until
-    from match_ros.ros.runtime import Diagnostics
+    from match_ros.ros.diagnostics import Diagnostics
 
     robots = [rclpy.create_node("relocalizer", namespace=ns, context=context) for ns in ("robot1", "robot2")]
     plain = rclpy.create_node("relocalizer", context=context)
@@ -106,7 +106,8 @@ import resource, sys
 import cv2, numpy as np, rclpy
 from sensor_msgs.msg import CompressedImage
 from match_ros.core.config import defaults
-from match_ros.ros.runtime import CameraInput, ErrorLog, camera_input_spec
+from match_ros.ros.camera_input import CameraInput, camera_input_spec
+from match_ros.ros.diagnostics import ErrorLog
 sys.path.insert(0, sys.argv[1])
 from test_runtime_names_and_bounds import crafted_png
 

@@ -67,7 +67,7 @@ def run_case(qos_name: str, profile: bool, seconds: float, rate: float, domain: 
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
-    from match_ros.ros.runtime import image_qos
+    from match_ros.ros.camera_input import image_qos
 
     try:
         from rclpy.event_handler import SubscriptionEventCallbacks

@@ -23,12 +23,15 @@ from match_ros.core.tracking.frontend import Frame, KeyframeTracker
 from match_ros.core.tracking.keyframes import KeyframeSelector, keyframe_spec
 from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
+from match_ros.ros.camera_input import CameraInput, camera_input_spec, input_problem, input_values
+from match_ros.ros.diagnostics import Diagnostics, ErrorLog, RateMeter
 from match_ros.ros.managed import ManagedNode, managed_spec
+from match_ros.ros.matcher_params import matcher_spec, warm_matcher
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   input_problem, input_values, matcher_spec, run_node, warm_matcher)
+from match_ros.ros.runtime import run_node
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.visuals import DebugImage, draw_matches
+from match_ros.ros.worker import Worker
 
 NODE_NAME = "keyframe_matcher"
 node_spec = {

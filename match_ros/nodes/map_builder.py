@@ -27,12 +27,15 @@ from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapping import MapBuilder, mapping_spec
 from match_ros.core.relocalization.mapstore import MapError
 from match_ros.ros import conversions as conv
+from match_ros.ros.camera_input import CameraInput, camera_input_spec, input_problem, input_values
+from match_ros.ros.diagnostics import Diagnostics, ErrorLog, log_outcome, steady_clock
 from match_ros.ros.managed import ManagedNode, managed_spec
+from match_ros.ros.matcher_params import matcher_spec, warm_matcher
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, Worker, camera_input_spec, input_problem,
-                                   input_values, log_outcome, matcher_spec, run_node, steady_clock, warm_matcher)
+from match_ros.ros.runtime import run_node
 from match_ros.ros.services import MapFolder, map_folder_spec
 from match_ros.ros.tf_buffer import TfBuffer, TfListener, TfLookupError, wait_for
+from match_ros.ros.worker import Worker
 from match_ros.srv import SaveMap
 
 NODE_NAME = "map_builder"

@@ -39,14 +39,17 @@ from match_ros.core.relocalization.mapfile import check_save_path
 from match_ros.core.relocalization.mapstore import Map, MapError, matcher_identity
 from match_ros.msg import CorrespondenceSet
 from match_ros.ros import conversions as conv
+from match_ros.ros.camera_input import CameraInput, camera_input_spec, input_problem, input_values
+from match_ros.ros.diagnostics import Diagnostics, ErrorLog, RateMeter, log_outcome
 from match_ros.ros.managed import ManagedNode, managed_spec
+from match_ros.ros.matcher_params import matcher_spec, warm_matcher
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   input_problem, input_values, log_outcome, matcher_spec, run_node, warm_matcher)
+from match_ros.ros.runtime import run_node
 from match_ros.ros.services import Answer, MapFolder, PendingCalls, map_folder_spec
 from match_ros.ros.tf import TfBroadcaster
-from match_ros.ros.visuals import DebugImage, draw_keypoints, latched_qos, map_messages
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
+from match_ros.ros.visuals import DebugImage, draw_keypoints, latched_qos, map_messages
+from match_ros.ros.worker import Worker
 from match_ros.srv import LoadMap, Relocalize, SaveMap
 
 NODE_NAME = "relocalizer"

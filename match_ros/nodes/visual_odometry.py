@@ -27,12 +27,15 @@ from match_ros.core.tracking.frontend import Frame
 from match_ros.core.tracking.keyframes import keyframe_spec
 from match_ros.core.tracking.odometry import R_BODY_OPTICAL, VisualOdometry, odometry_spec, twist_between
 from match_ros.ros import conversions as conv
+from match_ros.ros.camera_input import CameraInput, camera_input_spec, input_problem, input_values
+from match_ros.ros.diagnostics import Diagnostics, ErrorLog, RateMeter
 from match_ros.ros.managed import ManagedNode, managed_spec
+from match_ros.ros.matcher_params import matcher_spec, warm_matcher
 from match_ros.ros.params import ParameterUpdates, declare
-from match_ros.ros.runtime import (CameraInput, Diagnostics, ErrorLog, RateMeter, Worker, camera_input_spec,
-                                   input_problem, input_values, matcher_spec, run_node, warm_matcher)
+from match_ros.ros.runtime import run_node
 from match_ros.ros.tf import TfBroadcaster
 from match_ros.ros.tf_buffer import TfListener, TfLookupError
+from match_ros.ros.worker import Worker
 
 NODE_NAME = "visual_odometry"
 node_spec = {
