@@ -83,3 +83,21 @@ def test_no_private_names_imported_across_modules():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("match_ros"):
                 found += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if a.name.startswith("_")]
     assert not found, found
+
+
+def test_the_tools_take_their_defaults_from_one_place():
+    """The default matcher and keypoint count are stated once (match_ros.core.features: DEFAULT_MATCHER,
+    DEFAULT_MAX_KEYPOINTS) and read by the node specs and every command-line tool: no tool defaults to another
+    backend than the nodes (before: two tools defaulted to orb_teblid, and about ten repeated 1024)."""
+    import re
+
+    from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
+    from match_ros.ros.matcher_params import matcher_spec
+
+    spec = matcher_spec()
+    assert spec["matcher"].default == DEFAULT_MATCHER and spec["max_keypoints"].default == DEFAULT_MAX_KEYPOINTS
+    literal = re.compile(r'"--matcher",[^)]*default="|"--max-keypoints",[^)]*default=\d|max_keypoints=\d\d|'
+                         r'get\("max_keypoints", [1-9]')
+    found = [f"{p.relative_to(REPO)}:{i + 1}" for p in sorted((REPO / "match_ros").rglob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines()) if literal.search(line)]
+    assert not found, found

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 
 SCENES = ("office", "street", "room", "corridor", "facade")
 KEYS = ("recall_5cm_2deg", "recall_25cm_5deg", "recall_1m_10deg", "wrong_poses", "no_pose", "ms_per_query_median",
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     from match_ros.core.features.matcher import available_matchers
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--matcher", default="xfeat_lighterglue", choices=available_matchers(), help="backend")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER, choices=available_matchers(), help="backend")
     ap.add_argument("--scenes", nargs="+", default=list(SCENES), help="rendered scenes")
     ap.add_argument("--stride", type=int, default=3, help="every n-th of the 300 query frames")
     ap.add_argument("--modes", nargs="+", default=["global", "continuous"], help="localization modes")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 from match_ros.core.device import cpu_model
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, free_domain_id, spin_until
 
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--node", choices=NODES, default="keyframe_matcher", help="node under test")
-    ap.add_argument("--matcher", default="xfeat_lighterglue", help="matcher backend of the node")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER, help="matcher backend of the node")
     ap.add_argument("--minutes", type=float, default=60.0, help="length of the soak [min]")
     ap.add_argument("--rate-hz", type=float, default=12.0, help="camera rate [Hz]")
     ap.add_argument("--warmup-min", type=float, default=2.0, help="samples before this are left out of the slope")

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 from match_ros.core.device import cpu_model
 
 
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-topic", default="auto")
     ap.add_argument("--info-topic", default="auto")
     ap.add_argument("--depth-topic", default="auto", help="aligned depth image topic; '' ignores depth")
-    ap.add_argument("--matcher", default="xfeat_lighterglue")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER)
     ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS)
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     ap.add_argument("--gaps", type=int, nargs="*", default=[1, 5], help="frame gaps of the photometric check")

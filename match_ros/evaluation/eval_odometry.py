@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 
 SCENES = ("room", "corridor", "facade", "office", "street")
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", nargs="*", default=list(SCENES), choices=SCENES)
     ap.add_argument("--frames", type=int, default=300, help="frames per rendered sequence (30 Hz)")
     ap.add_argument("--chessboard", action="store_true", help="also the 13 real chessboard views")
-    ap.add_argument("--matcher", default="xfeat_lighterglue")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER)
     ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS)
     ap.add_argument("--depth-noise", action="store_true", help="structured-light depth noise (1.5 mm * z^2)")
     ap.add_argument("--window-keyframes", type=int, default=None, help="override odometry.window_keyframes")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, plot_report, score, write_records_tum
 from match_ros.evaluation.reloc_scenes import (QUERY_KINDS, T_MAP_ODOM, make_query_sequence, scene_bags,  # noqa: F401
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     src.add_argument("--gt-topic", default="auto", help="PoseStamped ground truth of the query camera in the map "
                      "frame (default: found; else /tf map -> camera)")
     src.add_argument("--depth-topic", default="auto", help="depth topic of the mapping bag (default: found)")
-    ap.add_argument("--matcher", default="xfeat_lighterglue", choices=available_matchers(), help="local features")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER, choices=available_matchers(), help="local features")
     ap.add_argument("--mode", choices=MODES, default="global",
                     help="global: each frame alone; continuous: the node's tracking (see --odometry)")
     ap.add_argument("--odometry", choices=ODOMETRY, default="drift",

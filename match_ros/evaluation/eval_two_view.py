@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 
 WRONG_ROT_DEG, WRONG_DIR_DEG = 2.0, 15.0
 CHI2_3DOF_99 = 11.34
@@ -86,7 +86,7 @@ def summarize(rows) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--matcher", default="xfeat_lighterglue")
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER)
     ap.add_argument("--scenes", nargs="+", default=["room", "corridor", "facade", "office"])
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--gaps", type=int, nargs="+", default=[1, 3, 5, 8])

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import torch
 
+from match_ros.core.features import DEFAULT_MATCHER
 from match_ros.core.config import parse_overrides
 from match_ros.core.features.matcher import available_matchers, build_matcher
 
@@ -65,7 +66,7 @@ def _frames(gap: int):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--matcher", default="xfeat_lighterglue", choices=available_matchers(), help="backend name")
+    p.add_argument("--matcher", default=DEFAULT_MATCHER, choices=available_matchers(), help="backend name")
     p.add_argument("--max-keypoints", type=int, default=None, help="max_keypoints override (default: backend's)")
     p.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
                    help="further backend configuration entries (values parsed as Python literals)")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.features import DEFAULT_MATCHER
+
 
 def _save_rgb(msg, path: Path) -> np.ndarray:
     import cv2
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="build/rviz_snapshots", help="folder for the images (and the cached bags)")
-    parser.add_argument("--matcher", default="xfeat_lighterglue", help="matching backend (default: the nodes')")
+    parser.add_argument("--matcher", default=DEFAULT_MATCHER, help="matching backend (default: the nodes')")
     args = parser.parse_args(argv)
     figures = run(Path(args.out), args.matcher)
     print(f"query frame {figures['query']}: {figures['inliers']} inliers, fix {100 * figures['fix_error_m']:.1f} cm /"

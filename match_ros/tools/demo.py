@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from match_ros.core.features import DEFAULT_MAX_KEYPOINTS
+from match_ros.core.features import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS
 from match_ros.evaluation.graph import confine_to_loopback
 
 
@@ -58,7 +58,7 @@ def print_report(result, matcher: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--matcher", default="xfeat_lighterglue",
+    ap.add_argument("--matcher", default=DEFAULT_MATCHER,
                     help="backend (sift, orb_teblid, xfeat_mnn, xfeat_lighterglue)")
     ap.add_argument("--scene", default="room", help="rendered scene (room, corridor, facade)")
     ap.add_argument("--frames", type=int, default=90, help="frames in the sequence (30 Hz)")
