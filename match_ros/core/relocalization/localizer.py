@@ -58,12 +58,13 @@ RETRIEVAL_METHODS = ("bow", "global")
 # procedural benchmark's tuning seeds only (``python -m match_ros.evaluation.fit_covariance``; docs/relocalization.md)
 # as the smallest factor whose poses within 25 cm / 5 deg keep 96 % of their errors within 3 sigma (position and
 # rotation). Backends without an entry keep 1.0 (not measured: the sparse backends' factors are all below 1, but
-# nemf_dense's is above; see integrity_warning). Tune seeds 100-109 (global, continuous with odometry drift and
-# delayed pooled): xfeat_lighterglue mean NEES 4.2, orb_teblid 5.2 (its multi-scale keypoints cluster: cell weighting
-# leaves its first-order covariance ~15x too large), sift 4.0
+# nemf_dense's is above; see integrity_warning). Tune seeds 100-109 and the retired report seeds 2000-2011 and
+# 3000-3011 (34 places; global and continuous poses not fused with odometry; 2.5-3.0k right poses per backend):
+# xfeat_lighterglue 0.30 (mean NEES 4.0), orb_teblid 0.071 (5.0; its multi-scale keypoints cluster: cell weighting
+# leaves its first-order covariance ~15x too large), sift 0.128 (4.5)
 # nemf_dense from one tune seed (100; 31 right poses, 3.7 s per query on 2 cores): 4.8 (NEES 4.0, 96.8 %; at 1.0
 # its mean NEES was 19): less than the first-order covariance of its 8 px grid claims, even with cells counted once.
-COVARIANCE_CALIBRATION = {"xfeat_lighterglue": 0.28, "orb_teblid": 0.067, "sift": 0.125, "nemf_dense": 4.8}
+COVARIANCE_CALIBRATION = {"xfeat_lighterglue": 0.30, "orb_teblid": 0.071, "sift": 0.128, "nemf_dense": 4.8}
 # backends the integrity benchmark (match_ros_bench_integrity) measured on its report seeds, with figures in
 # docs/relocalization.md (not all of its targets met: a few wrong poses per 600 queries); any other backend gets
 # integrity_warning() at the relocalizer's start
