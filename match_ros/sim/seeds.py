@@ -2,8 +2,9 @@
 
 - TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
 - REPORT_SEEDS (4000-4011; first reported 2026-12-06, third session, pooled only): report figures on these, and
-  NEVER look at them (images, per-seed results, failure cases) when choosing a parameter. A report seed that has influenced a choice has become a tuning seed: move the
-  whole report set to new seeds (and say so) rather than keep reporting on it.
+  NEVER look at them (images, per-seed results, failure cases) when choosing a parameter. A report seed that has
+  influenced a choice has become a tuning seed: move the whole report set to new seeds (and say so) rather than
+  keep reporting on it.
 - RETIRED_REPORT_SEEDS: former report sets, tuning seeds now.
   - 1000-1011 were reported once (2026-12-06, docs/relocalization.md); their pooled table prompted a change of
     continuous localization.
