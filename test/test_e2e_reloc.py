@@ -646,7 +646,9 @@ def _check_vo_and_relocalizer(seq, records, map_odom, vo_log, tf, odom_cov, min_
     odom = {stamp: T for stamp, parent, child, T in tf if parent == "odom" and child == "camera_optical_frame"}
     assert len(odom) >= min_odom, vo_log[-2000:]
     assert "no TF from base_frame" not in vo_log  # base_frame '' is the camera itself
-    assert set(odom_cov) == set(odom) and all(np.allclose(odom_cov[s][0], odom[s]) for s in odom)  # TF = Odometry
+    assert set(odom) <= set(odom_cov) and all(np.allclose(odom_cov[s][0], odom[s]) for s in odom)  # TF = Odometry
+    # ... except while lost: the held pose goes out on /odom with its covariance grown by 1 m^2, never on /tf
+    assert all(odom_cov[s][1][0] >= 1.0 for s in set(odom_cov) - set(odom))
     # odometry alone, first frame aligned: in the right frame and scale (offline, every frame: 1.0 % end, 2.8 % max
     # of 0.68 m with orb_teblid, test_odometry; here, beside a busy core with frames dropped, up to 17 % measured
     # at 0.2x). Where the gaps are too large to match across, the node holds the pose and says so (lost, position

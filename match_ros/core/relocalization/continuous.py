@@ -6,8 +6,8 @@ Each frame is tracked from the strongest prior there is, and says which one it u
    motion. Its covariance is the fix's, moved along, plus the odometry's drift over the path since the fix
    (``odometry_drift*``); the tracked pose must agree with it within the localizer's ``prior_chi2`` (and
    ``max_prior_deviation_*``): a pose in a wrong basin 10 deg off, which still verifies around itself, is refused;
-   a pose that agrees is fused with the prediction (``fuse_odometry``: a Kalman update; a weak view, whose own
-   sigma is large, leans on the odometry);
+   a pose that agrees is fused with the prediction (``fuse_odometry``: covariance intersection, as the two share
+   the map's error; a weak view, whose own sigma is large, leans on the odometry);
 2. ``initial pose``: a pose someone gave (rviz's 2D pose estimate); a guess, confirmed like the next;
 3. ``last fix``: the previous fix while it is younger than ``max_fix_age_s``; a guess (nothing measured the motion
    since), so the search radius grows with its age and the tracked pose must be confirmed by the retrieval
