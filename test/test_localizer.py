@@ -250,15 +250,23 @@ def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
             assert t < 0.25 and rot < 5.0, (i, t, rot, r.mode, r.stats.get("prior"), r.reason)
 
 
+def _tracker_after_a_fix(office, matcher, last_frame):
+    """(queries, sharp frame indices in 40..last_frame, a ContinuousLocalizer fixed on the first of them with
+    odometry, T_odom_map of that odometry, the first frame)."""
+    m, q, _ = office
+    sharp = [i for i in range(40, last_frame) if q.blur[i] is None]
+    tracker = ContinuousLocalizer(Localizer(m, matcher))
+    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
+    f0 = q[sharp[0]]
+    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    return q, sharp, tracker, T_odom_map, f0
+
+
 def test_odometry_prior_and_a_time_jump(office, matcher):
     """With odometry the map -> odom of the last fix is the prior ("odometry"); a stamp older than the last one
     (a bag restarted) clears the state."""
-    m, q, _ = office
-    sharp = [i for i in range(40, 120) if q.blur[i] is None]
-    tracker = ContinuousLocalizer(Localizer(m, matcher))
-    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
-    f0, f1 = q[sharp[0]], q[sharp[2]]
-    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    q, sharp, tracker, T_odom_map, f0 = _tracker_after_a_fix(office, matcher, 120)
+    f1 = q[sharp[2]]
     r = tracker.localize(f1.rgb, q.camera.K, f1.stamp_ns, T_odom_map @ f1.T_world_cam)
     assert r.success and r.mode == "tracking" and r.stats["prior"] == "odometry"
     assert errors(r.T_map_cam, f1.T_world_cam)[0] < 0.05
@@ -271,12 +279,7 @@ def test_a_global_fix_that_contradicts_the_odometry_waits_for_a_second(office, m
     """A wrong global fix taken as map -> odom would steer every later frame (tracked from a confirmed prior). A
     global fix 2 m from the odometry's prediction (here the odometry jumped) is held back; the next fix that
     implies the same map -> odom is accepted and the state follows it."""
-    m, q, _ = office
-    sharp = [i for i in range(40, 160) if q.blur[i] is None]
-    tracker = ContinuousLocalizer(Localizer(m, matcher))
-    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
-    f0 = q[sharp[0]]
-    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    q, sharp, tracker, T_odom_map, _ = _tracker_after_a_fix(office, matcher, 160)
     jumped = make_T(np.eye(3), [2.0, 0.0, 0.0]) @ T_odom_map  # the odometry jumps 2 m
     results = []
     for i in sharp[3:12:3]:
@@ -297,12 +300,8 @@ def test_a_pose_the_odometry_cannot_explain_is_not_integrated(office, matcher):
     fix's, moved along, plus drift per metre): a fix that the odometry says is 0.2 m off right after the last fix
     (an odometry that jumped, or a wrong pose) is not integrated at once, though it is well inside 0.5 m / 10 deg;
     a second fix that implies the same map -> odom is accepted."""
-    m, q, _ = office
-    sharp = [i for i in range(40, 160) if q.blur[i] is None]
-    tracker = ContinuousLocalizer(Localizer(m, matcher))
-    T_odom_map = make_T(np.eye(3), [1.0, 2.0, 0.0])
-    f0, f1 = q[sharp[0]], q[sharp[1]]
-    assert tracker.localize(f0.rgb, q.camera.K, f0.stamp_ns, T_odom_map @ f0.T_world_cam).success
+    q, sharp, tracker, T_odom_map, f0 = _tracker_after_a_fix(office, matcher, 160)
+    f1 = q[sharp[1]]
     # the prediction's covariance: the fix's plus 5 % of the distance moved (and 2 deg per metre)
     pred, source, _, confirmed, cov = tracker.prior(f1.stamp_ns, T_odom_map @ f1.T_world_cam)
     assert source == "odometry" and confirmed and cov is not None

@@ -28,7 +28,7 @@ import numpy as np
 from match_ros.core.config import Param, make_conf
 from match_ros.core.geometry.absolute_pose import fuse_poses, moved_covariance, pose_sigmas
 from match_ros.core.geometry.camera import Distortion
-from match_ros.core.geometry.transforms import invert
+from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
 
 continuous_spec = {
@@ -124,7 +124,7 @@ class ContinuousLocalizer:
         fix, cov, at_fix = self._anchor
         motion = invert(at_fix) @ T_odom_cam
         dist = float(np.linalg.norm(motion[:3, 3]))
-        turned = float(np.arccos(np.clip((np.trace(motion[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)))
+        turned = np.radians(rotation_error_deg(motion[:3, :3], np.eye(3)))
         c = self.conf
         sigma_t = c["odometry_drift"] * dist
         sigma_r = np.radians(c["odometry_drift_deg_per_m"]) * dist + c["odometry_turn_drift"] * turned
