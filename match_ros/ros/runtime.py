@@ -8,6 +8,7 @@ parameters and warm-up).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import threading
@@ -47,6 +48,12 @@ def _drain_pool(executor, timeout_s: float) -> None:
     done = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
     done.start()
     done.join(timeout_s)
+    # a dropped callback that is a coroutine was created when it was queued (rclpy's Task) and never started:
+    # closed here, it does not print "coroutine ... was never awaited" when the interpreter exits
+    for task, *_ in list(getattr(executor, "_tasks", [])):
+        coroutine = getattr(task, "_handler", None)
+        if inspect.iscoroutine(coroutine) and not task.executing() and not task.done():
+            coroutine.close()
 
 
 def run_node(make_node: Callable, *, threads: int = 1, args=None) -> None:
