@@ -7,10 +7,10 @@ import pytest
 
 from match_ros.core.features.matcher import build_matcher
 from match_ros.core.geometry.absolute_pose import cell_weights, occupied_cells, pose_covariance
-from match_ros.core.geometry.transforms import make_T, rotation_error_deg
+from match_ros.core.geometry.transforms import make_T, perturb_pose, rotation_error_deg
 from match_ros.core.relocalization.continuous import ContinuousLocalizer
 from match_ros.core.relocalization.global_desc import GlobalDescriptor
-from match_ros.core.relocalization.localizer import Localizer
+from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
 from match_ros.core.relocalization.mapping import MapBuilder
 from match_ros.evaluation.reloc_metrics import keyframe_sees_view, nees
 from match_ros.sim import (Camera, Plane, Scene, Sequence, load_photos, make_changed_day_sequence, make_sequence,
@@ -45,8 +45,9 @@ def test_global_relocalization_on_a_changed_day(office, matcher):
     loc = Localizer(m, matcher)
     results = [(loc.localize(f.rgb, q.camera.K), f) for f in frames]
     err = np.array([errors(r.T_map_cam, f.T_world_cam) if r.success else (np.inf, np.inf) for r, f in results])
-    # measured (orb_teblid, 30 queries): 28 poses, all within 5 cm / 2 deg
-    assert np.mean((err[:, 0] < 0.05) & (err[:, 1] < 2.0)) >= 0.8
+    # measured (orb_teblid, 30 queries, 2026-12-06): 23 poses, all within 5 cm / 2 deg; 6 refused (weak geometry, a
+    # dark frame), 1 as ambiguous between two basins 7 deg apart with as much evidence (basin_check; 24 poses without)
+    assert np.mean((err[:, 0] < 0.05) & (err[:, 1] < 2.0)) >= 0.75
     assert not np.any(np.isfinite(err[:, 0]) & ((err[:, 0] > 1.0) | (err[:, 1] > 10.0)))  # no wrong pose
     for r, _ in results:
         if r.success:
@@ -221,6 +222,35 @@ def test_correlated_matches_do_not_shrink_the_covariance():
     assert occupied_cells(x, 0.0) == len(x) and occupied_cells(np.zeros((0, 2)), 4.0) == 0
 
 
+def test_nearby_basins_with_as_much_evidence_widen_the_covariance(matcher):
+    """Repeated texture: two candidates' hypotheses settle 0.15 m / 3 deg apart with 120 and 110 cells of evidence.
+    The kept pose's covariance must then cover the other (within one sigma); a basin that clearly loses, one within
+    the uncertainty and another place (the rival test's business) change nothing."""
+    loc = Localizer(None, matcher)
+    cov = np.diag([0.01 ** 2] * 3 + [np.radians(0.2) ** 2] * 3)
+    T0 = make_T(np.eye(3), [1.0, 2.0, 1.2])
+
+    def result(dx, deg, evidence):
+        T = perturb_pose(T0, [dx[0], dx[1], dx[2], 0.0, 0.0, np.radians(deg)])
+        return LocalizationResult(True, T, cov.copy(), evidence=evidence)
+
+    best = result((0, 0, 0), 0.0, 120)
+    near, losing, same, elsewhere = (result((0.15, 0, 0), 3.0, 110), result((0, 0.15, 0), 0.0, 40),
+                                     result((0.002, 0, 0), 0.0, 125), result((3.0, 0, 0), 0.0, 118))
+    loc._cover_near_basins(best, [near, losing, same, elsewhere])
+    assert best.stats["near_basins"] == 1 and "widened" in best.reason
+    assert nees(near.T_map_cam, best.T_map_cam, best.covariance)[0] <= 1.0 + 1e-9  # the other basin at 1 sigma
+    assert best.covariance[1, 1] == pytest.approx(cov[1, 1])  # no widening towards the losing basin
+    assert best.stats["position_sigma_m"] > 0.15
+    # basins far enough apart that 3 sigma reaches a wrong pose (1 m / 10 deg): no answer
+    refused = result((0, 0, 0), 0.0, 120)
+    loc._cover_near_basins(refused, [result((0.1, 0, 0), 8.0, 115)])
+    assert not refused.success and "ambiguous" in refused.reason and not np.any(np.isfinite(refused.covariance))
+    untouched = result((0, 0, 0), 0.0, 120)
+    loc._cover_near_basins(untouched, [losing, same, elsewhere])
+    assert untouched.stats["near_basins"] == 0 and np.array_equal(untouched.covariance, cov)
+
+
 def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
     """Continuous mode without odometry (the node's default when none is on /tf): measured before, poses tracked
     from the last fix drifted to 2 m / 58 deg at sigma 2 cm. A last fix is a prior only while it is young, and a
@@ -248,6 +278,37 @@ def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
         if r.success:
             t, rot = errors(r.T_map_cam, f.T_world_cam)
             assert t < 0.25 and rot < 5.0, (i, t, rot, r.mode, r.stats.get("prior"), r.reason)
+
+
+@pytest.mark.slow
+def test_a_pose_tracked_from_a_last_fix_onto_look_alike_points_is_searched_again():
+    """A distro check (odometry_relocalize at 1x, the odometry late): a frame 0.1 s after a fix, tracked from it
+    without odometry, settled 0.24 m / 11 deg off at sigma 3 cm on 45 inliers, 31 of which match clearly better
+    elsewhere in the map. Such a pose is refused (max_elsewhere_share) and the frame searched globally. Same room,
+    same 45-frame xfeat_lighterglue map and changed-light 30 Hz run as there (match_ros_bag_write --photometric):
+    each frame tracked from the fix 3 frames before. Measured without the rule: 11 of these 12 frames fail tracking
+    (the camera turns fast) and are found globally, one (start 38) tracks onto 65 inliers 0.11 m / 7.4 deg off, 52
+    of them better elsewhere (the check's own bag: 3 of 87)."""
+    from match_ros.sim import make_sequence
+
+    matcher = build_matcher("xfeat_lighterglue", {"max_keypoints": 1024})
+    seq = make_sequence("room", n_frames=45, seed=0)
+    builder = MapBuilder(matcher, GlobalDescriptor())
+    for f in seq:
+        builder.add_frame(f.rgb, f.T_world_cam, seq.camera.K, f.stamp_ns, f.depth)
+    m = builder.build()
+    queries = make_sequence("room", n_frames=90, seed=0, photometric=True)
+    refused = 0
+    for start in range(32, 44):
+        tracker = ContinuousLocalizer(Localizer(m, matcher))
+        a, b = queries[start], queries[start + 3]
+        assert tracker.localize(a.rgb, queries.camera.K, a.stamp_ns).success
+        r = tracker.localize(b.rgb, queries.camera.K, b.stamp_ns)
+        assert r.success, r.reason  # the global search finds it
+        t, rot = errors(r.T_map_cam, b.T_world_cam)
+        assert t < 0.05 and rot < 2.0, (start, t, rot, r.stats.get("prior"), r.stats.get("elsewhere"), r.reason)
+        refused += r.stats["prior"] == "last fix (failed)"
+    print(f"frames whose pose tracked from the last fix failed or was refused, then found globally: {refused} of 12")
 
 
 def _tracker_after_a_fix(office, matcher, last_frame):

@@ -44,7 +44,7 @@ from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.memory import LargeFrameTrim
 from match_ros.core.config import Param, defaults, make_conf
 from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, occupied_cells, pnp_spec,
-                                                   pose_covariance, pose_mahalanobis, pose_sigmas,
+                                                   pose_covariance, pose_difference, pose_mahalanobis, pose_sigmas,
                                                    reprojection_errors, solve_pnp)
 from match_ros.core.geometry.camera import (CALIBRATION_NAMES, Distortion, calibration_change, calibration_per_width,
                                             check_K)
@@ -97,8 +97,10 @@ localizer_spec = {
                              "covariance_cell_px) of a verified pose elsewhere", min=1.0, max=10.0),
     # chosen on the tune seeds (with the retired report sets): the wrong poses that beat a verified rival there did
     # so by 1.6-2.1 (E - R) / sqrt(E + R) (orb_teblid's 180 deg symmetric rooms: 39 against 26 cells, 101 against
-    # 78; xfeat_lighterglue on tiles: 77 against 53); 2.5 refused 76 of 12 001 right poses
-    "ambiguity_z": Param(2.5, "... and a margin of this many standard deviations of the difference, the cell counts "
+    # 78; xfeat_lighterglue on tiles: 77 against 53); 2.5 refused 76 of 12 001 right poses. Since the fourth
+    # session 3 (three sigma, as the other gates): with every candidate verified (basin_check) a 180 deg flip won
+    # by 2.58 (retired seed 1008, 153 against 111 cells); 3 refuses 62 more of 5 842 right global poses (1.1 %)
+    "ambiguity_z": Param(3.0, "... and a margin of this many standard deviations of the difference, the cell counts "
                          "taken as Poisson counts: (E - R) >= z sqrt(E + R) (39 against 26 cells is within chance)",
                          min=0.0, max=10.0),
     "twin_check": Param(True, "Look for a rival pose on repeated structure: the accepted pose's inliers re-matched "
@@ -113,6 +115,18 @@ localizer_spec = {
                             "when this share of its inliers has twins elsewhere in the map ...", min=0.0, max=1.0),
     "min_distinctive_share": Param(0.08, "... and fewer than this share matches clearly better here than anywhere "
                                    "else (repeated structure: the view could be another place)", min=0.0, max=1.0),
+    "basin_check": Param(True, "Every candidate's hypothesis is verified, also where an earlier one verified the "
+                         "same place; the pose with the most evidence is kept and its covariance widened over "
+                         "nearby poses that verified with as much (repeated texture: neighbouring basins)"),
+    # 3 sigma of these reach a wrong pose (1 m / 10 deg): a pose that uncertain is no answer. On the tune and retired
+    # seeds the widened right poses had up to 0.46 m / 7.7 deg, the one beyond 10 deg 0.35 m / 12.9 deg
+    "max_widened_position_sigma_m": Param(0.33, "... and refused when the widened position sigma exceeds this", "m",
+                                          0.0, 1000.0),
+    "max_widened_rotation_sigma_deg": Param(3.3, "... or its rotation sigma this", "deg", 0.0, 180.0),
+    # the tune and retired seeds' right poses: at most 0.6, 99 % under 0.3; a pose tracked from a last fix onto a
+    # wrong basin in a distro check (24 cm / 11 deg off at sigma 3 cm) had 31 of 45 (0.69)
+    "max_elsewhere_share": Param(0.6, "... and when more than this share of its inliers matches clearly better "
+                                 "(twin_margin) elsewhere in the map: it sits in a wrong place", min=0.0, max=1.0),
     "same_place_m": Param(0.5, "Verified poses closer than this (and same_place_deg) are one place", "m", 0.0, 100.0),
     "same_place_deg": Param(10.0, "... and turned less than this", "deg", 0.0, 180.0),
     "hypothesis_min_inliers": Param(12, "PnP inliers a candidate needs to propose a pose for verification",
@@ -295,20 +309,27 @@ class Localizer:
                 if not ids & set(strong):
                     result = LocalizationResult(False, mode="tracking", reason="tracked pose not confirmed: none of "
                                                 "its keyframes is on the retrieval short-list")
+            # with odometry (a confirmed prior) the motion since the last fix is independent evidence against a rival
+            # on repeated structure (max_prior_deviation_*, prior_chi2); a guessed prior has none: a pose that fails
+            # the twin check is searched for globally
+            if result.success and not prior_confirmed:
+                self._timed_twin_check(query, result, t)
             if not result.success:
                 reasons.append(f"tracking: {result.reason}")
         if result is None or not result.success:
             result = self._global(query, image, t)
+            if result.success:
+                self._timed_twin_check(query, result, t)
             if reasons and not result.success:
                 result.reason = "; ".join(reasons + [result.reason])
-        # with odometry (a confirmed prior) the motion since the last fix is independent evidence against a rival on
-        # repeated structure (max_prior_deviation_*); a global or guessed pose has none
-        if result.success and self.conf["twin_check"] and (result.mode == "global" or not prior_confirmed):
-            t0 = time.perf_counter()
-            self._twin_check(query, result)
-            t["twins"] = 1e3 * (time.perf_counter() - t0)
         result.num_query_keypoints, result.timings_ms = len(feats), t
         return result
+
+    def _timed_twin_check(self, q: "_Query", result: LocalizationResult, t: dict) -> None:
+        if self.conf["twin_check"]:
+            t0 = time.perf_counter()
+            self._twin_check(q, result)
+            t["twins"] = t.get("twins", 0.0) + 1e3 * (time.perf_counter() - t0)
 
     def _twin_check(self, q: "_Query", result: LocalizationResult) -> None:
         """Repeated structure (a tiled wall, the same poster twice, a symmetric hall) gives a wrong pose as many
@@ -336,6 +357,11 @@ class Localizer:
         result.stats["elsewhere"] = int((best[:, 0] - own >= margin).sum())  # matched clearly better elsewhere
         twin = best >= (own - margin)[:, None]
         k = len(query)
+        if result.stats["elsewhere"] > c["max_elsewhere_share"] * k:
+            result.success, result.covariance = False, np.full((6, 6), np.nan)
+            result.reason = (f"wrong place: {result.stats['elsewhere']} of {k} inliers match clearly better elsewhere "
+                             f"in the map (max_elsewhere_share)")
+            return
         if (result.stats["twins"] >= c["max_twin_share"] * k
                 and result.stats["distinctive"] < c["min_distinctive_share"] * k):
             result.success, result.covariance = False, np.full((6, 6), np.nan)
@@ -383,7 +409,8 @@ class Localizer:
             if any(r.success for r in outcomes):
                 break
             for kf_id in kf_ids:
-                if any(r.support.get(kf_id, 0) >= c["min_support_inliers"] for r in outcomes):
+                if not c["basin_check"] and any(r.support.get(kf_id, 0) >= c["min_support_inliers"]
+                                                for r in outcomes):
                     continue  # this candidate sees a place already verified
                 t0 = time.perf_counter()
                 X, x = self._hypothesis_matches(self.map[kf_id], q, source)
@@ -395,7 +422,7 @@ class Localizer:
                 if not hyp.valid:
                     reasons.append(f"keyframe {kf_id} ({source}): {hyp.reason}")
                     continue
-                if any(self._same_place(hyp.T_map_cam, r.T_map_cam) for r in outcomes):
+                if any(self._same_place(hyp.T_map_cam, r.T_map_cam) for r in outcomes) and not c["basin_check"]:
                     continue  # a place already verified
                 result = self._verify(q, hyp.T_map_cam, "global")
                 t["verify"] += 1e3 * (time.perf_counter() - t2)
@@ -421,7 +448,39 @@ class Localizer:
                 best.success, best.covariance = False, np.full((6, 6), np.nan)
                 best.reason = (f"ambiguous: two places {d:.1f} m apart fit ({best.evidence} and {rival.evidence} "
                                f"cells of inliers)")
+        if best.success and c["basin_check"]:
+            self._cover_near_basins(best, [r for r in outcomes if r is not best])
         return best
+
+    def _cover_near_basins(self, best: LocalizationResult, others: list) -> None:
+        """Widen the covariance of ``best`` over the verified poses at the same place that are statistically
+        distinct from it (beyond ``prior_chi2`` under both covariances) but whose evidence does not clearly lose
+        (``outweighs``). On repeated texture verification can settle in a basin next to the true pose: every inlier
+        moves together, the parts agree, and the first-order covariance says centimetres where the error is
+        decimetres. Another candidate's hypothesis that settles in a different basin with as much evidence is the
+        only sign of it; the pose is then no better known than the spread of those basins, so each one's
+        difference d adds d d^T (it lies at one sigma)."""
+        c, spread, n = self.conf, np.zeros((6, 6)), 0
+        for r in others:
+            if not self._same_place(r.T_map_cam, best.T_map_cam) or self.outweighs(best.evidence, r.evidence):
+                continue
+            cov = best.covariance + (r.covariance if np.all(np.isfinite(r.covariance)) else best.covariance)
+            if not pose_mahalanobis(r.T_map_cam, best.T_map_cam, cov) > c["prior_chi2"]:
+                continue  # the same basin within the uncertainty (nan: no covariance to tell, counted as distinct)
+            d = pose_difference(r.T_map_cam, best.T_map_cam)
+            spread += np.outer(d, d)
+            n += 1
+        best.stats["near_basins"] = n
+        if not n:
+            return
+        best.covariance = best.covariance + spread
+        pos, rot = pose_sigmas(best.covariance)
+        best.stats["position_sigma_m"], best.stats["rotation_sigma_deg"] = pos, rot
+        best.reason += f"; covariance widened over {n} nearby pose(s) with as much evidence"
+        if pos > c["max_widened_position_sigma_m"] or rot > c["max_widened_rotation_sigma_deg"]:
+            best.success, best.covariance = False, np.full((6, 6), np.nan)
+            best.reason = (f"ambiguous: {n} nearby pose(s) fit as well, sigma {pos:.2f} m / {rot:.1f} deg over "
+                           f"them (max_widened_*_sigma)")
 
     def outweighs(self, evidence: int, rival_evidence: int) -> bool:
         """Whether a pose's evidence (occupied cells) beats a rival place's clearly: ``ambiguity_ratio`` times as
