@@ -268,6 +268,10 @@ def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
     # 5 s later: the last fix is no prior, the frame is searched globally
     late = q[sharp[0]].stamp_ns + 5 * 10**9
     assert tracker.prior(late, None)[1] == "none"
+    # by default (max_fix_age_s 0) never: without odometry every frame is searched globally
+    default = ContinuousLocalizer(Localizer(m, matcher))
+    assert default.localize(f0.rgb, q.camera.K, f0.stamp_ns).success
+    assert default.prior(f0.stamp_ns + 1, None)[1] == "none"
     # a last fix 0.7 m / 20 deg off the camera (as after frames were dropped): never a wrong pose
     c, s = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
     for i in sharp[5:60:6]:
@@ -300,7 +304,7 @@ def test_a_pose_tracked_from_a_last_fix_onto_look_alike_points_is_searched_again
     queries = make_sequence("room", n_frames=90, seed=0, photometric=True)
     refused = 0
     for start in range(32, 44):
-        tracker = ContinuousLocalizer(Localizer(m, matcher))
+        tracker = ContinuousLocalizer(Localizer(m, matcher), {"max_fix_age_s": 0.25})  # the default before
         a, b = queries[start], queries[start + 3]
         assert tracker.localize(a.rgb, queries.camera.K, a.stamp_ns).success
         r = tracker.localize(b.rgb, queries.camera.K, b.stamp_ns)

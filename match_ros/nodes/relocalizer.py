@@ -12,8 +12,8 @@ Managed with lifecycle: true (``ros.managed``): configure loads the matcher and 
 Continuous localization (``core.relocalization.continuous``): after a fix, the map -> odom estimate moved by the
 odometry on /tf (odom_frame -> camera at the image stamp; the frame is held up to odom_wait_s for it, as tf2's
 message filters do) is the prior, and the frame is tracked against the map around it; without odometry at the
-stamp the last fix is the prior for max_fix_age_s, and a pose tracked from it must be confirmed by the retrieval;
-otherwise, and when tracking fails, the query searches the whole map. The status says which prior was used.
+stamp the last fix is the prior for max_fix_age_s (0 by default: never), and a pose tracked from it must be
+confirmed by the retrieval; otherwise, and when tracking fails, the query searches the whole map. The status says which prior was used.
 Frames are processed as fast as they come (rate_hz 0, newest first); the status says "lost" after lost_after
 failures in a row. A camera_info whose calibration differs from the map's is refused (the query says why).
 """
@@ -78,7 +78,8 @@ node_spec = {
     "map_odom_period_s": Param(0.05, "Re-broadcast the latest map -> odom this often, so lookups between fixes "
                                "succeed (0: only at fixes)", "s", 0.0, 10.0),
     "transform_tolerance_s": Param(0.1, "... stamped this far ahead of the clock, so the latest transform is valid "
-                                   "until the next one", "s", 0.0, 10.0),
+                                   "until the next one, but never at or after the newest image's stamp (that "
+                                   "frame's own fix may still come)", "s", 0.0, 10.0),
     "map_odom_wait_s": Param(2.0, "A fix whose odometry was not there yet sets map -> odom when odom -> camera at "
                              "its stamp arrives within this time", "s", 0.0, 30.0),
     "tf_timeout_s": Param(0.1, "Wait for the base -> camera transform at the image stamp", "s", 0.0, 5.0),
@@ -101,6 +102,8 @@ class RelocalizerNode(ManagedNode):
         # its odometry (stamp, T_map_cam, camera frame); worker and timer share them under _tf_lock
         self._tf_lock = threading.Lock()
         self._map_odom, self._pending_fix = None, None
+        # stamps a fix may still come for: the newest image received, the one in the worker
+        self._newest_image_ns, self._in_flight_ns = 0, None
         self.start()
 
     def _read_parameters(self) -> tuple:
@@ -155,7 +158,7 @@ class RelocalizerNode(ManagedNode):
         self.tracker.reset()
         self._clear_map_odom()
         self.tf_listener = TfListener(self)
-        self.input = CameraInput(self, self.p, self.worker.put, self.errors)
+        self.input = CameraInput(self, self.p, self._on_frame, self.errors)
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
         self.diagnostics = Diagnostics(self, "relocalization", self.p["matcher"], self._diagnostic_status)
         if self.p["publish_tf"] and self.p["odom_frame"] and self.p["map_odom_period_s"] > 0:
@@ -233,6 +236,11 @@ class RelocalizerNode(ManagedNode):
         return res
 
     # ------------------------------------------------------------ queries (worker thread)
+    def _on_frame(self, item) -> None:
+        with self._tf_lock:
+            self._newest_image_ns = max(self._newest_image_ns, conv.stamp_to_ns(item[1].stamp))
+        self.worker.put(item)
+
     def _process(self, item):
         requests = self.calls.take()
         p = self.p
@@ -241,6 +249,8 @@ class RelocalizerNode(ManagedNode):
         if not requests and not due:
             return
         self._last_query = time.monotonic()
+        with self._tf_lock:
+            self._in_flight_ns = conv.stamp_to_ns(item[1].stamp)
         frame = self.input.frame(item)
         answer = Answer()
         try:
@@ -249,6 +259,8 @@ class RelocalizerNode(ManagedNode):
             else:
                 answer.message = "the image could not be used (see /diagnostics)"
         finally:
+            with self._tf_lock:
+                self._in_flight_ns = None
             self.calls.answer(requests, answer)
 
     def _query(self, frame, answer: Answer, global_only: bool):
@@ -315,7 +327,7 @@ class RelocalizerNode(ManagedNode):
 
     def _clear_map_odom(self) -> None:
         with self._tf_lock:
-            self._map_odom, self._pending_fix = None, None
+            self._map_odom, self._pending_fix, self._newest_image_ns = None, None, 0
 
     def _set_map_odom(self, stamp: int, T_map_odom: np.ndarray) -> bool:
         """Broadcast map -> odom at ``stamp`` unless a newer fix has set it already."""
@@ -334,10 +346,16 @@ class RelocalizerNode(ManagedNode):
 
     def _rebroadcast_map_odom(self) -> None:
         """Timer: a fix waiting for its odometry takes it when it has come (or is dropped after map_odom_wait_s);
-        then the latest map -> odom goes out again, stamped transform_tolerance_s ahead of the clock."""
+        then the latest map -> odom goes out again, stamped transform_tolerance_s ahead of the clock but before any
+        frame that may still give a fix (the one in the worker, the newest received): tf2 keeps the first transform
+        it gets for a stamp (a later one at the same stamp is dropped as repeated data) and interpolates between
+        stamps, so an old map -> odom stamped at or after such a frame would stand for it in place of its own fix (a
+        graph test at 1x: a re-broadcast at the stamp of the next fix, after visual_odometry had restarted, put
+        map -> camera 0.38 m / 39 deg off)."""
         p = self.p
         with self._tf_lock:
             pending, latest = self._pending_fix, self._map_odom
+            open_stamp = min(self._newest_image_ns, self._in_flight_ns or self._newest_image_ns)
         now = self.get_clock().now().nanoseconds
         if now <= 0:  # use_sim_time before the first /clock
             return
@@ -353,8 +371,13 @@ class RelocalizerNode(ManagedNode):
                 with self._tf_lock:
                     if self._pending_fix is pending:
                         self._pending_fix = None
-        if latest is not None:  # never stamped before the fix it carries (the clock may lag the images)
-            self._send_map_odom(max(now, latest[0]) + int(p["transform_tolerance_s"] * 1e9), latest[1])
+        if latest is None:
+            return
+        # never stamped before the fix it carries (the clock may lag the images), nor at or after a frame that may
+        # still give a fix (the one in the worker, the newest received)
+        stamp = min(max(now, latest[0]) + int(p["transform_tolerance_s"] * 1e9), open_stamp - 1)
+        if stamp > latest[0]:
+            self._send_map_odom(stamp, latest[1])
 
     def _lookup(self, target: str, source: str, stamp: int, timeout_s: float = 0.0):
         try:
