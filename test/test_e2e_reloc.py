@@ -664,7 +664,6 @@ def _check_vo_and_relocalizer(seq, records, map_odom, vo_log, tf, odom_cov, min_
     # of 0.68 m with orb_teblid, test_odometry; here, beside a busy core with frames dropped, up to 17 % measured
     # at 0.2x). Where the gaps are too large to match across, the node holds the pose and says so (lost, position
     # variance >= lost_variance 1 m^2).
-    gt = dict(seq.poses)
     stamps = sorted(odom)
     tracked = [s for s in stamps if odom_cov[s][1][0] < 0.5]
     assert len(tracked) >= min_tracked * len(stamps), vo_log[-3000:]

@@ -13,7 +13,8 @@ Continuous localization (``core.relocalization.continuous``): after a fix, the m
 odometry on /tf (odom_frame -> camera at the image stamp; the frame is held up to odom_wait_s for it, as tf2's
 message filters do) is the prior, and the frame is tracked against the map around it; without odometry at the
 stamp the last fix is the prior for max_fix_age_s (0 by default: never), and a pose tracked from it must be
-confirmed by the retrieval; otherwise, and when tracking fails, the query searches the whole map. The status says which prior was used.
+confirmed by the retrieval; otherwise, and when tracking fails, the query searches the whole map. The status
+says which prior was used.
 Frames are processed as fast as they come (rate_hz 0, newest first); the status says "lost" after lost_after
 failures in a row. A camera_info whose calibration differs from the map's is refused (the query says why).
 """

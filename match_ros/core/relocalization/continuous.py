@@ -9,9 +9,9 @@ Each frame is tracked from the strongest prior there is, and says which one it u
    a pose that agrees is fused with the prediction (``fuse_odometry``: covariance intersection, as the two share
    the map's error; a weak view, whose own sigma is large, leans on the odometry);
 2. ``initial pose``: a pose someone gave (rviz's 2D pose estimate); a guess, confirmed like the next;
-3. ``last fix``: the previous fix while it is younger than ``max_fix_age_s`` (0 by default: never); a guess (nothing measured the motion
-   since), so the search radius grows with its age and the tracked pose must be confirmed by the retrieval
-   short-list (``Localizer.localize(prior_confirmed=False)``);
+3. ``last fix``: the previous fix while it is younger than ``max_fix_age_s`` (0 by default: never); a guess
+   (nothing measured the motion since), so the search radius grows with its age and the tracked pose must be
+   confirmed by the retrieval short-list (``Localizer.localize(prior_confirmed=False)``);
 4. ``none``: the whole map is searched (global relocalization), as when tracking fails.
 A global fix that contradicts the odometry's prediction (the same test) is not
 trusted on its own: either the fix is wrong (repeated structure) or the odometry jumped, and a wrong map -> odom
