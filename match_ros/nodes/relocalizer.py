@@ -79,8 +79,8 @@ node_spec = {
     "map_odom_period_s": Param(0.05, "Re-broadcast the latest map -> odom this often, so lookups between fixes "
                                "succeed (0: only at fixes)", "s", 0.0, 10.0),
     "transform_tolerance_s": Param(0.1, "... stamped this far ahead of the clock, so the latest transform is valid "
-                                   "until the next one, but never at or after the newest image's stamp (that "
-                                   "frame's own fix may still come)", "s", 0.0, 10.0),
+                                   "until the next one, but never at or after the stamp of a frame that may still "
+                                   "give a fix (the one being localized, the newest received)", "s", 0.0, 10.0),
     "map_odom_wait_s": Param(2.0, "A fix whose odometry was not there yet sets map -> odom when odom -> camera at "
                              "its stamp arrives within this time", "s", 0.0, 30.0),
     "tf_timeout_s": Param(0.1, "Wait for the base -> camera transform at the image stamp", "s", 0.0, 5.0),
