@@ -59,7 +59,8 @@ def parse_conf(items) -> dict:
     return out
 
 
-def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wait_s: float, progress: bool) -> list:
+def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wait_s: float, progress: bool,
+             stride: int = 1) -> list:
     """[(matcher, mode, odometry, [QueryRecord])] of one seed's place."""
     from match_ros.core.relocalization.continuous import continuous_spec
     from match_ros.evaluation.eval_reloc import run_offline
@@ -79,7 +80,7 @@ def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wa
         for mode, odometry in runs:
             records = run_offline(map_path, query_bag, matcher, mode, localizer_conf=localizer_conf,
                                   odometry=odometry, odom_delay_s=case.odom_delay_s, odom_wait_s=odom_wait_s,
-                                  progress=False, continuous_conf=continuous_conf)
+                                  progress=False, continuous_conf=continuous_conf, stride=stride)
             results.append((matcher, mode, odometry, records))
     return results
 
@@ -102,12 +103,13 @@ def table(rows: list) -> str:
 def main(argv=None) -> int:
     from match_ros.core.features.matcher import available_matchers
     from match_ros.evaluation.reloc_metrics import score
-    from match_ros.sim.seeds import REPORT_SEEDS, TUNE_SEEDS, fresh_seed
+    from match_ros.sim.seeds import REPORT_SEEDS, TUNE_SEEDS, WIDE_TUNE_SEEDS, fresh_seed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--split", choices=("tune", "report", "fresh"), help="the tuning seeds, the report seeds, "
-                       "or one fresh random seed")
+    which.add_argument("--split", choices=("tune", "tune-wide", "report", "fresh"),
+                       help="the tuning seeds (tune-wide: 30 more, for rare failures), the report seeds, or one fresh "
+                       "random seed")
     which.add_argument("--seeds", type=int, nargs="+", help="these seeds")
     ap.add_argument("--max-seeds", type=int, default=None, help="the first N seeds of the split only")
     ap.add_argument("--matchers", nargs="+", default=["xfeat_lighterglue"], choices=available_matchers())
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
                     help="mode:odometry pairs (default: %(default)s)")
     ap.add_argument("--conf", nargs="*", default=[], help="localizer and continuous-mode parameters key=value "
                     "(tuning; e.g. ambiguity_z=3 odometry_drift=0.02)")
+    ap.add_argument("--stride", type=int, default=1, help="every N-th query frame only (for slow matchers; in "
+                    "continuous mode the skipped frames are not seen, so priors are older)")
     ap.add_argument("--odom-wait-s", type=float, default=0.5, help="how long a frame waits for its odometry")
     ap.add_argument("--out", default="build/bench_integrity", help="cases, maps and per-query records")
     ap.add_argument("--json", default=None, help="write the report here too")
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--runs takes mode:odometry pairs, got {args.runs}")
     except ValueError as e:
         ap.error(str(e))
-    seeds = args.seeds or {"tune": list(TUNE_SEEDS), "report": list(REPORT_SEEDS), "fresh": [fresh_seed()]}[args.split]
+    seeds = args.seeds or {"tune": list(TUNE_SEEDS), "tune-wide": list(WIDE_TUNE_SEEDS), "report": list(REPORT_SEEDS),
+                           "fresh": [fresh_seed()]}[args.split]
     seeds = seeds[: args.max_seeds] if args.max_seeds else seeds
     print(f"seeds ({args.split or 'given'}): {' '.join(map(str, seeds))}; localizer: {conf}", flush=True)
     out = Path(args.out)
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for k, seed in enumerate(seeds):
         for matcher, mode, odometry, records in run_seed(seed, args.matchers, runs, out, conf, args.odom_wait_s,
-                                                         not args.quiet):
+                                                         not args.quiet, args.stride):
             pooled.setdefault((matcher, mode, odometry), []).extend(records)
             s = score(records)
             per_seed.append({"seed": seed, "matcher": matcher, "mode": mode, "odometry": odometry, **s})
@@ -152,12 +157,13 @@ def main(argv=None) -> int:
     rows = [(f"{m} {mode}" + (f"/{o}" if mode == "continuous" else ""), score(r)) for (m, mode, o), r in
             pooled.items()]
     report = {"split": args.split or "given", "seeds": seeds, "matchers": args.matchers, "localizer": conf,
-              "odom_wait_s": args.odom_wait_s, "cpu": cpu_model(), "minutes": (time.time() - t0) / 60,
+              "odom_wait_s": args.odom_wait_s, "stride": args.stride, "cpu": cpu_model(),
+              "minutes": (time.time() - t0) / 60,
               "pooled": {label: s for label, s in rows}, "per_seed": per_seed}
     print()
     print(table(rows))
     print(f"\nseeds: {' '.join(map(str, seeds))}  ({args.split or 'given'}); CPU: {report['cpu']}; "
-          f"{report['minutes']:.1f} min")
+          f"{report['minutes']:.1f} min" + (f"; every {args.stride}th query" if args.stride > 1 else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -308,6 +308,9 @@ class RelocalizerNode(ManagedNode):
         self.pub_pose.publish(pose)
         answer.success, answer.result, answer.count = True, pose, result.num_inliers
         answer.message = f"localized ({result.mode}) with {result.num_inliers} inliers"
+        if "tracking_failed" in result.stats:
+            answer.message += f"; tracking from the {values['prior'].removesuffix(' (failed)')} prior failed: " \
+                              f"{result.stats['tracking_failed']}"
         level, text = DiagnosticStatus.OK, answer.message
         if T_odom_cam is None and p["odom_frame"]:  # it may have come during the query
             T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)

@@ -139,19 +139,10 @@ def guided_matches(T_map_cam: np.ndarray, K: np.ndarray, image_size: tuple, quer
     similar keypoint in the radius, kept when its similarity reaches ``min_similarity`` and no other map point
     claims that keypoint with a higher similarity (one map point per query keypoint and vice versa).
     """
-    w, h = image_size
     none = np.zeros(0, np.int64)
     if not len(points) or not len(query_kp):
         return GuidedMatches(none, none, np.zeros(0, np.float32), 0)
-    uv, z = project(transform_points(invert(T_map_cam), points.xyz), K)
-    ray_kf, ray_cam = points.xyz - points.origin, points.xyz - T_map_cam[:3, 3]
-    d_kf, d_cam = np.linalg.norm(ray_kf, axis=1), np.linalg.norm(ray_cam, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.sum(ray_kf * ray_cam, axis=1) / (d_kf * d_cam)
-        ratio = d_cam / d_kf
-    seen = (cos >= np.cos(np.radians(max_view_angle_deg))) & (ratio <= max_scale) & (ratio >= 1.0 / max_scale)
-    vis = np.flatnonzero(seen & (z > min_depth) & (uv[:, 0] >= -radius_px) & (uv[:, 0] < w + radius_px)
-                         & (uv[:, 1] >= -radius_px) & (uv[:, 1] < h + radius_px))
+    vis, uv = _visible(T_map_cam, K, image_size, points, radius_px, min_depth, max_view_angle_deg, max_scale)
     i, j = pairs_within(uv[vis], np.asarray(query_kp, np.float64), float(radius_px))
     if not len(i):
         return GuidedMatches(none, none, np.zeros(0, np.float32), len(vis))
@@ -168,6 +159,31 @@ def guided_matches(T_map_cam: np.ndarray, K: np.ndarray, image_size: tuple, quer
     first = _best_per(j, sim)
     p, j, sim = p[first], j[first], sim[first]
     return GuidedMatches(j.astype(np.int64), p.astype(np.int64), sim.astype(np.float32), len(vis))
+
+
+def projected_pixels(T_map_cam: np.ndarray, K: np.ndarray, image_size: tuple, points: MapPoints,
+                     min_depth: float = 0.05, max_view_angle_deg: float = 60.0, max_scale: float = 2.5) -> np.ndarray:
+    """[M x 2] pixels of the map points pose ``T_map_cam`` would see in the image (as ``guided_matches`` selects
+    its candidates): where the map says something should match."""
+    if not len(points):
+        return np.zeros((0, 2))
+    vis, uv = _visible(T_map_cam, K, image_size, points, 0.0, min_depth, max_view_angle_deg, max_scale)
+    return uv[vis]
+
+
+def _visible(T_map_cam, K, image_size, points: MapPoints, margin_px, min_depth, max_view_angle_deg, max_scale):
+    """(indices of the points the camera sees within ``margin_px`` of the image, [N x 2] pixels of all points)."""
+    w, h = image_size
+    uv, z = project(transform_points(invert(T_map_cam), points.xyz), K)
+    ray_kf, ray_cam = points.xyz - points.origin, points.xyz - T_map_cam[:3, 3]
+    d_kf, d_cam = np.linalg.norm(ray_kf, axis=1), np.linalg.norm(ray_cam, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.sum(ray_kf * ray_cam, axis=1) / (d_kf * d_cam)
+        ratio = d_cam / d_kf
+    seen = (cos >= np.cos(np.radians(max_view_angle_deg))) & (ratio <= max_scale) & (ratio >= 1.0 / max_scale)
+    vis = np.flatnonzero(seen & (z > min_depth) & (uv[:, 0] >= -margin_px) & (uv[:, 0] < w + margin_px)
+                         & (uv[:, 1] >= -margin_px) & (uv[:, 1] < h + margin_px))
+    return vis, uv
 
 
 def _best_per(key: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, cove
 from match_ros.core.geometry.camera import (CALIBRATION_NAMES, Distortion, calibration_change, calibration_per_width,
                                             check_K)
 from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
-from match_ros.core.relocalization.guided import MapPoints, guided_matches, similarity_vectors
+from match_ros.core.relocalization.guided import MapPoints, guided_matches, projected_pixels, similarity_vectors
 from match_ros.core.relocalization.mapstore import Map, MapKeyframe
 
 RETRIEVAL_METHODS = ("bow", "global")
@@ -62,9 +62,16 @@ RETRIEVAL_METHODS = ("bow", "global")
 # 3000-3011 (34 places; global and continuous poses not fused with odometry; 2.5-3.0k right poses per backend):
 # xfeat_lighterglue 0.30 (mean NEES 4.0), orb_teblid 0.071 (5.0; its multi-scale keypoints cluster: cell weighting
 # leaves its first-order covariance ~15x too large), sift 0.128 (4.5)
-# nemf_dense from one tune seed (100; 31 right poses, 3.7 s per query on 2 cores): 4.8 (NEES 4.0, 96.8 %; at 1.0
-# its mean NEES was 19): less than the first-order covariance of its 8 px grid claims, even with cells counted once.
-COVARIANCE_CALIBRATION = {"xfeat_lighterglue": 0.30, "orb_teblid": 0.071, "sift": 0.128, "nemf_dense": 4.8}
+# nemf_dense from tune seeds 100-109, global mode (416 right poses, 2.1 s per query on 2 cores): 7.0 (NEES 2.6,
+# 96.2 %; 95 % would take 5.3, NEES 3.5; the first fit, on seed 100 alone, said 4.8): less than the first-order
+# covariance of its 8 px grid claims, even with cells counted once.
+COVARIANCE_CALIBRATION = {"xfeat_lighterglue": 0.30, "orb_teblid": 0.071, "sift": 0.128, "nemf_dense": 7.0}
+# Share of the cells the map projects into at a pose that must hold its inliers, per backend
+# (``min_evidence_share`` -1). A dense backend matches every textured cell: on the tune seeds 100-109 nemf_dense's
+# right global poses held 0.77-1.00 (1 % below 0.83), its pose one tile off on a tiled wall 0.58 (1.11 m, sigma
+# 2 cm). Sparse keypoints leave most cells empty anyway (right poses down to 0.07-0.26; their wrong ones 0.15-0.47):
+# no check for them.
+MIN_EVIDENCE_SHARE = {"nemf_dense": 0.7}
 # backends the integrity benchmark (match_ros_bench_integrity) measured on its report seeds, with figures in
 # docs/relocalization.md (not all of its targets met: a few wrong poses per 600 queries); any other backend gets
 # integrity_warning() at the relocalizer's start
@@ -171,6 +178,10 @@ localizer_spec = {
     "outlier_inflation_power": Param(2.0, "The covariance grows with (guided matches / inliers) to this power: "
                                      "wrong matches that hide within the inlier threshold are as frequent as the "
                                      "verification's outliers (0: no inflation)", min=0.0, max=10.0),
+    "min_evidence_share": Param(-1.0, "A pose's inliers must occupy this share of the covariance_cell_px cells "
+                                "the map projects into at it (a dense matcher's pose one tile off on a repeated wall "
+                                "leaves half of them empty; -1: the backend's, MIN_EVIDENCE_SHARE; 0: no check)",
+                                min=-1.0, max=1.0),
     "covariance_cell_px": Param(24.0, "Matches within one square of this size count as one observation in the "
                                 "covariance (0: every match counts)", "px", 0.0, 1000.0),
     "map_position_sigma_m": Param(0.003, "Position error of the map's keyframes and points, added to the pose "
@@ -322,6 +333,8 @@ class Localizer:
                 self._timed_twin_check(query, result, t)
             if reasons and not result.success:
                 result.reason = "; ".join(reasons + [result.reason])
+            elif reasons:  # the status says why the prior's pose was not the one published
+                result.stats["tracking_failed"] = reasons[0].removeprefix("tracking: ")
         result.num_query_keypoints, result.timings_ms = len(feats), t
         return result
 
@@ -646,9 +659,12 @@ class Localizer:
         pos_sigma, rot_sigma = pose_sigmas(geometry) if finite else (float("inf"), float("inf"))
         published = pose_sigmas(cov) if finite else (float("inf"), float("inf"))
         evidence = occupied_cells(x[inl], float(c["covariance_cell_px"]))
+        expected = occupied_cells(projected_pixels(T, q.K, q.size, points), float(c["covariance_cell_px"]))
+        share, min_share = evidence / max(expected, 1), self.min_evidence_share()
         out = LocalizationResult(False, T, num_inliers=n, evidence=evidence, rmse_px=rmse, mode=mode,
                                  support=support,
                                  stats={"guided": len(gm), "projected": gm.projected, "evidence": evidence,
+                                        "evidence_share": share,
                                         "position_sigma_m": published[0], "rotation_sigma_deg": published[1],
                                         "supporting_keyframes": len(strong), "disagreement_chi2": disagreement,
                                         # how the published covariance was made (fit_covariance inverts it)
@@ -663,6 +679,9 @@ class Localizer:
             out.reason = f"inlier RMSE {rmse:.2f} px > {pc['max_rmse_px']}"
         elif coverage(x[inl], *q.size) < pc["min_coverage"]:
             out.reason = f"inliers cover {coverage(x[inl], *q.size):.3f} of the image < {pc['min_coverage']}"
+        elif share < min_share:
+            out.reason = (f"inliers in {evidence} of the {expected} cells the map projects into ({share:.2f} < "
+                          f"{min_share}): the map expects matches where there are none")
         elif len(strong) < needed:
             out.reason = (f"supported by {len(strong)} keyframe(s) with >= {c['min_support_inliers']} inliers, "
                           f"{needed} needed")
@@ -683,6 +702,11 @@ class Localizer:
         out.matched = self._keyframe_matches(q, points, gm, inl, strong or list(support))
         out.inlier_query, out.inlier_xyz, out.inlier_similarity = gm.query[inl], X[inl], gm.similarity[inl]
         return out
+
+    def min_evidence_share(self) -> float:
+        """``min_evidence_share``, or the backend's (MIN_EVIDENCE_SHARE) when it is -1."""
+        share = float(self.conf["min_evidence_share"])
+        return MIN_EVIDENCE_SHARE.get(self.matcher.name, 0.0) if share < 0 else share
 
     def covariance_factor(self, inlier_ratio: float) -> float:
         """Factor on the first-order covariance: the backend's calibration times the inlier-ratio inflation."""
