@@ -105,6 +105,9 @@ class RelocalizerNode(ManagedNode):
         self._map_odom, self._pending_fix = None, None
         # stamps a fix may still come for: the newest image received, the one in the worker
         self._newest_image_ns, self._in_flight_ns = 0, None
+        # stamp of a global fix that contradicted the odometry (held back): map -> odom is not asserted past it
+        # until a fix is integrated again
+        self._doubt_ns = None
         self.start()
 
     def _read_parameters(self) -> tuple:
@@ -294,6 +297,10 @@ class RelocalizerNode(ManagedNode):
         if not result.success:
             self.counts["rejected"] += 1
             answer.message = f"{'lost' if self.tracker.lost else 'no pose'}: {result.reason}"
+            if result.stats.get("held_back") and p["odom_frame"]:
+                with self._tf_lock:  # after an odometry restart the old map -> odom would put the robot elsewhere
+                    self._doubt_ns = stamp if self._doubt_ns is None else min(self._doubt_ns, stamp)
+                answer.message += f"; {p['map_frame']} -> {p['odom_frame']} not re-broadcast past this frame meanwhile"
             self._status(header, DiagnosticStatus.WARN, answer.message, values)
             return
         self.counts["accepted"] += 1
@@ -331,7 +338,7 @@ class RelocalizerNode(ManagedNode):
 
     def _clear_map_odom(self) -> None:
         with self._tf_lock:
-            self._map_odom, self._pending_fix, self._newest_image_ns = None, None, 0
+            self._map_odom, self._pending_fix, self._newest_image_ns, self._doubt_ns = None, None, 0, None
 
     def _set_map_odom(self, stamp: int, T_map_odom: np.ndarray) -> bool:
         """Broadcast map -> odom at ``stamp`` unless a newer fix has set it already."""
@@ -341,6 +348,8 @@ class RelocalizerNode(ManagedNode):
             self._map_odom = (stamp, T_map_odom)
             if self._pending_fix is not None and self._pending_fix[0] <= stamp:
                 self._pending_fix = None
+            if self._doubt_ns is not None and self._doubt_ns <= stamp:
+                self._doubt_ns = None
         self._send_map_odom(stamp, T_map_odom)
         return True
 
@@ -359,7 +368,8 @@ class RelocalizerNode(ManagedNode):
         p = self.p
         with self._tf_lock:
             pending, latest = self._pending_fix, self._map_odom
-            open_stamp = min(self._newest_image_ns, self._in_flight_ns or self._newest_image_ns)
+            open_stamp = min(self._newest_image_ns, self._in_flight_ns or self._newest_image_ns,
+                             self._doubt_ns or self._newest_image_ns)
         now = self.get_clock().now().nanoseconds
         if now <= 0:  # use_sim_time before the first /clock
             return

@@ -102,6 +102,7 @@ class ContinuousLocalizer:
             result.stats["odometry_jump"] = f"{contradiction}, confirmed by a second fix"
             return
         result.success, result.covariance = False, np.full((6, 6), np.nan)
+        result.stats["held_back"] = True  # the map and the odometry disagree here: which is right is not known
         result.reason = (f"global fix {contradiction} (the odometry's prediction): held back until a second fix "
                          f"agrees (a wrong fix here would steer every later frame)")
 
