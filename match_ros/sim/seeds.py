@@ -1,11 +1,11 @@
 """The seed split of the procedural benchmark (``match_ros.sim.procedural``, ``match_ros_bench_integrity``).
 
 - TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
-- REPORT_SEEDS (4000-4011; reported 2026-12-06 in the third and fourth sessions, pooled only; the fourth
-  session's changes were chosen on the tune and retired seeds and a distro check): report figures on these, and
-  NEVER look at them (images, per-seed results, failure cases) when choosing a parameter. A report seed that has
-  influenced a choice has become a tuning seed: move the whole report set to new seeds (and say so) rather than
-  keep reporting on it.
+- REPORT_SEEDS (4000-4011; reported 2026-12-06 in the third, fourth and fifth sessions, pooled only; the fourth
+  and fifth sessions' changes were chosen on the tune, wide tune and retired seeds and distro checks): report
+  figures on these, and NEVER look at them (images, per-seed results, failure cases) when choosing a parameter.
+  A report seed that has influenced a choice has become a tuning seed: move the whole report set to new seeds (and
+  say so) rather than keep reporting on it.
 - WIDE_TUNE_SEEDS (110-139): more tuning places, for failures too rare to show on ten (one wrong pose in 600
   queries); as free to look at as TUNE_SEEDS (``--split tune-wide``).
 - RETIRED_REPORT_SEEDS: former report sets, tuning seeds now.

