@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from match_ros.core.geometry.transforms import invert, rotation_error_deg
+from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
 from match_ros.core.relocalization.mapstore import Map
 from match_ros.evaluation.eval_reloc import replay_relocalization, write_query_bag
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, free_domain_id, spin_until
 from match_ros.evaluation.reloc_metrics import score
-from match_ros.evaluation.reloc_scenes import scene_bags
+from match_ros.evaluation.reloc_scenes import drifting_odometry, make_query_sequence, scene_bags
 from match_ros.sim import make_sequence
 from match_ros.tools.bag_write import BagLayout, write_sequence_bag
 from match_ros.tools.bagio import read_topic
@@ -101,9 +101,6 @@ def test_map_odom_is_not_asserted_past_a_fix_that_contradicts_the_odometry(room,
     (a wrong fix would steer every later frame); meanwhile the old map -> odom must not be re-broadcast at the
     stamps after that frame, where it would put the camera as far off as the jump (before: every re-broadcast
     between the two fixes, 0.6 m off). Here the odometry jumps 0.6 m at frame 30 of 60."""
-    from match_ros.evaluation.reloc_scenes import drifting_odometry, make_query_sequence
-    from match_ros.core.geometry.transforms import make_T
-
     d, _, _, _ = room
     seq = make_query_sequence("room", 60, kind="changed_day")
     odom = drifting_odometry([T for _, T in seq.poses])
@@ -117,18 +114,18 @@ def test_map_odom_is_not_asserted_past_a_fix_that_contradicts_the_odometry(room,
     gt = {f.stamp_ns: f.T_world_cam for f in seq}
     jump_ns = int(stamps[30])
     assert all(r.errors[0] < 0.25 and r.errors[1] < 5.0 for r in records if r.T_est is not None), records
-    held = [r for r in records if r.T_est is None and "held back" in (r.reason or "")]
-    assert held and min(r.stamp_ns for r in held) >= jump_ns, [r.reason for r in records if r.T_est is None]
+    held = [r.stamp_ns for r in records if r.T_est is None and "held back" in (r.reason or "")]
+    assert held and min(held) >= jump_ns, [r.reason for r in records if r.T_est is None]
     # every map -> odom from the first frame that showed the jump (the node cannot know of it before: it skips
     # frames while busy), composed with the odometry there, puts the camera where it was
-    first_held = min(r.stamp_ns for r in held)
+    first_held = min(held)
     late = [(stamp, T) for stamp, T in map_odom if stamp >= first_held]
     assert late, log[-2000:]
     for stamp, T in late:
         i = int(np.argmin(np.abs(stamps - stamp)))  # the nearest frame (the room's camera moves ~1 cm per frame)
         err = np.linalg.norm((T @ odom[i])[:3, 3] - gt[int(stamps[i])][:3, 3])
         assert err < 0.25, ((stamp - jump_ns) * 1e-9, (first_held - jump_ns) * 1e-9, err)
-    assert any(stamp > max(r.stamp_ns for r in held) for stamp, _ in late)  # and it resumes once a fix agrees
+    assert any(stamp > max(held) for stamp, _ in late)  # and it resumes once a fix agrees
 
 
 def test_no_overlap_query_publishes_no_pose(room, tmp_path):

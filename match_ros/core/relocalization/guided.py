@@ -125,9 +125,15 @@ def pairs_within(uv: np.ndarray, kp: np.ndarray, radius: float) -> tuple[np.ndar
     return i[near], j[near]
 
 
+# which map points a camera sees as their keyframe did (guided_matches' candidates, projected_pixels): in front by
+# this much, viewing ray turned by less than this, distance within this factor
+MIN_DEPTH_M, MAX_VIEW_ANGLE_DEG, MAX_SCALE = 0.05, 60.0, 2.5
+
+
 def guided_matches(T_map_cam: np.ndarray, K: np.ndarray, image_size: tuple, query_kp: np.ndarray,
                    query_vec: np.ndarray, points: MapPoints, radius_px: float, min_similarity: float,
-                   min_depth: float = 0.05, max_view_angle_deg: float = 60.0, max_scale: float = 2.5,
+                   min_depth: float = MIN_DEPTH_M, max_view_angle_deg: float = MAX_VIEW_ANGLE_DEG,
+                   max_scale: float = MAX_SCALE,
                    query_bits: Optional[np.ndarray] = None) -> GuidedMatches:
     """Match map points to query keypoints within ``radius_px`` of their projection with pose ``T_map_cam``.
 
@@ -162,7 +168,8 @@ def guided_matches(T_map_cam: np.ndarray, K: np.ndarray, image_size: tuple, quer
 
 
 def projected_pixels(T_map_cam: np.ndarray, K: np.ndarray, image_size: tuple, points: MapPoints,
-                     min_depth: float = 0.05, max_view_angle_deg: float = 60.0, max_scale: float = 2.5) -> np.ndarray:
+                     min_depth: float = MIN_DEPTH_M, max_view_angle_deg: float = MAX_VIEW_ANGLE_DEG,
+                     max_scale: float = MAX_SCALE) -> np.ndarray:
     """[M x 2] pixels of the map points pose ``T_map_cam`` would see in the image (as ``guided_matches`` selects
     its candidates): where the map says something should match."""
     if not len(points):
