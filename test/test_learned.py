@@ -64,17 +64,24 @@ def test_omniglue_shapes_assignment_and_permutation_equivariance():
 def test_omniglue_positions_only_steer_attention():
     """Position-guided attention: positions enter only as a rotary encoding of the self-attention queries and
     keys (relative), never added to the tokens. So shifting all keypoints of an image by any offset changes
-    nothing, while moving keypoints relative to each other does."""
+    nothing, while moving keypoints relative to each other does.
+
+    In a random model the positions change the log-assignment by only a few 1e-3 (over seeds 0-19: 2e-3 to
+    2e-2), so the weights are seeded (it failed once on a clean machine whose test order left another random
+    state: 1e-3 apart) and the moved effect is compared with the shifted one, which is float rounding (~1e-6)."""
     c = TINY["omniglue"]
-    net = OmniGlueNet(c).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = OmniGlueNet(c).eval()
     k0, d0, g0, k1, d1, g1 = _random_inputs(9, 10, c)
     with torch.no_grad():
         net.posenc.Wr.weight.mul_(10.0)  # higher frequencies: position differences matter in a random model
         la = net(k0, d0, g0, k1, d1, g1)
         shifted = net(k0 + torch.tensor([0.3, -0.2]), d0, g0, k1 + torch.tensor([-0.5, 0.1]), d1, g1)
         moved = net(k0 * 1.5, d0, g0, k1, d1, g1)
-    assert torch.allclose(shifted, la, atol=1e-4)
-    assert not torch.allclose(moved, la, atol=1e-3)
+    shift_effect, move_effect = (shifted - la).abs().max().item(), (moved - la).abs().max().item()
+    assert shift_effect < 1e-4
+    assert move_effect > 2e-3 and move_effect > 100 * shift_effect
 
 
 def test_coam_starts_as_xfeat_mnn_and_keeps_unit_descriptors():
