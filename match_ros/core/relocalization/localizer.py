@@ -38,6 +38,7 @@ from typing import Optional
 import cv2
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
@@ -356,9 +357,12 @@ class Localizer:
         pick = np.linspace(0, n - 1, min(n, 200)).round().astype(np.int64)  # 200 inliers say as much as all
         query, xyz, own = result.inlier_query[pick], result.inlier_xyz[pick], result.inlier_similarity[pick]
         sim = torch.from_numpy(q.vec[query]) @ torch.from_numpy(points.vec).T  # [n x M]
-        a, m = torch.from_numpy(xyz), torch.from_numpy(points.xyz)
-        d2 = (a * a).sum(1)[:, None] + (m * m).sum(1)[None] - 2.0 * (a @ m.T)  # squared distances [n x M]
-        sim.masked_fill_(d2 < c["twin_min_distance_m"] ** 2, -2.0)
+        # the inlier's own point (and its copies in other keyframes) is no twin: the map points near each inlier's
+        # point from a k-d tree (a dense [n x M] distance matrix cost 100 ms of a 160 ms check at 40k points)
+        near = cKDTree(points.xyz).query_ball_point(xyz, float(c["twin_min_distance_m"]))
+        rows = np.repeat(np.arange(len(near)), [len(i) for i in near])
+        if len(rows):
+            sim[torch.from_numpy(rows), torch.from_numpy(np.concatenate(near).astype(np.int64))] = -2.0
         top = sim.topk(min(3, sim.shape[1]), dim=1)  # a tiled wall has a twin in every tile: the best three
         best, idx = top.values.numpy(), top.indices.numpy()
         margin = float(c["twin_margin"])
