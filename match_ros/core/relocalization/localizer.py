@@ -368,14 +368,7 @@ class Localizer:
         if not result.support:
             return
         kf = self.map[max(result.support, key=result.support.get)]
-        m = self.matcher.match(self.keyframe_features(kf), q.feats)
-        if not len(m):
-            X, x = np.zeros((0, 3)), np.zeros((0, 2))
-        else:
-            X = kf.points3d[m.indices[:, 0]].astype(np.float64)
-            x = m.points_query if m.points_query is not None else q.kp[m.indices[:, 1]]
-            has3d = np.all(np.isfinite(X), axis=1)
-            X, x = X[has3d], x[has3d]
+        X, x = self._hypothesis_matches(kf, q, "matcher")  # the matcher's 2D-3D matches with the keyframe
         agree = int(np.sum(reprojection_errors(X, x, q.K, invert(result.T_map_cam)) <= c["guided_radius_px"]))
         result.stats["matcher_matches"], result.stats["matcher_agree"] = len(X), agree
         if agree < c["hypothesis_min_inliers"] and agree < c["matcher_check_share"] * len(X):
