@@ -1,9 +1,9 @@
 """The seed split of the procedural benchmark (``match_ros.sim.procedural``, ``match_ros_bench_integrity``).
 
 - TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
-- REPORT_SEEDS (4000-4011; reported 2026-12-06 in the third, fourth and fifth sessions, pooled only; the fourth
-  and fifth sessions' changes were chosen on the tune, wide tune and retired seeds and distro checks): report
-  figures on these, and NEVER look at them (images, per-seed results, failure cases) when choosing a parameter.
+- REPORT_SEEDS (5000-5011; nobody has looked at them, per seed or pooled, before the eighth report of
+  2026-12-06's seventh session): report figures on these, and NEVER look at them (images, per-seed results,
+  failure cases) when choosing a parameter.
   A report seed that has influenced a choice has become a tuning seed: move the whole report set to new seeds (and
   say so) rather than keep reporting on it.
 - WIDE_TUNE_SEEDS (110-139): more tuning places, for failures too rare to show on ten (one wrong pose in 600
@@ -16,6 +16,8 @@
   - 3000-3011 were reported once (2026-12-06); their wrong poses (look-alike places that won by 1.6-2.1 standard
     deviations of the cell counts, tracked poses 10 deg off an odometry prior) prompted ``ambiguity_z`` and the
     odometry prior's covariance (``prior_chi2``) of 2026-12-06's third session.
+  - 4000-4011 were reported four times (2026-12-06, pooled only); orb_teblid's one wrong global pose there, left
+    by every change chosen elsewhere, was looked at in the seventh session.
 - fresh_seed(): a seed >= 10**6 from the OS's entropy, for a one-off check of a finished configuration on a place
   nobody has seen (print it so the check can be repeated).
 
@@ -28,8 +30,9 @@ import secrets
 
 TUNE_SEEDS = tuple(range(100, 110))
 WIDE_TUNE_SEEDS = tuple(range(110, 140))
-RETIRED_REPORT_SEEDS = tuple(range(1000, 1012)) + tuple(range(2000, 2012)) + tuple(range(3000, 3012))
-REPORT_SEEDS = tuple(range(4000, 4012))
+RETIRED_REPORT_SEEDS = (tuple(range(1000, 1012)) + tuple(range(2000, 2012)) + tuple(range(3000, 3012))
+                        + tuple(range(4000, 4012)))
+REPORT_SEEDS = tuple(range(5000, 5012))
 FRESH_SEED_MIN = 10 ** 6
 
 
