@@ -9,7 +9,8 @@ For every seed: the place of ``match_ros.sim.procedural`` (mapping bag with dept
 1-3 Hz with drops, drifting odometry on /tf), a map built per matcher, then every query frame relocalized offline
 (``eval_reloc.run_offline``): ``global`` (each frame alone) and ``continuous`` with odometry ``drift`` (as
 recorded), ``none`` (ignored: the last fix is the only prior) and ``delayed`` (each message late by the case's
-odom_delay_s on average, used when it arrives within --odom-wait-s, the node's odom_wait_s).
+odom_delay_s on average, used when it arrives within --odom-wait-s, the node's odom_wait_s); ``plain`` is the
+reference column (``baselines.PlainPipeline``: retrieval, the matcher, one pooled PnP, no checks).
 
 Printed and in the JSON, per matcher and mode, pooled over the seeds: recall within (5 cm, 2 deg) and
 (25 cm, 5 deg), wrong poses (> 1 m or > 10 deg), integrity failures (beyond 25 cm / 5 deg at a position sigma
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -60,8 +62,9 @@ def parse_conf(items) -> dict:
 
 
 def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wait_s: float, progress: bool,
-             stride: int = 1) -> list:
-    """[(matcher, mode, odometry, [QueryRecord])] of one seed's place."""
+             stride: int = 1, drop_bags: bool = False) -> list:
+    """[(matcher, mode, odometry, [QueryRecord])] of one seed's place; with ``drop_bags`` the place's bags (about
+    0.7 GB a seed) are deleted once its runs are done (the maps and records stay)."""
     from match_ros.core.relocalization.continuous import continuous_spec
     from match_ros.evaluation.eval_reloc import run_offline
     from match_ros.sim.procedural import make_procedural_case, write_case_bags
@@ -82,6 +85,8 @@ def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wa
                                   odometry=odometry, odom_delay_s=case.odom_delay_s, odom_wait_s=odom_wait_s,
                                   progress=False, continuous_conf=continuous_conf, stride=stride)
             results.append((matcher, mode, odometry, records))
+    if drop_bags:
+        shutil.rmtree(map_bag.parent)
     return results
 
 
@@ -114,7 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seeds", type=int, default=None, help="the first N seeds of the split only")
     ap.add_argument("--matchers", nargs="+", default=["xfeat_lighterglue"], choices=available_matchers())
     ap.add_argument("--runs", nargs="+", default=[f"{m}:{o}" for m, o in RUNS],
-                    help="mode:odometry pairs (default: %(default)s)")
+                    help="mode:odometry pairs (default: %(default)s); plain:none is the reference pipeline "
+                    "(eval_reloc --mode plain)")
     ap.add_argument("--conf", nargs="*", default=[], help="localizer and continuous-mode parameters key=value "
                     "(tuning; e.g. ambiguity_z=3 odometry_drift=0.02)")
     ap.add_argument("--stride", type=int, default=1, help="every N-th query frame only (for slow matchers; in "
@@ -123,13 +129,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="build/bench_integrity", help="cases, maps and per-query records")
     ap.add_argument("--json", default=None, help="write the report here too")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--drop-bags", action="store_true", help="delete each place's bags after its runs (they are "
+                    "regenerated from the seed when needed; about 0.7 GB a seed)")
     args = ap.parse_args(argv)
     try:
         # the places' maps are built from their exact poses and rendered depth: no map error to add (a user's map
         # from SLAM declares its own, map_position_sigma_m / map_rotation_sigma_deg)
         conf = {**EXACT_MAP, **parse_conf(args.conf)}
         runs = [tuple(r.split(":")) for r in args.runs]
-        if any(len(r) != 2 or r[0] not in ("global", "continuous") for r in runs):
+        if any(len(r) != 2 or r[0] not in ("global", "continuous", "plain") for r in runs):
             raise ValueError(f"--runs takes mode:odometry pairs, got {args.runs}")
     except ValueError as e:
         ap.error(str(e))
@@ -143,7 +151,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for k, seed in enumerate(seeds):
         for matcher, mode, odometry, records in run_seed(seed, args.matchers, runs, out, conf, args.odom_wait_s,
-                                                         not args.quiet, args.stride):
+                                                         not args.quiet, args.stride, args.drop_bags):
             pooled.setdefault((matcher, mode, odometry), []).extend(records)
             s = score(records)
             per_seed.append({"seed": seed, "matcher": matcher, "mode": mode, "odometry": odometry, **s})
