@@ -132,6 +132,14 @@ localizer_spec = {
     # wrong basin in a distro check (24 cm / 11 deg off at sigma 3 cm) had 31 of 45 (0.69)
     "max_elsewhere_share": Param(0.6, "... and when more than this share of its inliers matches clearly better "
                                  "(twin_margin) elsewhere in the map: it sits in a wrong place", min=0.0, max=1.0),
+    # chosen on tune seeds (retired report seeds 4000-4011 with orb_teblid, 100-101 with all three sparse backends):
+    # the right global poses' inliers spanned >= 0.128 of the image (590 orb_teblid poses; sift >= 0.338 of 82,
+    # xfeat_lighterglue >= 0.614 of 76); a pose 2.3 m / 180 deg off at sigma 1.1 cm (retired seed 4011, orb_teblid)
+    # rested on one panel, 0.061: a copy of a panel the map had seen elsewhere
+    "min_guess_coverage": Param(0.1, "A pose from a prior that is only a guess is refused when the bounding box of "
+                                "its inliers covers less than this share of the image: it rests on one small patch "
+                                "(a poster, a panel), which may be a copy of one the map holds elsewhere",
+                                min=0.0, max=1.0),
     # chosen on 20 tune seeds (xfeat_lighterglue; orb_teblid and sift 10): the matcher's matches with the strongest
     # keyframe of the right poses held >= 13 within guided_radius_px of the pose or >= 45 % of them; the 1.28 m /
     # 27 deg pose on a wall of fine stripes (seed 124) 0 of 13, its 0.41 m / 4.9 deg neighbour 10 of 21
@@ -348,7 +356,14 @@ class Localizer:
 
     def _guess_checks(self, q: "_Query", result: LocalizationResult, t: dict) -> None:
         """The checks of a pose from a guess (global search, a last fix without odometry), timed: repeated
-        structure (``twin_check``), then the configured matcher (``matcher_check``)."""
+        structure (``twin_check``), then the configured matcher (``matcher_check``); first, the inliers must span
+        ``min_guess_coverage`` of the image."""
+        share = result.stats.get("coverage", 1.0)
+        if share < self.conf["min_guess_coverage"]:
+            result.success, result.covariance = False, np.full((6, 6), np.nan)
+            result.reason = (f"one small patch: the inliers span {share:.3f} of the image < "
+                             f"{self.conf['min_guess_coverage']} (min_guess_coverage)")
+            return
         if self.conf["twin_check"]:
             t0 = time.perf_counter()
             self._twin_check(q, result)
@@ -699,7 +714,7 @@ class Localizer:
         out = LocalizationResult(False, T, num_inliers=n, evidence=evidence, rmse_px=rmse, mode=mode,
                                  support=support,
                                  stats={"guided": len(gm), "projected": gm.projected, "evidence": evidence,
-                                        "evidence_share": share,
+                                        "evidence_share": share, "coverage": coverage(x[inl], *q.size),
                                         "position_sigma_m": published[0], "rotation_sigma_deg": published[1],
                                         "supporting_keyframes": len(strong), "disagreement_chi2": disagreement,
                                         # how the published covariance was made (fit_covariance inverts it)
