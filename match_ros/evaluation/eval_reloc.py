@@ -9,7 +9,9 @@ relocalizes EVERY query frame offline through the core localizer (none dropped):
 frame alone) or as a robot would (--mode continuous, the node's ContinuousLocalizer: after a fix, the last pose
 moved by the odometry on /tf at the frame's stamp is the prior; with --odometry none there is no odometry, and
 only a fix younger than max_fix_age_s, confirmed by the retrieval, is tracked from; otherwise, and when tracking
-fails, a global search). Every localizer setting is --localizer KEY=VALUE (e.g. max_keyframes_matched=5); the
+fails, a global search); --mode plain is the reference column: retrieval, the matcher against the first 10
+keyframes, one PnP over the pooled matches of the 3 with the most, no checks (``baselines.PlainPipeline``). Every
+localizer setting is --localizer KEY=VALUE (e.g. max_keyframes_matched=5); the
 output folder's name carries every option that changes the figures. The ground truth is a PoseStamped topic of
 the camera in the map frame (--gt-topic, found automatically) or /tf map -> camera. With --node the query bag is
 also replayed in real time through the relocalizer node process (a real ROS 2 graph on loopback), which answers
@@ -38,7 +40,7 @@ from match_ros.evaluation.reloc_metrics import QueryRecord, keyframe_sees_view, 
 from match_ros.evaluation.reloc_scenes import (QUERY_KINDS, T_MAP_ODOM, make_query_sequence, scene_bags,  # noqa: F401
                                                write_query_bag)
 
-MODES = ("global", "continuous")
+MODES = ("global", "continuous", "plain")
 ODOMETRY = ("drift", "none", "delayed")
 
 
@@ -66,6 +68,7 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     from match_ros.core.relocalization.global_desc import GlobalDescriptor
     from match_ros.core.relocalization.localizer import Localizer
     from match_ros.core.relocalization.mapstore import Map
+    from match_ros.evaluation.baselines import PlainPipeline
     from match_ros.tools.bagframes import BagFrames
 
     if mode not in MODES:
@@ -80,6 +83,7 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     matcher = build_matcher(m.matcher_name, shared_conf(m.matcher_name, max_keypoints=max_kp), dev)
     loc = Localizer(m, matcher, gd, conf, pnp_conf)
     tracker = ContinuousLocalizer(loc, continuous_conf)
+    plain = PlainPipeline(loc)
     frames = BagFrames(query_bag, image_topic, info_topic, "", gt_topic)
     records, latency = [], np.random.default_rng(17)
     for i, f in enumerate(tqdm(frames, desc=f"queries ({mode}, odometry {odometry})", unit="frame",
@@ -92,6 +96,8 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
         t0 = time.perf_counter()
         if mode == "continuous":
             r = tracker.localize(f.image, f.K, f.stamp_ns, T_odom_cam)
+        elif mode == "plain":
+            r = plain.localize(f.image, f.K)
         else:
             r = loc.localize(f.image, f.K)
         ms = 1e3 * (time.perf_counter() - t0)
@@ -256,7 +262,8 @@ def main(argv=None) -> int:
     src.add_argument("--depth-topic", default="auto", help="depth topic of the mapping bag (default: found)")
     ap.add_argument("--matcher", default=DEFAULT_MATCHER, choices=available_matchers(), help="local features")
     ap.add_argument("--mode", choices=MODES, default="global",
-                    help="global: each frame alone; continuous: the node's tracking (see --odometry)")
+                    help="global: each frame alone; continuous: the node's tracking (see --odometry); plain: the "
+                    "reference pipeline (retrieval, matcher, pooled PnP, no checks)")
     ap.add_argument("--odometry", choices=ODOMETRY, default="drift",
                     help="continuous mode's odometry: drift (the query bag's /tf, drifting), none (no odometry: a fix "
                     "younger than max_fix_age_s confirmed by retrieval, else global), delayed (/tf late, used within "
