@@ -231,18 +231,22 @@ def test_packed_lighterglue_under_autocast(graf_results, matchers):
 def test_packed_lighterglue_buckets_keep_the_result(graf_results, matchers):
     """Rows padded to buckets of 128 (zero rows for the per-keypoint layers, masked keys for attention), as
     cpu_bf16_glue runs them, give the unpadded matches: checked in float32, where only padding differs."""
-    f1, f3, ref = graf_results("xfeat_lighterglue")
+    f1, f3, _ = graf_results("xfeat_lighterglue")
     m = matchers("xfeat_lighterglue")
+    default = m.packed.bucket
+    assert default == (128 if m.device.type == "cpu" else 0)  # the CPU default, float32 too (test_memory)
+    out = {}
     try:
-        m.packed.bucket = 128
-        with torch.inference_mode():
-            states = [m.packed.prepare(f.keypoints, f.descriptors, f.image_size) for f in (f1, f3)]
-            indices, scores = m.packed.match(*states)
+        for bucket in (0, 128):
+            m.packed.bucket = bucket
+            with torch.inference_mode():
+                states = [m.packed.prepare(f.keypoints, f.descriptors, f.image_size) for f in (f1, f3)]
+                out[bucket] = [t.cpu().numpy() for t in m.packed.match(*states)]
     finally:
-        m.packed.bucket = 0
-    np.testing.assert_array_equal(indices.cpu().numpy(), ref.indices)
+        m.packed.bucket = default
+    np.testing.assert_array_equal(out[128][0], out[0][0])
     _, tol = _lighterglue_reference(m, f1, f3)  # both runs are float32: each within the rounding of the truth
-    np.testing.assert_allclose(scores.cpu().numpy(), ref.scores, atol=2 * tol)
+    np.testing.assert_allclose(out[128][1], out[0][1], atol=2 * tol)
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="no native bfloat16 on this CPU")

@@ -268,14 +268,16 @@ class XFeatLighterGlue(XFeatExtractor):
         self.glue.load_state_dict(state, strict=True)
         self.glue.to(self.device).eval()
         self.packed = PackedLighterGlue(self.glue)  # what match() runs: kornia's function, both images in one tensor
-        # LightGlue in float32 on the CPU unless cpu_bf16_glue: its shapes change with every frame's keypoints and
-        # pruning, and oneDNN JIT-compiles a bf16 kernel per new shape (kornia's layout: the node ran at 6.7
-        # instead of 10.9 Hz); with cpu_bf16_glue the packed glue pads its per-keypoint layers to buckets of 128
-        # rows, whose kernels are built once here
+        # LightGlue in float32 on the CPU unless cpu_bf16_glue. Its shapes change with every frame's keypoints and
+        # pruning, and oneDNN builds a primitive per new shape: in bf16 a JIT kernel (kornia's layout: the node ran
+        # at 6.7 instead of 10.9 Hz), in float32 too (800 matches of rendered frames: +200 MB, its cache of 1024
+        # filling). On the CPU the packed glue pads its per-keypoint layers to buckets of 128 rows (+1 MB over the
+        # same 800, no slower; float32 matches unchanged); the bf16 kernels are built once here
         bf16_glue = bool(c["cpu_bf16_glue"]) and self.device.type == "cpu" and cpu_has_bf16()
         self._glue_amp = autocast_for(self.device, bool(c["fp16"]), bf16_glue)
-        if bf16_glue:
+        if self.device.type == "cpu":
             self.packed.bucket = 128
+        if bf16_glue:
             with torch.inference_mode(), self._glue_amp():
                 self.packed.warm_up(2 * int(c["max_keypoints"]))
         self._token = object()  # marks the Features.extra states this instance computed

@@ -17,15 +17,16 @@ points from it with one index. Weights are repacked once:
 Matrix products of other shapes sum in another order, so the result is kornia's up to float rounding (the tests
 compare matches and scores with kornia's forward). One attention head only (LighterGlue's configuration).
 
-``bucket`` (set for bfloat16 on the CPU, ``XFeatLighterGlue``'s ``cpu_bf16_glue``): oneDNN builds a bf16 kernel
-for every new shape, and the shapes here follow each frame's keypoint count and pruning. With a bucket, every
-product sees row counts rounded up to its multiples (zero rows, dropped after): the per-keypoint layers, the
-positional encoding and input projection of ``prepare``, the pruning's matchability, the assignment's projection,
-matchability and [m x n] similarity; attention sees queries and keys padded likewise (the padded keys masked out):
-a few dozen shapes, whose kernels ``warm_up`` builds once. Without it (issue #20) the shapes that were left
-unpadded (pruned token counts, the similarity's m x n) made a new oneDNN primitive nearly every frame: its cache
-(1024 primitives) filled with ~0.6 GB of kernels and, churning, kept keyframe_matcher's memory growing by
-~14 MB/min. In float32 the padded result equals the unpadded one up to rounding (tested).
+``bucket`` (set on the CPU by ``XFeatLighterGlue``, float32 and bfloat16): oneDNN builds a primitive (in bf16 a
+JIT kernel) for every new shape, and the shapes here follow each frame's keypoint count and pruning. With a
+bucket, every product sees row counts rounded up to its multiples (zero rows, dropped after): the per-keypoint
+layers, the positional encoding and input projection of ``prepare``, the pruning's matchability, the assignment's
+projection, matchability and [m x n] similarity; attention sees queries and keys padded likewise (the padded keys
+masked out): a few dozen shapes, whose bf16 kernels ``warm_up`` builds once. Without it (issue #20) the shapes
+that were left unpadded (pruned token counts, the similarity's m x n) made a new oneDNN primitive nearly every
+frame: its cache (1024 primitives) filled with ~0.6 GB of bf16 kernels and, churning, kept keyframe_matcher's
+memory growing by ~14 MB/min; in float32, 800 matches of rendered frames grew it by 200 MB (1 MB bucketed). In
+float32 the padded result equals the unpadded one up to rounding (tested).
 """
 from __future__ import annotations
 
