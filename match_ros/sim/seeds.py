@@ -1,9 +1,9 @@
 """The seed split of the procedural benchmark (``match_ros.sim.procedural``, ``match_ros_bench_integrity``).
 
 - TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
-- REPORT_SEEDS (5000-5011; nobody has looked at them, per seed or pooled, before the eighth report of
-  2026-12-06's seventh session): report figures on these, and NEVER look at them (images, per-seed results,
-  failure cases) when choosing a parameter.
+- REPORT_SEEDS (5000-5011; first reported, pooled only, in the eighth report of 2026-12-06's seventh session,
+  docs/relocalization.md): report figures on these, and NEVER look at them (images, per-seed results, failure
+  cases) when choosing a parameter.
   A report seed that has influenced a choice has become a tuning seed: move the whole report set to new seeds (and
   say so) rather than keep reporting on it.
 - WIDE_TUNE_SEEDS (110-139): more tuning places, for failures too rare to show on ten (one wrong pose in 600
