@@ -7,7 +7,8 @@
   A report seed that has influenced a choice has become a tuning seed: move the whole report set to new seeds (and
   say so) rather than keep reporting on it.
 - WIDE_TUNE_SEEDS (110-139): more tuning places, for failures too rare to show on ten (one wrong pose in 600
-  queries); as free to look at as TUNE_SEEDS (``--split tune-wide``).
+  queries); as free to look at as TUNE_SEEDS (``--split tune-wide``). Seeds 140-999 ("other") are free tuning
+  places too, run with ``--seeds`` (140-147 first in the seventh session).
 - RETIRED_REPORT_SEEDS: former report sets, tuning seeds now.
   - 1000-1011 were reported once (2026-12-06, docs/relocalization.md); their pooled table prompted a change of
     continuous localization.
