@@ -2,10 +2,11 @@
 
 ``PlainPipeline`` is the hloc pattern with the package's own parts: the image's features, the localizer's
 retrieval short-list (``Localizer.retrieve``: the same keyframes the package starts from), the configured matcher
-against each of the first ``top_k`` keyframes, the 2D-3D matches of the ``pool`` keyframes with the most of them
-pooled, and one robust PnP (``solve_pnp``, its default checks) whose first-order covariance is published. No
-verification, no ambiguity, twin or matcher checks, no covariance calibration: the column a table compares the
-package against (``eval_reloc.run_offline(mode="plain")``, ``match_ros_bench_integrity --runs plain:none``).
+against each of the first ``top_k`` keyframes (``Localizer.matcher_matches``), the 2D-3D matches of the ``pool``
+keyframes with the most of them pooled, and one robust PnP (``solve_pnp``, its default checks) whose first-order
+covariance is published. No verification, no ambiguity, twin or matcher checks, no covariance calibration: the
+column a table compares the package against (``eval_reloc.run_offline(mode="plain")``,
+``match_ros_bench_integrity --runs plain:none``).
 
 With ``xfeat_lighterglue`` it is the "plain XFeat+LighterGlue" of issue #21 (top keyframes by match count, one PnP
 over their pooled matches); with ``sift`` the shape of the COLMAP pipeline (SIFT, retrieval, pooled PnP) without
@@ -41,15 +42,9 @@ class PlainPipeline:
         retrieved = list(zip(ids.tolist(), scores.tolist()))
         per_kf = []
         for kf_id in ids[: self.top_k].tolist():
-            kf = loc.map[int(kf_id)]
-            m = loc.matcher.match(loc.keyframe_features(kf), feats)
-            if not len(m):
-                continue
-            X = kf.points3d[m.indices[:, 0]].astype(np.float64)
-            x = (m.points_query if m.points_query is not None
-                 else feats.keypoints.detach().cpu().numpy()[m.indices[:, 1]]).astype(np.float64)
-            has3d = np.all(np.isfinite(X), axis=1)
-            per_kf.append((int(has3d.sum()), int(kf_id), X[has3d], x[has3d]))
+            X, x = loc.matcher_matches(loc.map[int(kf_id)], feats)
+            if len(X):
+                per_kf.append((len(X), int(kf_id), X, x))
         t3 = time.perf_counter()
         t["match"] = 1e3 * (t3 - t2)
         per_kf.sort(key=lambda p: -p[0])

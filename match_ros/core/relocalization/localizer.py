@@ -582,10 +582,21 @@ class Localizer:
             best_q, best_p = sim.argmax(1).numpy(), sim.argmax(0).numpy()
             mutual = np.flatnonzero(best_p[best_q] == np.arange(len(pts)))
             return pts.xyz[mutual], q.kp[best_q[mutual]]
-        m = self.matcher.match(self.keyframe_features(kf), q.feats)
+        return self.matcher_matches(kf, q.feats, q.kp)
+
+    def matcher_matches(self, kf: MapKeyframe, feats: Features, kp: Optional[np.ndarray] = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The configured matcher's 2D-3D correspondences of an image's features with a keyframe ([M x 3] map
+        points, [M x 2] pixels: the matcher's sub-pixel ones where it has them); ``kp``: the features' keypoints as
+        float64 numpy when the caller has them."""
+        m = self.matcher.match(self.keyframe_features(kf), feats)
         X = kf.points3d[m.indices[:, 0]].astype(np.float64) if len(m) else np.zeros((0, 3))
         has3d = np.all(np.isfinite(X), axis=1)
-        q_px = m.points_query if m.points_query is not None else q.kp[m.indices[:, 1]]
+        if m.points_query is not None:
+            q_px = m.points_query
+        else:
+            kp = kp if kp is not None else feats.keypoints.detach().cpu().numpy().astype(np.float64)
+            q_px = kp[m.indices[:, 1]]
         return X[has3d], q_px[has3d]
 
     def _hypothesis_conf(self) -> dict:
@@ -708,13 +719,14 @@ class Localizer:
         finite = cov is not None and np.all(np.isfinite(cov))
         pos_sigma, rot_sigma = pose_sigmas(geometry) if finite else (float("inf"), float("inf"))
         published = pose_sigmas(cov) if finite else (float("inf"), float("inf"))
+        covered = coverage(x[inl], *q.size)
         evidence = occupied_cells(x[inl], float(c["covariance_cell_px"]))
         expected = occupied_cells(projected_pixels(T, q.K, q.size, points), float(c["covariance_cell_px"]))
         share, min_share = evidence / max(expected, 1), self.min_evidence_share()
         out = LocalizationResult(False, T, num_inliers=n, evidence=evidence, rmse_px=rmse, mode=mode,
                                  support=support,
                                  stats={"guided": len(gm), "projected": gm.projected, "evidence": evidence,
-                                        "evidence_share": share, "coverage": coverage(x[inl], *q.size),
+                                        "evidence_share": share, "coverage": covered,
                                         "position_sigma_m": published[0], "rotation_sigma_deg": published[1],
                                         "supporting_keyframes": len(strong), "disagreement_chi2": disagreement,
                                         # how the published covariance was made (fit_covariance inverts it)
@@ -727,8 +739,8 @@ class Localizer:
             out.reason = f"inlier ratio {ratio:.2f} < {pc['min_inlier_ratio']}"
         elif rmse > pc["max_rmse_px"]:
             out.reason = f"inlier RMSE {rmse:.2f} px > {pc['max_rmse_px']}"
-        elif coverage(x[inl], *q.size) < pc["min_coverage"]:
-            out.reason = f"inliers cover {coverage(x[inl], *q.size):.3f} of the image < {pc['min_coverage']}"
+        elif covered < pc["min_coverage"]:
+            out.reason = f"inliers cover {covered:.3f} of the image < {pc['min_coverage']}"
         elif share < min_share:
             out.reason = (f"inliers in {evidence} of the {expected} cells the map projects into ({share:.2f} < "
                           f"{min_share}): the map expects matches where there are none")
