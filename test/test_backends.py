@@ -229,8 +229,8 @@ def test_packed_lighterglue_under_autocast(graf_results, matchers):
 
 
 def test_packed_lighterglue_buckets_keep_the_result(graf_results, matchers):
-    """Rows padded to buckets of 128 (zero rows for the per-keypoint layers, masked keys for attention), as
-    cpu_bf16_glue runs them, give the unpadded matches: checked in float32, where only padding differs."""
+    """Rows padded to buckets of 128 (zero rows for the per-keypoint layers, masked keys for attention), as the
+    CPU runs them in float32 and bf16, give the unpadded matches: checked in float32, where only padding differs."""
     f1, f3, _ = graf_results("xfeat_lighterglue")
     m = matchers("xfeat_lighterglue")
     default = m.packed.bucket
