@@ -6,13 +6,14 @@ with the wall time (always increasing). visual_odometry also gets the aligned de
 frame's pose on a PoseStamped topic, relocalizer a map built here first from the same sequence. Every --sample-s
 the node process's resident memory (/proc/PID/status: VmRSS, RssAnon, RssShmem) and its processed-frame count
 (/diagnostics) are sampled; the table and the slope of VmRSS and RssAnon [MB/min] after --warmup-min minutes are
-printed and written to --out.
+printed and written to --out, also when the soak is stopped early (Ctrl-C, SIGTERM).
 Target of issue #20: < 1 MB/min after warm-up. Run it niced on a shared machine (the rate achieved is printed).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -92,6 +93,7 @@ def soak(node_name: str, matcher: str, *, minutes: float, rate_hz: float, sample
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
 
@@ -147,14 +149,20 @@ def soak(node_name: str, matcher: str, *, minutes: float, rate_hz: float, sample
                 pose = PoseStamped(header=msg.header, pose=conv.matrix_to_pose(frames[i][1]))
                 pose.header.frame_id = "map"
                 pose_pub.publish(pose)
-            if depths[i] is not None:
+            if depths[i] is not None and rclpy.ok():
                 depths[i].header = msg.header
                 depth_pub.publish(depths[i])
-            info_pub.publish(info)
-            img_pub.publish(msg)
+            try:
+                info_pub.publish(info)
+                img_pub.publish(msg)
+            except Exception:
+                if rclpy.ok():
+                    raise
+                return  # Ctrl-C or SIGTERM shut the context down: the sampling loop reports
             sent["n"] = k = k + 1
 
     log_path = workdir / f"{node_name}.log"
+    interrupted = False
     try:
         with NodeProcess(module, params, remaps, name=node_name, log_path=log_path) as proc:
             if not spin_until(node, lambda: not proc.alive() or img_pub.get_subscription_count() > 0, 180):
@@ -169,18 +177,23 @@ def soak(node_name: str, matcher: str, *, minutes: float, rate_hz: float, sample
             print(f"{'t [min]':>8s} {'sent':>7s} {'processed':>9s} {'Hz':>6s} {'VmRSS':>8s} {'RssAnon':>8s} "
                   f"{'RssShmem':>8s} [MB]", flush=True)
             end, last = t0 + 60.0 * minutes, None
-            while time.monotonic() < end and proc.alive():
-                spin_until(node, lambda: False, min(sample_s, max(0.0, end - time.monotonic())))
-                t = time.monotonic() - t0
-                mem = memory_mb(pid)
-                if not mem:
-                    break
-                row = {"t_s": round(t, 1), "sent": sent["n"], "processed": processed["n"], **mem}
-                hz = (row["processed"] - last["processed"]) / (t - last["t_s"]) if last else float("nan")
-                samples.append(row)
-                last = row
-                print(f"{t / 60:8.2f} {row['sent']:7d} {row['processed']:9d} {hz:6.1f} {mem['VmRSS']:8.1f} "
-                      f"{mem.get('RssAnon', 0):8.1f} {mem.get('RssShmem', 0):8.1f}", flush=True)
+            try:
+                while time.monotonic() < end and proc.alive():
+                    spin_until(node, lambda: False, min(sample_s, max(0.0, end - time.monotonic())))
+                    t = time.monotonic() - t0
+                    mem = memory_mb(pid)
+                    if not mem:
+                        break
+                    row = {"t_s": round(t, 1), "sent": sent["n"], "processed": processed["n"], **mem}
+                    hz = (row["processed"] - last["processed"]) / (t - last["t_s"]) if last else float("nan")
+                    samples.append(row)
+                    last = row
+                    print(f"{t / 60:8.2f} {row['sent']:7d} {row['processed']:9d} {hz:6.1f} {mem['VmRSS']:8.1f} "
+                          f"{mem.get('RssAnon', 0):8.1f} {mem.get('RssShmem', 0):8.1f}", flush=True)
+            except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, SIGTERM: figures of the samples so far
+                interrupted = True
+                print(f"interrupted after {(time.monotonic() - t0) / 60:.1f} min: figures of the samples so far",
+                      flush=True)
             stop.set()
             thread.join(2.0)
             alive = proc.alive()
@@ -201,8 +214,14 @@ def soak(node_name: str, matcher: str, *, minutes: float, rate_hz: float, sample
             "slope_anon_mb_per_min": slope_mb_per_min(t, [s.get("RssAnon", 0) for s in samples], warm_s),
             "rss_start_mb": samples[0]["VmRSS"] if samples else float("nan"),
             "rss_end_mb": samples[-1]["VmRSS"] if samples else float("nan"),
-            "node_alive_at_end": alive, "params": params, "cpu": cpu_model(), "samples": samples,
-            "node_log_tail": log_tail}
+            "node_alive_at_end": alive, "interrupted": interrupted,
+            "minutes_run": samples[-1]["t_s"] / 60.0 if samples else 0.0, "params": params, "cpu": cpu_model(),
+            "samples": samples, "node_log_tail": log_tail}
+
+
+def _interrupt(signum, frame):
+    """SIGTERM (a timeout, a CI runner) stops the soak like Ctrl-C: the figures so far are still printed."""
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -226,12 +245,14 @@ def main(argv=None) -> int:
 
     use_fastdds_profile()
     cpu = cpu_model()
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"soak of {args.node} ({args.matcher}) for {args.minutes:g} min at {args.rate_hz:g} Hz on {cpu}",
           flush=True)
     r = soak(args.node, args.matcher, minutes=args.minutes, rate_hz=args.rate_hz, sample_s=args.sample_s,
              warmup_min=args.warmup_min, n_frames=args.frames, max_keypoints=args.max_keypoints,
              extra_params=parse_overrides(args.param))
-    print(f"\n{args.node} ({args.matcher}), {args.minutes:g} min, camera {args.rate_hz:g} Hz, processed "
+    minutes = f"{r['minutes_run']:.1f} of {args.minutes:g}" if r["interrupted"] else f"{args.minutes:g}"
+    print(f"\n{args.node} ({args.matcher}), {minutes} min, camera {args.rate_hz:g} Hz, processed "
           f"{r['processed_rate_hz']:.1f} Hz after warm-up, CPU {cpu}")
     print(f"VmRSS {r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} MB; slope after {args.warmup_min:g} min: VmRSS "
           f"{r['slope_rss_mb_per_min']:+.2f} MB/min, RssAnon {r['slope_anon_mb_per_min']:+.2f} MB/min "
