@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 
 from match_ros.core.features.nn import match_features
 from match_ros.core.features.subpixel import grey_u8, lucas_kanade
@@ -170,6 +171,7 @@ class A2NetAlignMatcher(XFeatExtractor):
         idx, scores, distinct, pq = out
         if len(idx) == 0:
             return Matches.empty()
-        kq = query.keypoints.to(self.device)
-        nearest = torch.cdist(torch.from_numpy(pq).to(kq.device, kq.dtype), kq).argmin(1).cpu().numpy()
+        # exact in float64: torch.cdist in float32 expands |a|^2 + |b|^2 - 2ab, centi-pixel errors at 500 px that
+        # picked a farther keypoint in near-ties (a fresh CI on 2026-12-07)
+        nearest = cKDTree(query.keypoints.cpu().numpy().astype(np.float64)).query(np.asarray(pq, np.float64))[1]
         return Matches(np.stack([idx, nearest], 1), scores, distinct, points_query=pq)
