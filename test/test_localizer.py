@@ -324,12 +324,10 @@ def test_a_rival_that_explains_another_part_of_the_view_refuses_the_pose(office,
     alone; one whose inliers lie in cells the pose has none in refuses it, saying why."""
     import dataclasses
 
-    from match_ros.core.relocalization.localizer import _Query
-
     m, q, frames = office
     loc = Localizer(m, matcher)
     r, f = next((r, f) for r, f in ((loc.localize(f.rgb, q.camera.K), f) for f in frames[5:20:3]) if r.success)
-    query = _Query(matcher.extract(f.rgb), q.camera.K, (f.rgb.shape[1], f.rgb.shape[0]))
+    query = _query(loc, f, q.camera.K)
     cell = loc.conf["covariance_cell_px"]
     own = {tuple(c) for c in np.floor(query.kp[r.inlier_query] / cell).astype(int).tolist()}
     elsewhere = np.array([i for i in range(len(query.kp))

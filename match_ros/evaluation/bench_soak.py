@@ -145,14 +145,14 @@ def soak(node_name: str, matcher: str, *, minutes: float, rate_hz: float, sample
             msg.header.stamp = conv.ns_to_stamp(now)
             msg.header.frame_id = "camera_optical_frame"
             info.header = msg.header
-            if node_name == "map_builder":
-                pose = PoseStamped(header=msg.header, pose=conv.matrix_to_pose(frames[i][1]))
-                pose.header.frame_id = "map"
-                pose_pub.publish(pose)
-            if depths[i] is not None and rclpy.ok():
-                depths[i].header = msg.header
-                depth_pub.publish(depths[i])
             try:
+                if node_name == "map_builder":
+                    pose = PoseStamped(header=msg.header, pose=conv.matrix_to_pose(frames[i][1]))
+                    pose.header.frame_id = "map"
+                    pose_pub.publish(pose)
+                if depths[i] is not None:
+                    depths[i].header = msg.header
+                    depth_pub.publish(depths[i])
                 info_pub.publish(info)
                 img_pub.publish(msg)
             except Exception:

@@ -219,6 +219,14 @@ def occupied_cells(x_img: np.ndarray, cell_px: float) -> int:
     return len(_cells(x_img, cell_px)[1])
 
 
+def exclusive_cells(x_own: np.ndarray, x_other: np.ndarray, cell_px: float) -> int:
+    """Number of ``cell_px`` squares holding points of x_other [M x 2] and none of x_own [N x 2] (cells counted as
+    in ``occupied_cells``)."""
+    x_own, x_other = np.asarray(x_own, np.float64).reshape(-1, 2), np.asarray(x_other, np.float64).reshape(-1, 2)
+    cell = _cells(np.vstack([x_own, x_other]), cell_px)[0]
+    return len(set(cell[len(x_own):].tolist()) - set(cell[:len(x_own)].tolist()))
+
+
 def _cells(x_img: np.ndarray, cell_px: float) -> tuple:
     """(cell index of each point [N], points per occupied cell [C]); cell_px 0 or no points: a cell per point."""
     x_img = np.asarray(x_img, np.float64).reshape(-1, 2)

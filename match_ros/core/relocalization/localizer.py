@@ -44,9 +44,9 @@ from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.memory import LargeFrameTrim
 from match_ros.core.config import Param, defaults, make_conf
-from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, occupied_cells, pnp_spec,
-                                                   pose_covariance, pose_difference, pose_mahalanobis, pose_sigmas,
-                                                   reprojection_errors, solve_pnp)
+from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, exclusive_cells, occupied_cells,
+                                                   pnp_spec, pose_covariance, pose_difference, pose_mahalanobis,
+                                                   pose_sigmas, reprojection_errors, solve_pnp)
 from match_ros.core.geometry.camera import (CALIBRATION_NAMES, Distortion, calibration_change, calibration_per_width,
                                             check_K)
 from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
@@ -571,10 +571,8 @@ class Localizer:
         the pose's keypoints, in the same cells; a rival that explains another part of the image means that the
         view holds two consistent interpretations (a poster copied elsewhere, well mapped there, beside a wall the
         map saw poorly)."""
-        cell = float(self.conf["covariance_cell_px"]) or 1.0
-        own = {tuple(v) for v in np.floor(q.kp[pose.inlier_query] / cell).astype(np.int64).tolist()}
-        theirs = {tuple(v) for v in np.floor(q.kp[rival.inlier_query] / cell).astype(np.int64).tolist()}
-        return len(theirs - own)
+        cell_px = float(self.conf["covariance_cell_px"])
+        return exclusive_cells(q.kp[pose.inlier_query], q.kp[rival.inlier_query], cell_px)
 
     def _refuse_split_view(self, result: LocalizationResult, rival: LocalizationResult, exclusive: int) -> None:
         """Refuse ``result`` when the rival place explains its own part of the view: ``exclusive`` of the
