@@ -63,9 +63,11 @@ def test_wrong_poses_and_records_without_the_making_are_left_out(tmp_path, true_
     recs[0]["T_est"][0][3] += 2.0  # 2 m off: the integrity guard's business, not the covariance's
     del recs[1]["stats"]["covariance_factor"]  # a record of older code
     recs[2]["T_est"] = recs[2]["covariance"] = None  # no pose
+    recs[3]["stats"]["fusion_shift_m"] = 0.004  # fused with the odometry: another covariance than the localizer's
+    recs[4]["stats"]["fusion_shift_m"] = 0.0  # the fusion kept the localizer's pose and covariance: counted
     (tmp_path / "7_m_global_drift.json").write_text(json.dumps(recs))
     for run in ("continuous_drift", "continuous_delayed"):
         (tmp_path / f"7_m_{run}.json").write_text("[]")
-    assert len(load(tmp_path, "m", [7])["e"]) == 2
+    assert len(load(tmp_path, "m", [7])["e"]) == 1
     with pytest.raises(FileNotFoundError, match="match_ros_bench_integrity --seeds 8"):
         load(tmp_path, "m", [8])

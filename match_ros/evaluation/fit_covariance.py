@@ -36,7 +36,10 @@ def load(records: Path, matcher: str, seeds, runs=RUNS, max_error=(0.25, 5.0)) -
                 st = r.get("stats", {})
                 if r["T_est"] is None or r["covariance"] is None or "covariance_factor" not in st:
                     continue
-                if "fusion_shift_m" in st:  # fused with the odometry's prediction: not the localizer's covariance
+                # fused with the odometry's prediction: not the localizer's covariance, unless the fusion kept the
+                # pose (covariance intersection's weight 1, the usual case when tracking: the pose's covariance is
+                # the tighter one, returned unchanged)
+                if st.get("fusion_shift_m", 0.0) > 0.0:
                     continue
                 e = pose_difference(np.array(r["T_est"]), np.array(r["T_gt"]))
                 if np.linalg.norm(e[:3]) > max_error[0] or np.degrees(np.linalg.norm(e[3:])) > max_error[1]:
