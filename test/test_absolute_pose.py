@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from match_ros.core.geometry.absolute_pose import (fuse_poses, moved_covariance, pose_covariance, pose_difference,
-                                                   pose_mahalanobis, solve_pnp)
+from match_ros.core.geometry.absolute_pose import (evidence_where_both_predict, fuse_poses, moved_covariance,
+                                                   pose_covariance, pose_difference, pose_mahalanobis, solve_pnp)
 from match_ros.core.geometry.transforms import invert, make_T, perturb_pose, rotation_error_deg
 
 K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
@@ -115,3 +115,18 @@ def test_fused_poses_lean_on_the_more_certain_one_and_stay_consistent_when_corre
     assert np.mean(fused) <= 6.6 and np.mean(kalman) > 20.0, (np.mean(fused), np.mean(kalman))
     with pytest.raises(ValueError, match="finite"):
         fuse_poses(T, np.full((6, 6), np.nan), T, cov)
+
+
+def test_evidence_is_compared_where_both_maps_predict():
+    """Two poses' inliers counted only in the cells both maps project points into: the left half of the image
+    (cells of 10 px) is predicted by both, the right half only by the first pose's map."""
+    grid = np.stack(np.meshgrid(np.arange(5, 640, 10.0), np.arange(5, 480, 10.0)), -1).reshape(-1, 2)
+    left, right = grid[grid[:, 0] < 320], grid[grid[:, 0] >= 320]
+    a = np.vstack([left[::2], right])  # the first pose: half the left cells and every right one
+    b = left  # the rival: every left cell
+    mine, theirs = evidence_where_both_predict(a, b, grid, left, 10.0)
+    assert (mine, theirs) == (len(left[::2]), len(left))
+    assert evidence_where_both_predict(a, b, grid, grid, 10.0) == (len(a), len(b))
+    # several points in a cell count once; nothing predicted in common: nothing to compare
+    assert evidence_where_both_predict(np.repeat(left[:3], 4, 0), left[:2], left, left, 10.0) == (3, 2)
+    assert evidence_where_both_predict(a, b, left, right, 10.0) == (0, 0)

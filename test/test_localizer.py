@@ -350,6 +350,34 @@ def test_a_rival_that_explains_another_part_of_the_view_refuses_the_pose(office,
     assert "1.3 m away" in refused.reason and not np.isfinite(refused.covariance).any()
 
 
+def test_a_pose_that_wins_only_where_the_rival_map_says_nothing_is_refused(office, matcher):
+    """max_rival_common_share: retired report seed 6004 had the same photo on two facing walls; the copy seen
+    frontally, densely mapped, won by 205 against 135 cells of inliers, while in the cells both places' maps project
+    points into the true place held 130 and the wrong one 115. Here, on a right office fix: a rival holding half the
+    pose's inliers (same map, so the same predicted cells) leaves it alone; one holding all of them refuses it."""
+    import dataclasses
+
+    m, q, frames = office
+    loc = Localizer(m, matcher)
+    r, f = next((r, f) for r, f in ((loc.localize(f.rgb, q.camera.K), f) for f in frames[5:20:3]) if r.success)
+    query = _query(loc, f, q.camera.K)
+    half = dataclasses.replace(r, inlier_query=r.inlier_query[::2], evidence=r.evidence // 2,
+                               T_map_cam=r.T_map_cam.copy(), stats=dict(r.stats))
+    kept = dataclasses.replace(r, stats=dict(r.stats))
+    loc._refuse_unresolved_rival(query, kept, half, 0)
+    assert kept.success and kept.stats["rival_common_evidence"] < kept.stats["common_evidence"]
+    assert kept.stats["common_evidence"] == r.evidence  # every inlier cell lies where the map predicts
+    twin = dataclasses.replace(r, T_map_cam=r.T_map_cam.copy(), stats=dict(r.stats))
+    refused = dataclasses.replace(r, stats=dict(r.stats))
+    loc._refuse_unresolved_rival(query, refused, twin, 0)
+    assert not refused.success and "where both maps predict matches" in refused.reason, refused.reason
+    assert not np.isfinite(refused.covariance).any()
+    off = Localizer(m, matcher, conf={"max_rival_common_share": 0.0})
+    untouched = dataclasses.replace(r, stats=dict(r.stats))
+    off._refuse_unresolved_rival(query, untouched, twin, 0)
+    assert untouched.success and "common_evidence" not in untouched.stats
+
+
 def test_a_tracked_pose_beside_the_true_basin_gives_way_to_one_solved_without_the_prior(office, matcher):
     """tracking_basin_keyframes: on tune seeds 185 and 187 (continuous mode, drifting odometry) a fix 7-10 cm off,
     moved by odometry, put the guided search beside the true basin; the tracked pose settled there, 16 cm off at

@@ -227,6 +227,20 @@ def exclusive_cells(x_own: np.ndarray, x_other: np.ndarray, cell_px: float) -> i
     return len(set(cell[len(x_own):].tolist()) - set(cell[:len(x_own)].tolist()))
 
 
+def evidence_where_both_predict(x_a: np.ndarray, x_b: np.ndarray, predicted_a: np.ndarray,
+                                predicted_b: np.ndarray, cell_px: float) -> tuple[int, int]:
+    """(cells of x_a, cells of x_b) among the ``cell_px`` squares into which both predicted_a and predicted_b fall:
+    two poses' evidence (inlier pixels) counted only where each one's map says something should match (the
+    projected map points). A pose that wins only in cells the other's map does not cover wins on how well its
+    place was mapped, not on where the camera is."""
+    parts = [np.asarray(v, np.float64).reshape(-1, 2) for v in (x_a, x_b, predicted_a, predicted_b)]
+    cell = _cells(np.vstack(parts), cell_px)[0]
+    ends = np.cumsum([len(v) for v in parts])
+    a, b, pa, pb = (set(c.tolist()) for c in np.split(cell, ends[:-1]))
+    both = pa & pb
+    return len(a & both), len(b & both)
+
+
 def _cells(x_img: np.ndarray, cell_px: float) -> tuple:
     """(cell index of each point [N], points per occupied cell [C]); cell_px 0 or no points: a cell per point."""
     x_img = np.asarray(x_img, np.float64).reshape(-1, 2)

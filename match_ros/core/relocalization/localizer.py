@@ -47,9 +47,10 @@ from match_ros.core.features.matcher import Matcher, check_distortion, undistort
 from match_ros.core.features.types import Features, Matches, check_image
 from match_ros.core.memory import LargeFrameTrim
 from match_ros.core.config import Param, defaults, make_conf
-from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, exclusive_cells, occupied_cells,
-                                                   pnp_spec, pose_covariance, pose_difference, pose_mahalanobis,
-                                                   pose_sigmas, reprojection_errors, solve_pnp)
+from match_ros.core.geometry.absolute_pose import (PnPResult, cell_weights, coverage, evidence_where_both_predict,
+                                                   exclusive_cells, occupied_cells, pnp_spec, pose_covariance,
+                                                   pose_difference, pose_mahalanobis, pose_sigmas, reprojection_errors,
+                                                   solve_pnp)
 from match_ros.core.geometry.camera import (CALIBRATION_NAMES, Distortion, calibration_change, calibration_per_width,
                                             check_K)
 from match_ros.core.geometry.transforms import invert, make_T, rotation_error_deg
@@ -125,6 +126,14 @@ localizer_spec = {
                                        "and min_rival_exclusive such cells (two parts of the view, two places: the "
                                        "counts say how well each part was mapped, not which place is right)",
                                        min=0.0, max=1.0),
+    # retired report seed 6004 (xfeat_lighterglue and orb_teblid): the same photo on two facing walls 3 m apart; the
+    # copy seen frontally, mapped densely, won by 205 against 135 cells (3.8 sigma), but in the 198 cells where both
+    # places' maps project points the true place held 130 cells of inliers and the wrong one 115
+    "max_rival_common_share": Param(1.0, "A pose from a guess is refused when a verified rival place holds this "
+                                    "share of the pose's evidence or more in the cells where both places' maps "
+                                    "project points (the pose then wins only where the rival's map says nothing: "
+                                    "how well each place was mapped, not where the camera is); 0: off", min=0.0,
+                                    max=100.0),
     "min_rival_exclusive": Param(10, "Cells of a rival's evidence without the pose's inliers that "
                                  "max_rival_exclusive_share needs", min=1, max=100000),
     "twin_check": Param(True, "Look for a rival pose on repeated structure: the accepted pose's inliers re-matched "
@@ -479,7 +488,7 @@ class Localizer:
             result.reason = (f"ambiguous: repeated structure, a pose {d:.1f} m away fits too ({result.evidence} "
                              f"and {rival.evidence} cells of inliers)")
         else:
-            self._refuse_split_view(result, rival, exclusive)
+            self._refuse_unresolved_rival(q, result, rival, exclusive)
 
     def _all_points(self, T_map_cam: np.ndarray, max_keyframes: int = 40) -> Optional[MapPoints]:
         """Map points of the keyframes nearest to the pose within max_keyframe_distance_m (any direction: a twin
@@ -548,7 +557,7 @@ class Localizer:
                 best.reason = (f"ambiguous: two places {d:.1f} m apart fit ({best.evidence} and {rival.evidence} "
                                f"cells of inliers)")
             else:
-                self._refuse_split_view(best, rival, best.stats["rival_exclusive"])
+                self._refuse_unresolved_rival(q, best, rival, best.stats["rival_exclusive"])
         if best.success and c["basin_check"]:
             self._cover_near_basins(best, [r for r in outcomes if r is not best])
         return best
@@ -591,6 +600,30 @@ class Localizer:
         map saw poorly)."""
         cell_px = float(self.conf["covariance_cell_px"])
         return exclusive_cells(q.kp[pose.inlier_query], q.kp[rival.inlier_query], cell_px)
+
+    def _refuse_unresolved_rival(self, q: "_Query", result: LocalizationResult, rival: LocalizationResult,
+                                 exclusive: int) -> None:
+        """A pose that outweighs a verified rival place is still refused when the counts do not tell the places
+        apart: the rival explains its own part of the view (``_refuse_split_view``), or holds as much evidence as
+        the pose where both places' maps predict matches (``max_rival_common_share``)."""
+        self._refuse_split_view(result, rival, exclusive)
+        share = float(self.conf["max_rival_common_share"])
+        if not result.success or share <= 0 or rival.inlier_query is None:
+            return
+        own, other = self._local_points(result.T_map_cam), self._local_points(rival.T_map_cam)
+        if own is None or other is None:
+            return
+        mine, theirs = evidence_where_both_predict(
+            q.kp[result.inlier_query], q.kp[rival.inlier_query], projected_pixels(result.T_map_cam, q.K, q.size, own),
+            projected_pixels(rival.T_map_cam, q.K, q.size, other), float(self.conf["covariance_cell_px"]))
+        result.stats["common_evidence"], result.stats["rival_common_evidence"] = mine, theirs
+        if theirs < self.conf["min_rival_exclusive"] or theirs < share * mine:
+            return
+        d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - result.T_map_cam[:3, 3]))
+        result.success, result.covariance = False, np.full((6, 6), np.nan)
+        result.reason = (f"ambiguous: a place {d:.1f} m away explains as much where both maps predict matches "
+                         f"({theirs} against this pose's {mine} cells of inliers; its lead of {result.evidence} to "
+                         f"{rival.evidence} comes from cells only its own map covers; max_rival_common_share)")
 
     def _refuse_split_view(self, result: LocalizationResult, rival: LocalizationResult, exclusive: int) -> None:
         """Refuse ``result`` when the rival place explains its own part of the view: ``exclusive`` of the
