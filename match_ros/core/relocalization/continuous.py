@@ -101,10 +101,9 @@ class ContinuousLocalizer:
             self._pending_map_odom = None
             result.stats["odometry_jump"] = f"{contradiction}, confirmed by a second fix"
             return
-        result.success, result.covariance = False, np.full((6, 6), np.nan)
         result.stats["held_back"] = True  # the map and the odometry disagree here: which is right is not known
-        result.reason = (f"global fix {contradiction} (the odometry's prediction): held back until a second fix "
-                         f"agrees (a wrong fix here would steer every later frame)")
+        result.refuse(f"global fix {contradiction} (the odometry's prediction): held back until a second fix agrees "
+                      f"(a wrong fix here would steer every later frame)")
 
     def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray]) -> tuple:
         """(T_map_cam or None, source in PRIORS, age [s], confirmed, covariance [6 x 6] or None) for a frame at

@@ -153,7 +153,7 @@ localizer_spec = {
                          "nearby poses that verified with as much (repeated texture: neighbouring basins)"),
     # 3 sigma of these reach a wrong pose (1 m / 10 deg): a pose that uncertain is no answer. On the tune and retired
     # seeds the widened right poses had up to 0.46 m / 7.7 deg, the one beyond 10 deg 0.35 m / 12.9 deg
-    # 2026-12-07 (ninth session), tune seeds 181-190, continuous mode with drifting odometry: 17 of 404 tracked
+    # 2026-12-07 (ninth session), tune seeds 181-189, continuous mode with drifting odometry: 17 of 404 tracked
     # xfeat_lighterglue poses were 3-17 cm / 1-4 deg off at a sigma of 0.6-2 cm (NEES 60-19 000): a fix a few cm off
     # moved by odometry put the 15 px search next to the true basin, the pose settled there with 100-480 inliers and
     # anchored the next frame's prior; the global search from the same frames found the true pose, mostly with more
@@ -297,6 +297,10 @@ class LocalizationResult:
     inlier_xyz: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     inlier_similarity: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    def refuse(self, reason: str) -> None:
+        """No pose after all: not successful, no covariance, and why."""
+        self.success, self.covariance, self.reason = False, np.full((6, 6), np.nan), reason
+
 
 class Localizer:
     """Global relocalization and tracking against a ``Map`` (see the module docstring)."""
@@ -400,9 +404,8 @@ class Localizer:
         ``min_guess_coverage`` of the image."""
         share = result.stats.get("coverage", 1.0)
         if share < self.conf["min_guess_coverage"]:
-            result.success, result.covariance = False, np.full((6, 6), np.nan)
-            result.reason = (f"one small patch: the inliers span {share:.3f} of the image < "
-                             f"{self.conf['min_guess_coverage']} (min_guess_coverage)")
+            result.refuse(f"one small patch: the inliers span {share:.3f} of the image < "
+                          f"{self.conf['min_guess_coverage']} (min_guess_coverage)")
             return
         if self.conf["twin_check"]:
             t0 = time.perf_counter()
@@ -427,9 +430,8 @@ class Localizer:
         agree = int(np.sum(reprojection_errors(X, x, q.K, invert(result.T_map_cam)) <= c["guided_radius_px"]))
         result.stats["matcher_matches"], result.stats["matcher_agree"] = len(X), agree
         if agree < c["hypothesis_min_inliers"] and agree < c["matcher_check_share"] * len(X):
-            result.success, result.covariance = False, np.full((6, 6), np.nan)
-            result.reason = (f"contradicted by the matcher: {agree} of its {len(X)} matches with keyframe {kf.id} "
-                             f"agree with the pose (matcher_check)")
+            result.refuse(f"contradicted by the matcher: {agree} of its {len(X)} matches with keyframe {kf.id} "
+                          f"agree with the pose (matcher_check)")
 
     def _twin_check(self, q: "_Query", result: LocalizationResult) -> None:
         """Repeated structure (a tiled wall, the same poster twice, a symmetric hall) gives a wrong pose as many
@@ -461,15 +463,13 @@ class Localizer:
         twin = best >= (own - margin)[:, None]
         k = len(query)
         if result.stats["elsewhere"] > c["max_elsewhere_share"] * k:
-            result.success, result.covariance = False, np.full((6, 6), np.nan)
-            result.reason = (f"wrong place: {result.stats['elsewhere']} of {k} inliers match clearly better elsewhere "
-                             f"in the map (max_elsewhere_share)")
+            result.refuse(f"wrong place: {result.stats['elsewhere']} of {k} inliers match clearly better elsewhere "
+                          f"in the map (max_elsewhere_share)")
             return
         if (result.stats["twins"] >= c["max_twin_share"] * k
                 and result.stats["distinctive"] < c["min_distinctive_share"] * k):
-            result.success, result.covariance = False, np.full((6, 6), np.nan)
-            result.reason = (f"ambiguous: repeated structure, {result.stats['twins']} of {k} inliers match as well "
-                             f"elsewhere in the map, {result.stats['distinctive']} distinctively here")
+            result.refuse(f"ambiguous: repeated structure, {result.stats['twins']} of {k} inliers match as well "
+                          f"elsewhere in the map, {result.stats['distinctive']} distinctively here")
             return
         if result.stats["twins"] < c["hypothesis_min_inliers"]:
             return
@@ -484,9 +484,8 @@ class Localizer:
         result.stats["rival_exclusive"] = max(result.stats.get("rival_exclusive", 0), exclusive)
         if not self.outweighs(result.evidence, rival.evidence):
             d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - result.T_map_cam[:3, 3]))
-            result.success, result.covariance = False, np.full((6, 6), np.nan)
-            result.reason = (f"ambiguous: repeated structure, a pose {d:.1f} m away fits too ({result.evidence} "
-                             f"and {rival.evidence} cells of inliers)")
+            result.refuse(f"ambiguous: repeated structure, a pose {d:.1f} m away fits too ({result.evidence} "
+                          f"and {rival.evidence} cells of inliers)")
         else:
             self._refuse_unresolved_rival(q, result, rival, exclusive)
 
@@ -553,9 +552,8 @@ class Localizer:
             best.stats["rival_exclusive"] = self._exclusive_evidence(q, rival, best)
             if not self.outweighs(best.evidence, rival.evidence):
                 d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - best.T_map_cam[:3, 3]))
-                best.success, best.covariance = False, np.full((6, 6), np.nan)
-                best.reason = (f"ambiguous: two places {d:.1f} m apart fit ({best.evidence} and {rival.evidence} "
-                               f"cells of inliers)")
+                best.refuse(f"ambiguous: two places {d:.1f} m apart fit ({best.evidence} and {rival.evidence} "
+                            f"cells of inliers)")
             else:
                 self._refuse_unresolved_rival(q, best, rival, best.stats["rival_exclusive"])
         if best.success and c["basin_check"]:
@@ -588,9 +586,8 @@ class Localizer:
         best.stats["position_sigma_m"], best.stats["rotation_sigma_deg"] = pos, rot
         best.reason += f"; covariance widened over {n} nearby pose(s) with as much evidence"
         if pos > c["max_widened_position_sigma_m"] or rot > c["max_widened_rotation_sigma_deg"]:
-            best.success, best.covariance = False, np.full((6, 6), np.nan)
-            best.reason = (f"ambiguous: {n} nearby pose(s) fit as well, sigma {pos:.2f} m / {rot:.1f} deg over "
-                           f"them (max_widened_*_sigma)")
+            best.refuse(f"ambiguous: {n} nearby pose(s) fit as well, sigma {pos:.2f} m / {rot:.1f} deg over "
+                        f"them (max_widened_*_sigma)")
 
     def _exclusive_evidence(self, q: "_Query", rival: LocalizationResult, pose: LocalizationResult) -> int:
         """Image cells (``covariance_cell_px``) holding inliers of ``rival`` and none of ``pose``: the part of the
@@ -620,10 +617,9 @@ class Localizer:
         if theirs < self.conf["min_rival_exclusive"] or theirs < share * mine:
             return
         d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - result.T_map_cam[:3, 3]))
-        result.success, result.covariance = False, np.full((6, 6), np.nan)
-        result.reason = (f"ambiguous: a place {d:.1f} m away explains as much where both maps predict matches "
-                         f"({theirs} against this pose's {mine} cells of inliers; its lead of {result.evidence} to "
-                         f"{rival.evidence} comes from cells only its own map covers; max_rival_common_share)")
+        result.refuse(f"ambiguous: a place {d:.1f} m away explains as much where both maps predict matches "
+                      f"({theirs} against this pose's {mine} cells of inliers; its lead of {result.evidence} to "
+                      f"{rival.evidence} comes from cells only its own map covers; max_rival_common_share)")
 
     def _refuse_split_view(self, result: LocalizationResult, rival: LocalizationResult, exclusive: int) -> None:
         """Refuse ``result`` when the rival place explains its own part of the view: ``exclusive`` of the
@@ -634,10 +630,9 @@ class Localizer:
         if exclusive < c["min_rival_exclusive"] or exclusive < c["max_rival_exclusive_share"] * rival.evidence:
             return
         d = float(np.linalg.norm(rival.T_map_cam[:3, 3] - result.T_map_cam[:3, 3]))
-        result.success, result.covariance = False, np.full((6, 6), np.nan)
-        result.reason = (f"ambiguous: a place {d:.1f} m away explains another part of the view ({exclusive} of its "
-                         f"{rival.evidence} cells of inliers hold none of this pose's {result.evidence}; "
-                         f"max_rival_exclusive_share)")
+        result.refuse(f"ambiguous: a place {d:.1f} m away explains another part of the view ({exclusive} of its "
+                      f"{rival.evidence} cells of inliers hold none of this pose's {result.evidence}; "
+                      f"max_rival_exclusive_share)")
 
     def outweighs(self, evidence: int, rival_evidence: int) -> bool:
         """Whether a pose's evidence (occupied cells) beats a rival place's clearly: ``ambiguity_ratio`` times as
