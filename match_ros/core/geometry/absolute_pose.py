@@ -151,6 +151,41 @@ def pose_difference(T_a: np.ndarray, T_b: np.ndarray) -> np.ndarray:
     return np.r_[T_a[:3, 3] - T_b[:3, 3], cv2.Rodrigues(dR)[0].ravel()]
 
 
+def least_certain_shift(T_map_cam: np.ndarray, cov: np.ndarray, X_map: np.ndarray, K: np.ndarray,
+                        shift_px: float) -> np.ndarray:
+    """[6] pose change (``perturb_pose``'s parameters) along the least certain direction of ``cov`` that moves the
+    projections of ``X_map`` [N x 3] by ``shift_px`` (root mean square). Rotations are weighed as the translations
+    they cause at the points' median depth, so the direction is the one that moves the scene least per metre:
+    on a facade seen head-on, sliding sideways while turning back. Zeros when cov is not finite or the points do
+    not move."""
+    if not np.all(np.isfinite(cov)) or len(X_map) == 0:
+        return np.zeros(6)
+    X_cam = transform_points(invert(T_map_cam), X_map)
+    at_pose = project(X_cam, K)[0]
+    scale = np.diag([1.0, 1.0, 1.0] + [max(float(np.median(X_cam[:, 2])), 1e-3)] * 3)
+    direction = np.linalg.solve(scale, np.linalg.eigh(scale @ cov @ scale)[1][:, -1])
+
+    def rms(step):
+        moved = project(transform_points(invert(perturb_pose(T_map_cam, step)), X_map), K)[0]
+        return float(np.sqrt(np.mean(np.sum((moved - at_pose) ** 2, axis=1))))
+
+    small = rms(1e-3 * direction)  # linear there: the first guess
+    if not np.isfinite(small) or small < 1e-12:
+        return np.zeros(6)
+    lo = hi = 1e-3 * shift_px / small
+    while rms(lo * direction) > shift_px and lo > 1e-9:  # bracket (perspective makes it nonlinear far out)
+        lo /= 2.0
+    while rms(hi * direction) < shift_px and hi < 1e3:
+        hi *= 2.0
+    for _ in range(30):
+        mid = np.sqrt(lo * hi)
+        if rms(mid * direction) < shift_px:
+            lo = mid
+        else:
+            hi = mid
+    return np.sqrt(lo * hi) * direction
+
+
 def pose_mahalanobis(T_a: np.ndarray, T_b: np.ndarray, cov: np.ndarray) -> float:
     """Squared Mahalanobis distance of ``pose_difference(T_a, T_b)`` under ``cov`` [6 x 6] (the two poses'
     covariances summed, for independent estimates); nan when cov is not finite or singular."""
