@@ -111,7 +111,7 @@ def _file_digest(path) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _pool() -> tuple:
-    """((path, sha256 of the file), ...) sorted by path; files with the same content are kept once."""
+    """((path, sha256 of the file), ...) in ``_pool_order``; files with the same content are kept once."""
     seen, out = set(), []
     for folder, suffixes in _photo_sources():
         if not folder.is_dir():
@@ -128,11 +128,23 @@ def _pool() -> tuple:
                 out.append((str(path), digest))
     if not out:
         raise FileNotFoundError(f"no photo of at least {MIN_PHOTO_SIDE_PX} px in {default_textures_dir()}")
-    return tuple(sorted(out))
+    return tuple(sorted(out, key=_pool_order))
+
+
+def _pool_order(entry: tuple) -> tuple:
+    """Sort key of a pool entry that does not depend on where the package or its environment lives: the system
+    folders by their fixed paths, then scikit-image's files, then the package's textures, each by file name. (Sorted
+    by absolute path, a checkout under /tmp listed its textures before /usr's photos, so every seed was another
+    place there than under /work; this order is the one /work/main had, so the cases measured there are unchanged.)"""
+    path = Path(entry[0])
+    system = [str(folder) for folder, _ in _SYSTEM_PHOTO_DIRS]
+    if any(str(path).startswith(folder + "/") for folder in system):
+        return (0, str(path))
+    return (1 if path.parent != default_textures_dir() else 2, path.name)
 
 
 def photo_pool() -> list:
-    """Sorted list of the image paths [str] the cases take their textures from.
+    """The image paths [str] the cases take their textures from, in an order independent of where they live.
 
     The package's ``textures`` folder (required), then where present: scikit-image's bundled ``skimage/data``
     files (found on disk, nothing is downloaded), /usr/share/backgrounds/gnome (webp/jpg/png, no SVG) and
