@@ -1,13 +1,14 @@
 """The seed split of the procedural benchmark (``match_ros.sim.procedural``, ``match_ros_bench_integrity``).
 
 - TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
-- REPORT_SEEDS (7000-7011; not reported yet, docs/relocalization.md): report figures on these, and NEVER look at
-  them (images, per-seed results, failure cases) when choosing a parameter.
+- REPORT_SEEDS (7000-7011; reported twice, 2026-12-07, pooled only, docs/relocalization.md): report figures on
+  these, and NEVER look at them (images, per-seed results, failure cases) when choosing a parameter.
   A report seed that has influenced a choice has become a tuning seed: move the whole report set to new seeds (and
   say so) rather than keep reporting on it.
 - WIDE_TUNE_SEEDS (110-139): more tuning places, for failures too rare to show on ten (one wrong pose in 600
   queries); as free to look at as TUNE_SEEDS (``--split tune-wide``). Seeds 140-999 ("other") are free tuning
-  places too, run with ``--seeds`` (140-155 in the seventh session, 156-180 in the eighth, 181-199 in the ninth).
+  places too, run with ``--seeds`` (140-155 in the seventh session, 156-180 in the eighth, 181-230 in the ninth,
+  181-199 again in the tenth).
 - RETIRED_REPORT_SEEDS: former report sets, tuning seeds now.
   - 1000-1011 were reported once (2026-12-06, docs/relocalization.md); their pooled table prompted a change of
     continuous localization.
