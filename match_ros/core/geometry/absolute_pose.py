@@ -165,9 +165,9 @@ def least_certain_shift(T_map_cam: np.ndarray, cov: np.ndarray, X_map: np.ndarra
     scale = np.diag([1.0, 1.0, 1.0] + [max(float(np.median(X_cam[:, 2])), 1e-3)] * 3)
     direction = np.linalg.solve(scale, np.linalg.eigh(scale @ cov @ scale)[1][:, -1])
 
-    def rms(step):
-        moved = project(transform_points(invert(perturb_pose(T_map_cam, step)), X_map), K)[0]
-        return float(np.sqrt(np.mean(np.sum((moved - at_pose) ** 2, axis=1))))
+    def rms(step):  # inf once a point is behind the moved camera
+        err = reprojection_errors(X_map, at_pose, K, invert(perturb_pose(T_map_cam, step)))
+        return float(np.sqrt(np.mean(err ** 2)))
 
     small = rms(1e-3 * direction)  # linear there: the first guess
     if not np.isfinite(small) or small < 1e-12:

@@ -797,6 +797,7 @@ class Localizer:
             if other.success and self._same_place(other.T_map_cam, tracked.T_map_cam):
                 other.stats["tracking_basin"] = "solved without the prior"
                 outcomes.append(other)
+        verified = None
         if c["tracking_shift_px"] > 0:
             step = least_certain_shift(tracked.T_map_cam, tracked.covariance, tracked.inlier_xyz, q.K,
                                        float(c["tracking_shift_px"]))
@@ -807,8 +808,9 @@ class Localizer:
                     other.stats["tracking_basin"] = "tracked from a shifted prior"
                     outcomes.append(other)
                     verified += 1
-            tracked.stats["shifted_priors_verified"] = verified
         best = max(outcomes, key=lambda r: (r.evidence, r.num_inliers))
+        if verified is not None:  # on the pose returned, whichever outcome won
+            best.stats["shifted_priors_verified"] = verified
         if best is not tracked:
             how = best.stats["tracking_basin"]
             best.stats["tracking_basin"] = f"{how}: {best.evidence} cells of inliers against the prior's " \
