@@ -74,3 +74,22 @@ def test_a_parameter_file_written_for_the_old_boolean_still_starts_the_node():
             n.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_figures_are_labelled_with_the_commit_they_were_measured_with(tmp_path, monkeypatch):
+    """Benchmarks print the checkout's commit (match_ros_bench_integrity, training records): git's HEAD, "+dirty"
+    when tracked files differ; "unknown" without a git history (an installed copy)."""
+    import subprocess
+    from pathlib import Path
+
+    import match_ros.core.device as device
+
+    repo = Path(device.__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    label = device.git_commit()
+    if head:
+        assert label in (head, head + "+dirty")
+    else:
+        assert label == "unknown"
+    monkeypatch.setattr(device, "__file__", str(tmp_path / "a" / "b" / "device.py"))  # outside any checkout
+    assert device.git_commit() == "unknown"

@@ -64,3 +64,21 @@ def autocast_for(device: torch.device, fp16_cuda: bool, bf16_cpu: bool) -> Calla
     if device.type == "cpu" and bf16_cpu and cpu_has_bf16():
         return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def git_commit() -> str:
+    """The commit of the package's checkout that a figure was measured with, "+dirty" when tracked files differ
+    from it; "unknown" for an installed package without its git history."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from match_ros.core.device import cpu_model
+from match_ros.core.device import cpu_model, git_commit
 
 EXACT_MAP = {"map_position_sigma_m": 0.0, "map_rotation_sigma_deg": 0.0}
 RUNS = (("global", "drift"), ("continuous", "drift"), ("continuous", "none"), ("continuous", "delayed"))
@@ -144,7 +144,9 @@ def main(argv=None) -> int:
     seeds = args.seeds or {"tune": list(TUNE_SEEDS), "tune-wide": list(WIDE_TUNE_SEEDS), "report": list(REPORT_SEEDS),
                            "fresh": [fresh_seed()]}[args.split]
     seeds = seeds[: args.max_seeds] if args.max_seeds else seeds
-    print(f"seeds ({args.split or 'given'}): {' '.join(map(str, seeds))}; localizer: {conf}", flush=True)
+    commit = git_commit()  # at the start: the checkout may move on while a long run goes
+    print(f"seeds ({args.split or 'given'}): {' '.join(map(str, seeds))}; commit {commit}; localizer: {conf}",
+          flush=True)
     out = Path(args.out)
     pooled: dict = {}
     per_seed = []
@@ -165,12 +167,12 @@ def main(argv=None) -> int:
     rows = [(f"{m} {mode}" + (f"/{o}" if mode == "continuous" else ""), score(r)) for (m, mode, o), r in
             pooled.items()]
     report = {"split": args.split or "given", "seeds": seeds, "matchers": args.matchers, "localizer": conf,
-              "odom_wait_s": args.odom_wait_s, "stride": args.stride, "cpu": cpu_model(),
+              "odom_wait_s": args.odom_wait_s, "stride": args.stride, "cpu": cpu_model(), "commit": commit,
               "minutes": (time.time() - t0) / 60,
               "pooled": {label: s for label, s in rows}, "per_seed": per_seed}
     print()
     print(table(rows))
-    print(f"\nseeds: {' '.join(map(str, seeds))}  ({args.split or 'given'}); CPU: {report['cpu']}; "
+    print(f"\nseeds: {' '.join(map(str, seeds))}  ({args.split or 'given'}); commit {commit}; CPU: {report['cpu']}; "
           f"{report['minutes']:.1f} min" + (f"; every {args.stride}th query" if args.stride > 1 else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

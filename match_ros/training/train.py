@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,6 +103,8 @@ def configure(args: argparse.Namespace, defaults: dict, kinds: tuple) -> tuple[d
 def record_header(out: Path, kind: str, config: dict, device, argv) -> dict:
     """The entries every checkpoint record starts with: checkpoint, kind, configuration, command line, git
     commit, torch version and device."""
+    from match_ros.core.device import git_commit
+
     return {"checkpoint": out.name, "kind": kind, "config": config,
             "command": "match_ros_train " + " ".join(argv if argv is not None else sys.argv[1:]),
             "git_commit": git_commit(), "torch": torch.__version__, "device": str(device)}
@@ -324,16 +325,6 @@ def evaluate(net, kind: str, samples: list, device) -> dict:
     net.train()
     return {"loss": float(np.mean(losses)), "precision": correct / max(predicted, 1),
             "recall": correct / max(positives, 1), "pairs": len(samples)}
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def train(config: dict, out: Path, device: torch.device, progress: bool = True, argv=None) -> dict:

@@ -30,7 +30,11 @@ Integrity (a wrong pose with a small sigma is the worst output a localizer can g
   the measured ``covariance_scale``;
 - the inliers are split (the strongest keyframe against the others, or the image's left half against its right)
   and each part's pose is solved alone: parts that disagree beyond their covariances refuse the pose, parts that
-  disagree within them inflate it.
+  disagree within them inflate it;
+- a pose, global or tracked, that kept few of its guided matches is tracked again from priors moved along its least
+  certain direction (``global_shift_px``, ``tracking_shift_px``): where a valley of poses verifies equally (stripes,
+  two small clusters of texture) they settle elsewhere with as much evidence, and the pose is widened over them or
+  refused.
 """
 from __future__ import annotations
 
