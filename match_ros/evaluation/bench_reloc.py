@@ -90,9 +90,11 @@ def retrieval(out: Path, matcher: str, scenes, stride: int) -> list:
     return rows
 
 
-def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: dict | None = None) -> dict:
+def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: dict | None = None,
+                   localizer_conf: dict | None = None) -> dict:
     """Changed-day queries of every scene against ONE map of all scenes (each 100 m from the others), the query
-    side's backend configured with ``matcher_conf`` (e.g. cpu_bf16) on top of the map's max_keypoints."""
+    side's backend configured with ``matcher_conf`` (e.g. cpu_bf16) on top of the map's max_keypoints, the
+    localizer with ``localizer_conf`` (e.g. global_shift_px=0: what a check costs, back to back)."""
     from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.core.geometry.transforms import make_T, rotation_error_deg
     from match_ros.core.relocalization.localizer import Localizer
@@ -115,7 +117,7 @@ def big_map_timing(out: Path, matcher: str, scenes, stride: int, matcher_conf: d
     vocab_s = time.perf_counter() - t0
     max_kp = int(merged.matcher_conf.get("max_keypoints", DEFAULT_MAX_KEYPOINTS))
     mt = build_matcher(matcher, {**shared_conf(matcher, max_keypoints=max_kp), **(matcher_conf or {})})
-    loc = Localizer(merged, mt)
+    loc = Localizer(merged, mt, None, localizer_conf or {})
     ms, ok, wrong, stages = [], 0, 0, []
     for scene in scenes:
         for i, f in enumerate(BagFrames(out / "bags" / f"{scene}_changed_day_query_300", pose_topic="auto")):
@@ -159,22 +161,28 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="build/bench_reloc", help="cache and results folder")
     ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
                     help="query-side backend options of the timing part, e.g. cpu_bf16=True")
+    ap.add_argument("--localizer", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="localizer parameters of the timing part, e.g. global_shift_px=0")
     ap.add_argument("--json", default=None, help="results file (default: OUT/results_<matcher>.json)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    print(f"match_ros_bench_reloc: {args.matcher}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-          flush=True)
-    results = {"matcher": args.matcher, "stride": args.stride}
+    from match_ros.core.device import cpu_model, git_commit
+
+    results = {"matcher": args.matcher, "stride": args.stride, "cpu": cpu_model(), "commit": git_commit(),
+               "localizer": parse_overrides(args.localizer)}
+    print(f"match_ros_bench_reloc: {args.matcher}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{results['cpu']}, commit {results['commit']}", flush=True)
     ensure_maps(out, args.matcher, args.scenes)
     if "accuracy" in args.parts:
         results["accuracy"] = accuracy(out, args.matcher, args.scenes, args.stride, args.modes, tuple(args.queries))
     if "retrieval" in args.parts:
         results["retrieval"] = retrieval(out, args.matcher, args.scenes, args.stride)
     if "timing" in args.parts:
-        results["timing"] = big_map_timing(out, args.matcher, args.scenes, args.stride, parse_overrides(args.conf))
+        results["timing"] = big_map_timing(out, args.matcher, args.scenes, args.stride, parse_overrides(args.conf),
+                                           results["localizer"])
     Path(args.json or out / f"results_{args.matcher}.json").write_text(json.dumps(results, indent=2))
     return 0
 
