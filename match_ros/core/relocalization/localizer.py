@@ -172,7 +172,8 @@ localizer_spec = {
     # those 17 poses kept 60-78 % of their guided matches as inliers; the tracked poses that kept 80 % or more were
     # all within 3 sigma (238 of 238): such a pose has settled, and the check would cost ~55 ms for nothing
     "tracking_basin_max_ratio": Param(0.8, "... only for a tracked pose whose inliers are fewer than this share of "
-                                      "its guided matches (1: every tracked pose)", min=0.0, max=1.0),
+                                      "its guided matches (1: every tracked pose); global_shift_px's trigger as "
+                                      "well", min=0.0, max=1.0),
     # 2026-12-07 (tenth session), retired report seed 6011 (a striped wall, 8-12.5 s): tracked from the true pose,
     # the guided search settled 5-19 cm / 1-6 deg off at sigma 1 cm (poses across a 26 cm / 10 deg valley verified
     # with 120-180 inliers, the truth with 141); in continuous mode the error grew frame by frame to 13 cm / 7 deg
@@ -585,7 +586,7 @@ class Localizer:
         if best.success:
             nearby = ([r for r in outcomes if r is not best and self._same_place(r.T_map_cam, best.T_map_cam)]
                       if c["basin_check"] else [])
-            if c["global_shift_px"] > 0 and best.num_inliers < c["tracking_basin_max_ratio"] * best.stats["guided"]:
+            if c["global_shift_px"] > 0 and self._unsettled(best):
                 t0 = time.perf_counter()
                 slid = self._shifted_outcomes(q, best, float(c["tracking_radius_px"]), float(c["global_shift_px"]))
                 t["verify"] += 1e3 * (time.perf_counter() - t0)
@@ -778,7 +779,7 @@ class Localizer:
         c = self.conf
         result = self._track_from(q, prior, radius_px)
         if (result.success and (c["tracking_basin_keyframes"] > 0 or c["tracking_shift_px"] > 0)
-                and result.num_inliers < c["tracking_basin_max_ratio"] * result.stats["guided"]):
+                and self._unsettled(result)):
             result = self._tracking_basins(q, result, radius_px)
         if result.success:
             contradiction = self.prior_contradiction(result, prior, prior_covariance)
@@ -832,6 +833,11 @@ class Localizer:
                                            f"{tracked.evidence}"
         self._cover_near_basins(best, [r for r in outcomes if r is not best])
         return best
+
+    def _unsettled(self, result: LocalizationResult) -> bool:
+        """Whether a verified pose kept fewer than ``tracking_basin_max_ratio`` of its guided matches as inliers:
+        the trigger of the basin and shifted-prior checks, tracked or global (a pose that kept more has settled)."""
+        return result.num_inliers < self.conf["tracking_basin_max_ratio"] * result.stats["guided"]
 
     def _shifted_outcomes(self, q: "_Query", pose: LocalizationResult, radius_px: float,
                           shift_px: float) -> list:
