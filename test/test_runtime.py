@@ -193,6 +193,13 @@ def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
         xfeat, _ = warm_matcher({**p, "matcher": "xfeat_mnn", "cpu_bf16": "false", "torch_threads": 0})
         assert xfeat.conf["cpu_bf16"] is False and xfeat.conf["max_keypoints"] == 300
         assert xfeat.precision == "float32 (cpu_bf16: false)"
+        # LightGlue's early exit reaches the backend; keyframe_matcher's default only (docs/speed.md)
+        glue, _ = warm_matcher({**p, "matcher": "xfeat_lighterglue", "cpu_bf16": "false", "depth_confidence": 0.95})
+        assert glue.conf["depth_confidence"] == 0.95 and "depth_confidence" not in xfeat.conf
+        from match_ros.nodes import keyframe_matcher, relocalizer
+
+        assert keyframe_matcher.node_spec["depth_confidence"].default == 0.95
+        assert relocalizer.node_spec["depth_confidence"].default == p["depth_confidence"] == -1.0
         # a dense backend takes no max_keypoints: every node's parameter must not stop it from starting
         dense, grid = warm_matcher({**p, "matcher": "nemf_dense", "torch_threads": 0})
         assert dense.name == "nemf_dense" and "max_keypoints" not in dense.conf and len(grid) == 80 * 60
@@ -217,13 +224,26 @@ def test_parameters_are_declared_from_the_spec_with_ranges(node):
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    other = rclpy.create_node("bad_params", context=ctx,
-                              parameter_overrides=[rclpy.parameter.Parameter("test.mode", value="c")])
+    made = []
+
+    def node_with(name, value):
+        made.append(rclpy.create_node("params_test", context=ctx,
+                                      parameter_overrides=[rclpy.parameter.Parameter(name, value=value)]))
+        return made[-1]
+
     try:
         with pytest.raises(ParameterError, match="test.mode must be one of"):
-            declare(other, spec, "test")
+            declare(node_with("test.mode", "c"), spec, "test")
+        # `rate: 3` in a YAML file (an INTEGER) for a floating-point setting: read as 3.0, range still checked
+        got = declare(node_with("test.rate", 3), spec, "test")["rate"]
+        assert got == 3.0 and isinstance(got, float)
+        with pytest.raises(ParameterError, match="test.rate = 101.0 is above its maximum 100"):
+            declare(node_with("test.rate", 101), spec, "test")
+        with pytest.raises(ParameterError, match="test.rate must be a number"):
+            declare(node_with("test.rate", "fast"), spec, "test")
     finally:
-        other.destroy_node()
+        for n in made:
+            n.destroy_node()
         rclpy.shutdown(context=ctx)
 
 

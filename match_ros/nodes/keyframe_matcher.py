@@ -35,7 +35,7 @@ from match_ros.ros.worker import Worker
 
 NODE_NAME = "keyframe_matcher"
 node_spec = {
-    **matcher_spec(),
+    **matcher_spec(depth_confidence=0.95),  # consecutive frames: measured in docs/speed.md
     "use_depth": Param(False, "Subscribe to 'depth' (aligned with the image) for metric relative poses",
                        read_only=True),
     "publish_tf": Param(True, "Broadcast keyframe_frame -> tracked_frame"),

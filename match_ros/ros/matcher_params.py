@@ -8,11 +8,12 @@ from match_ros.core.config import Param
 
 
 def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "Keypoints extracted per image",
-                 cpu_bf16: str = "auto") -> dict:
+                 cpu_bf16: str = "auto", depth_confidence: float = -1.0) -> dict:
     """The matcher, device, max_keypoints and cpu_bf16 parameters every node declares (read-only: they build the
     model). ``cpu_bf16``: "auto" (measured at start, ``core.precision``) only where its effect on the results was
     measured as nil (keyframe_matcher's two-view poses); "false" for visual odometry (drift 0.24-0.53 -> 0.32-0.58 %)
-    and mapping / relocalization (1 wrong pose in 500 changed-day queries against a float32 map, none without)."""
+    and mapping / relocalization (1 wrong pose in 500 changed-day queries against a float32 map, none without).
+    ``depth_confidence``: LightGlue's early exit likewise, on only where it was measured (docs/speed.md)."""
     from match_ros.core.device import DEVICE_CHOICES
     from match_ros.core.features.matcher import DEFAULT_MATCHER, DEFAULT_MAX_KEYPOINTS, available_matchers
 
@@ -30,6 +31,10 @@ def matcher_spec(matcher_text: str = "Matching backend", keypoints_text: str = "
                           "model, cached) and uses bf16 only when it is >= 1.1x faster and keeps >= 90 % of the "
                           "matches (1.4-1.5x on a Xeon with AMX, nothing gained on an EPYC); true / false force it",
                           choices=("auto", "true", "false"), read_only=True),
+        "depth_confidence": Param(depth_confidence, "xfeat_lighterglue: LightGlue's early exit, matching stops after "
+                                  "the first layer at which this share of the points is confident (-1: every layer). "
+                                  "0.95 on consecutive frames: matching ~35 % faster, the same inliers; off where "
+                                  "its effect was not measured", min=-1.0, max=1.0, read_only=True),
     }
 
 
@@ -46,13 +51,14 @@ def warm_matcher(p: dict):
     if p["torch_threads"] > 0:
         torch.set_num_threads(int(p["torch_threads"]))
     device = resolve_device(p["device"])
-    conf = shared_conf(p["matcher"], max_keypoints=p["max_keypoints"])
+    conf = shared_conf(p["matcher"], max_keypoints=p["max_keypoints"], depth_confidence=p["depth_confidence"])
     if p["cpu_bf16"] == "auto":
         bf16, precision = choose_cpu_bf16(p["matcher"], conf, device, p["torch_threads"])
     else:
         bf16 = p["cpu_bf16"] == "true"
         precision = f"{'bf16' if bf16 else 'float32'} (cpu_bf16: {p['cpu_bf16']})"
-    conf = shared_conf(p["matcher"], max_keypoints=p["max_keypoints"], cpu_bf16=bf16, cpu_bf16_glue=bf16)
+    conf = shared_conf(p["matcher"], max_keypoints=p["max_keypoints"], cpu_bf16=bf16, cpu_bf16_glue=bf16,
+                       depth_confidence=p["depth_confidence"])
     matcher = build_matcher(p["matcher"], conf, device)
     matcher.precision = precision  # logged and in /diagnostics
     probe = matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))

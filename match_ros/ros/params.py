@@ -22,8 +22,12 @@ class ParameterError(ValueError):
 def _descriptor(name: str, p: Param):
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+    # dynamic typing where a YAML value of another type means the same: true for an auto / true / false setting,
+    # an integer (-1, 1) for a floating-point one (rclpy refuses INTEGER for a DOUBLE parameter and the node would
+    # not start); ``Param.check`` converts and range-checks them
+    number = isinstance(p.default, float)
     desc = ParameterDescriptor(name=name, description=p.text, read_only=p.read_only,
-                               dynamic_typing=p.bool_text)  # auto / true / false: a YAML true is accepted too
+                               dynamic_typing=p.bool_text or number)
     if p.choices:
         desc.additional_constraints = f"one of: {', '.join(p.choices)}"
     if isinstance(p.default, bool) or (p.min is None and p.max is None):
