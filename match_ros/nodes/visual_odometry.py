@@ -39,7 +39,7 @@ from match_ros.ros.worker import Worker
 
 NODE_NAME = "visual_odometry"
 node_spec = {
-    **matcher_spec(cpu_bf16="false"),
+    **matcher_spec(cpu_bf16="false", depth_confidence=0.95),  # early exit: docs/odometry.md
     "odom_frame": Param("odom", "Odometry frame (REP 105)", read_only=True),
     "base_frame": Param("base_link", "Robot frame whose pose is published; empty or without TF to the camera: the "
                         "camera frame", read_only=True),
