@@ -101,6 +101,12 @@ class PackedLighterGlue:
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.linear(self._rows(x)[0], weight, bias)[:len(x)]
 
+    def _token(self, confidence: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """[T x D] -> [T] kornia's ``TokenConfidence.token`` (linear + sigmoid; rows bucketed: the early exit runs it
+        after every layer on the pruned token count, a new oneDNN primitive per count without the bucket)."""
+        linear = confidence.token[0]
+        return torch.sigmoid(self._linear(x, linear.weight, linear.bias)[:, 0])
+
     def _matchability(self, head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """[T x D] -> [T x 1] logits of kornia's ``MatchAssignment.matchability`` (rows bucketed)."""
         return self._linear(x, head.matchability.weight, head.matchability.bias)
@@ -143,6 +149,7 @@ class PackedLighterGlue:
             self._ffn(self._linear(x, *self.self_qkv[0])[:, :self.d], x, self.self_ffn[0])
             self._ffn(self._linear(x, *self.cross_qkv[0])[:, :self.d], x, self.cross_ffn[0])
             self._matchability(head, x)
+            self._token(g.token_confidence[0], x)
             self._linear(x, head.final_proj.weight, head.final_proj.bias)
             self._linear(torch.zeros((rows, 2), device=weight.device), g.posenc.Wr.weight, g.posenc.Wr.bias)
             self._linear(torch.zeros((rows, g.input_proj.in_features), device=weight.device), g.input_proj.weight,
@@ -184,7 +191,7 @@ class PackedLighterGlue:
                 break  # no early stopping or pruning after the last layer
             token = None
             if c.depth_confidence > 0:
-                token = g.token_confidence[i].token(x).squeeze(-1)  # [m + n]
+                token = self._token(g.token_confidence[i], x)  # [m + n]
                 if bool(1.0 - (token < g.confidence_thresholds[i]).float().sum() / total > c.depth_confidence):
                     break
             if prune and (m > prune_min or n > prune_min):
