@@ -58,8 +58,7 @@ def warm_matcher(p: dict):
     else:
         bf16 = p["cpu_bf16"] == "true"
         precision = f"{'bf16' if bf16 else 'float32'} (cpu_bf16: {p['cpu_bf16']})"
-    conf = shared_conf(p["matcher"], max_keypoints=p["max_keypoints"], cpu_bf16=bf16, cpu_bf16_glue=bf16,
-                       depth_confidence=p["depth_confidence"])
+    conf = {**conf, **shared_conf(p["matcher"], cpu_bf16=bf16, cpu_bf16_glue=bf16)}
     matcher = build_matcher(p["matcher"], conf, device)
     matcher.precision = precision  # logged and in /diagnostics
     probe = matcher.extract(np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8))
