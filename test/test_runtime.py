@@ -193,12 +193,12 @@ def test_warm_matcher_builds_a_warm_backend_with_its_thread_count():
         xfeat, _ = warm_matcher({**p, "matcher": "xfeat_mnn", "cpu_bf16": "false", "torch_threads": 0})
         assert xfeat.conf["cpu_bf16"] is False and xfeat.conf["max_keypoints"] == 300
         assert xfeat.precision == "float32 (cpu_bf16: false)"
-        # LightGlue's early exit reaches the backend; keyframe_matcher and visual_odometry default to it
+        # LightGlue's early exit reaches the backend; visual_odometry defaults to it, keyframe_matcher does not
         glue, _ = warm_matcher({**p, "matcher": "xfeat_lighterglue", "cpu_bf16": "false", "depth_confidence": 0.95})
         assert glue.conf["depth_confidence"] == 0.95 and "depth_confidence" not in xfeat.conf
         from match_ros.nodes import keyframe_matcher, relocalizer, visual_odometry
 
-        assert keyframe_matcher.node_spec["depth_confidence"].default == 0.95
+        assert keyframe_matcher.node_spec["depth_confidence"].default == -1.0
         assert visual_odometry.node_spec["depth_confidence"].default == 0.95
         assert relocalizer.node_spec["depth_confidence"].default == p["depth_confidence"] == -1.0
         # a dense backend takes no max_keypoints: every node's parameter must not stop it from starting

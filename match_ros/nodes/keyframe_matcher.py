@@ -35,7 +35,9 @@ from match_ros.ros.worker import Worker
 
 NODE_NAME = "keyframe_matcher"
 node_spec = {
-    **matcher_spec(depth_confidence=0.95),  # consecutive frames: measured in docs/speed.md
+    # every layer of LightGlue: its early exit made two-view directions less accurate (median 2.4 -> 3.3 deg, one
+    # pair 17 deg off at sigma ~4 deg; docs/speed.md); visual_odometry, with depth, keeps it
+    **matcher_spec(),
     "use_depth": Param(False, "Subscribe to 'depth' (aligned with the image) for metric relative poses",
                        read_only=True),
     "publish_tf": Param(True, "Broadcast keyframe_frame -> tracked_frame"),
