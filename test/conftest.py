@@ -18,7 +18,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts processes, builds a workspace or runs big models (slow tier)")
+    config.addinivalue_line("markers", "slow: starts processes, builds a workspace, runs big models or takes over "
+                                       "1.5 s on 2 cores (slow tier)")
 
 
 @pytest.fixture(scope="module")

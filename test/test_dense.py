@@ -66,6 +66,7 @@ def test_subpixel_shift_of_a_real_photo(test_device, graf_pair):
     assert np.median(err) <= 0.3 and (err <= 0.5).mean() >= 0.70, (np.median(err), (err <= 0.5).mean())
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 @pytest.mark.parametrize("normalise, floor", [(False, 0.93), (True, 0.92)])
 def test_dense_mode_on_aloe(normalise, floor, test_device, data_dir):
     """Dense mode (every grid point, Lucas-Kanade last step on plain / contrast-normalised images) on aloe

@@ -40,6 +40,7 @@ def errors(T, T_gt):
     return float(np.linalg.norm(T[:3, 3] - T_gt[:3, 3])), rotation_error_deg(T[:3, :3], T_gt[:3, :3])
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_global_relocalization_on_a_changed_day(office, matcher):
     m, q, frames = office
     loc = Localizer(m, matcher)
@@ -59,7 +60,8 @@ def test_global_relocalization_on_a_changed_day(office, matcher):
             assert r.reason  # always says why
 
 
-@pytest.mark.parametrize("top_k", [1, 5, pytest.param(20, marks=pytest.mark.slow)])
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
+@pytest.mark.parametrize("top_k", [1, 5, 20])
 def test_no_wrong_pose_at_any_top_k(office, matcher, top_k):
     m, q, frames = office
     loc = Localizer(m, matcher, conf={"top_k": top_k, "max_keyframes_matched": min(top_k, 10)})
@@ -89,6 +91,7 @@ def test_tracking_from_an_odometry_prior_and_fallback(office, matcher):
     assert errors(r.T_map_cam, f0.T_world_cam)[0] < 0.05
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_retrieval_by_visual_words_finds_the_place(office, matcher):
     m, q, frames = office
     loc = Localizer(m, matcher)
@@ -99,6 +102,7 @@ def test_retrieval_by_visual_words_finds_the_place(office, matcher):
     assert np.mean([any(h) for h in hits]) >= 0.9  # measured 1.0
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_covariance_is_honest(office, matcher):
     """Errors within 3 sigma for >= 80 % of the poses (6-DoF NEES of the scaled first-order covariance)."""
     m, q, frames = office
@@ -162,6 +166,7 @@ def test_configuration_is_checked(office, matcher):
         Localizer(m, matcher, conf={"retrieval": "global"})
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_the_map_point_cache_is_bounded(office, matcher):
     """A long run visits every keyframe of a large map: the prepared map points are an LRU of point_cache
     keyframes, and a small cache gives the same poses."""
@@ -252,6 +257,7 @@ def test_nearby_basins_with_as_much_evidence_widen_the_covariance(matcher):
     assert untouched.stats["near_basins"] == 0 and np.array_equal(untouched.covariance, cov)
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_a_pose_must_hold_matches_where_the_map_expects_them(office, matcher):
     """min_evidence_share: a dense matcher matches every textured cell, so a pose one tile off on a repeated wall
     (nemf_dense on tune seed 100: 1.11 m off at sigma 2 cm) leaves cells empty that the map projects into (0.58 of
@@ -412,6 +418,7 @@ def _query(loc, frame, K):
     return _Query(loc.matcher.extract(frame.rgb), K, (frame.rgb.shape[1], frame.rgb.shape[0]))
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_a_stale_prior_without_odometry_is_not_trusted(office, matcher):
     """Continuous mode without odometry (the node's default when none is on /tf): measured before, poses tracked
     from the last fix drifted to 2 m / 58 deg at sigma 2 cm. A last fix is a prior only while it is young, and a
@@ -556,6 +563,7 @@ def test_backends_the_integrity_benchmark_does_not_vouch_for_are_named():
     assert "not been measured" in integrity_warning("coam_xfeat") and "vouched" in integrity_warning("a2net_align")
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_the_plain_reference_pipeline(office, matcher):
     """The benchmarks' reference column (evaluation.baselines.PlainPipeline: retrieval, the matcher against the
     short-list, one PnP over the pooled matches of the best keyframes, no checks) localizes the changed day

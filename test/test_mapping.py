@@ -180,6 +180,7 @@ def test_triangulated_points_near_surface(room, tri_map):
     assert np.mean(d > 0.10) < 0.08
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_map_round_trip_of_built_map(tmp_path, depth_map, matcher, gdesc):
     m, _, _ = depth_map
     path = tmp_path / "room.map"
@@ -194,6 +195,7 @@ def test_map_round_trip_of_built_map(tmp_path, depth_map, matcher, gdesc):
     assert len(matches) > 100
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_retrieval_from_another_trajectory(room, depth_map, gdesc):
     seq, _ = room
     m, _, _ = depth_map

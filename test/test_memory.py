@@ -87,6 +87,7 @@ print(rss() - r0)
 """
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 @pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 LighterGlue runs only on CPUs with native bf16")
 def test_bf16_lighterglue_memory_stays_flat_over_varying_keypoint_counts():
     """55 pairs of new keypoint counts after 5 warm ones, bf16 as the node runs it, in a process of its own.

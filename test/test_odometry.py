@@ -14,6 +14,7 @@ from match_ros.sim import make_sequence
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_composed_covariance_matches_monte_carlo():
     rng = np.random.default_rng(0)
     T_ab = make_T(rotation_from_vector([0.1, -0.4, 0.3]), [1.0, 2.0, -0.5])
@@ -144,6 +145,7 @@ def test_window_adjustment_recovers_exact_keyframe_poses():
         assert np.degrees(np.linalg.norm(cv2.Rodrigues(pk.T_odom_kf[:3, :3] @ T[:3, :3].T)[0])) < 0.01
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 @pytest.mark.parametrize("scale", [2.0, 20.0])
 def test_a_wrongly_scaled_depth_does_not_anchor_the_odometry(room, scale):
     """Five consecutive depth images scaled (x2: plausible; x20: beyond max_depth_m, so mostly unusable), as a

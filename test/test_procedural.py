@@ -62,6 +62,7 @@ def test_the_pool_order_does_not_depend_on_where_the_package_lives():
     assert textures == sorted(textures)
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_same_seed_gives_a_bitwise_identical_case():
     a, b = _case(SEEDS[0]), make_procedural_case(SEEDS[0], camera=SMALL)
     assert a is not b and a.key == b.key and a.place == b.place
@@ -76,6 +77,7 @@ def test_same_seed_gives_a_bitwise_identical_case():
     assert all(np.array_equal(x, y) for x, y in zip(odometry_poses(a, "drift"), odometry_poses(b, "drift")))
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_different_seeds_give_different_places():
     cases = [_case(s) for s in SEEDS]
     assert {c.place for c in cases} == {"room", "street"}

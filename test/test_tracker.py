@@ -123,6 +123,7 @@ def test_consistent_depth_is_never_refused(seq):
         assert not tracker.process(Frame(f.rgb, f.stamp_ns, "cam", seq.camera.K, f.depth)).depth_refused
 
 
+@pytest.mark.slow  # over 1.5 s on 2 cores: the quick tier stays under a minute
 def test_early_exit_tracks_consecutive_frames_as_well_as_every_layer(seq):
     """visual_odometry's default depth_confidence 0.95 (LightGlue's early exit, xfeat_lighterglue): on consecutive
     rendered RGB-D frames the metric poses against the keyframe are as close to the truth and keep as many inliers
