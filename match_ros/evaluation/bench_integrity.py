@@ -62,10 +62,12 @@ def parse_conf(items) -> dict:
 
 
 def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wait_s: float, progress: bool,
-             stride: int = 1, drop_bags: bool = False) -> list:
+             stride: int = 1, drop_bags: bool = False, matcher_conf: dict | None = None) -> list:
     """[(matcher, mode, odometry, [QueryRecord])] of one seed's place; with ``drop_bags`` the place's bags (about
-    0.7 GB a seed) are deleted once its runs are done (the maps and records stay)."""
+    0.7 GB a seed) are deleted once its runs are done (the maps and records stay). matcher_conf: backend settings
+    for the map and the queries, each backend taking the keys it has (the map's file name carries them)."""
     from match_ros.core.relocalization.continuous import continuous_spec
+    from match_ros.core.features.matcher import matcher_class
     from match_ros.evaluation.eval_reloc import run_offline
     from match_ros.sim.procedural import make_procedural_case, write_case_bags
     from match_ros.tools.build_map import build_map_from_bag
@@ -76,14 +78,17 @@ def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wa
     continuous_conf = {k: v for k, v in localizer_conf.items() if k in continuous_spec}
     localizer_conf = {k: v for k, v in localizer_conf.items() if k not in continuous_spec}
     for matcher in matchers:
-        map_path = out / "maps" / f"{case.name}_{matcher}.db"  # the case name carries the content key
+        mconf = {k: v for k, v in (matcher_conf or {}).items() if k in matcher_class(matcher).default_conf}
+        tag = "".join(f"_{k}{v}" for k, v in sorted(mconf.items()))
+        map_path = out / "maps" / f"{case.name}_{matcher}{tag}.db"  # the case name carries the content key
         if not map_path.exists():
             map_path.parent.mkdir(parents=True, exist_ok=True)
-            build_map_from_bag(map_bag, map_path, matcher, progress=progress)
+            build_map_from_bag(map_bag, map_path, matcher, progress=progress, matcher_conf=mconf)
         for mode, odometry in runs:
             records = run_offline(map_path, query_bag, matcher, mode, localizer_conf=localizer_conf,
                                   odometry=odometry, odom_delay_s=case.odom_delay_s, odom_wait_s=odom_wait_s,
-                                  progress=False, continuous_conf=continuous_conf, stride=stride)
+                                  progress=False, continuous_conf=continuous_conf, stride=stride,
+                                  matcher_conf=mconf)
             results.append((matcher, mode, odometry, records))
     if drop_bags:
         shutil.rmtree(map_bag.parent)
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
                     "(eval_reloc --mode plain)")
     ap.add_argument("--conf", nargs="*", default=[], help="localizer and continuous-mode parameters key=value "
                     "(tuning; e.g. ambiguity_z=3 odometry_drift=0.02)")
+    ap.add_argument("--matcher-conf", nargs="*", default=[], help="backend settings key=value for the maps and the "
+                    "queries, each backend taking the keys it has (e.g. clahe_clip=2)")
     ap.add_argument("--stride", type=int, default=1, help="every N-th query frame only (for slow matchers; in "
                     "continuous mode the skipped frames are not seen, so priors are older)")
     ap.add_argument("--odom-wait-s", type=float, default=0.5, help="how long a frame waits for its odometry")
@@ -136,6 +143,7 @@ def main(argv=None) -> int:
         # the places' maps are built from their exact poses and rendered depth: no map error to add (a user's map
         # from SLAM declares its own, map_position_sigma_m / map_rotation_sigma_deg)
         conf = {**EXACT_MAP, **parse_conf(args.conf)}
+        matcher_conf = parse_conf(args.matcher_conf)
         runs = [tuple(r.split(":")) for r in args.runs]
         if any(len(r) != 2 or r[0] not in ("global", "continuous", "plain") for r in runs):
             raise ValueError(f"--runs takes mode:odometry pairs, got {args.runs}")
@@ -153,7 +161,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for k, seed in enumerate(seeds):
         for matcher, mode, odometry, records in run_seed(seed, args.matchers, runs, out, conf, args.odom_wait_s,
-                                                         not args.quiet, args.stride, args.drop_bags):
+                                                         not args.quiet, args.stride, args.drop_bags, matcher_conf):
             pooled.setdefault((matcher, mode, odometry), []).extend(records)
             s = score(records)
             per_seed.append({"seed": seed, "matcher": matcher, "mode": mode, "odometry": odometry, **s})
@@ -167,6 +175,7 @@ def main(argv=None) -> int:
     rows = [(f"{m} {mode}" + (f"/{o}" if mode == "continuous" else ""), score(r)) for (m, mode, o), r in
             pooled.items()]
     report = {"split": args.split or "given", "seeds": seeds, "matchers": args.matchers, "localizer": conf,
+              "matcher_conf": matcher_conf,
               "odom_wait_s": args.odom_wait_s, "stride": args.stride, "cpu": cpu_model(), "commit": commit,
               "minutes": (time.time() - t0) / 60,
               "pooled": {label: s for label, s in rows}, "per_seed": per_seed}

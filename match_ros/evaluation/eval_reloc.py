@@ -54,12 +54,13 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
                 localizer_conf: dict | None = None, pnp_conf: dict | None = None, gt_topic: str = "auto",
                 image_topic: str = "auto", info_topic: str = "auto", device: str = "auto",
                 progress: bool = True, odometry: str = "drift", odom_delay_s: float = 0.3, odom_wait_s: float = 0.5,
-                continuous_conf: dict | None = None) -> list:
+                continuous_conf: dict | None = None, matcher_conf: dict | None = None) -> list:
     """Relocalize every ``stride``-th query frame with a ground-truth pose; returns [QueryRecord].
 
     Continuous mode runs ``ContinuousLocalizer`` (the node's state) with the query bag's odometry (odom -> camera
     on /tf): ``drift`` as recorded, ``none`` ignored, ``delayed`` each message ``odom_delay_s`` late on average
-    and used only when it arrives within ``odom_wait_s`` (the node's wait)."""
+    and used only when it arrives within ``odom_wait_s`` (the node's wait). matcher_conf: backend settings on top of
+    the map's max_keypoints (the map should have been built with the same)."""
     from tqdm import tqdm
 
     from match_ros.core.device import resolve_device
@@ -80,7 +81,8 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
     conf = dict(localizer_conf or {})
     gd = GlobalDescriptor(device=dev) if conf.get("retrieval") == "global" else None
     max_kp = int(m.matcher_conf.get("max_keypoints", DEFAULT_MAX_KEYPOINTS))
-    matcher = build_matcher(m.matcher_name, shared_conf(m.matcher_name, max_keypoints=max_kp), dev)
+    conf_m = {**shared_conf(m.matcher_name, max_keypoints=max_kp), **(matcher_conf or {})}
+    matcher = build_matcher(m.matcher_name, conf_m, dev)
     loc = Localizer(m, matcher, gd, conf, pnp_conf)
     tracker = ContinuousLocalizer(loc, continuous_conf)
     plain = PlainPipeline(loc)

@@ -22,8 +22,9 @@ AUTO = "auto"
 
 def build_map_from_bag(bag, out, matcher_name=DEFAULT_MATCHER, max_keypoints=DEFAULT_MAX_KEYPOINTS, device="auto",
                        image_topic=AUTO, info_topic=AUTO, depth_topic=AUTO, pose_topic=AUTO, map_frame="map",
-                       use_depth=True, builder_conf=None, progress=True, log=print) -> dict:
-    """Build and save a map; returns the summary (keyframes, points, bytes, seconds, topics used)."""
+                       use_depth=True, builder_conf=None, progress=True, log=print, matcher_conf=None) -> dict:
+    """Build and save a map; returns the summary (keyframes, points, bytes, seconds, topics used).
+    matcher_conf: backend settings on top of max_keypoints (evaluation of a backend's setting)."""
     from tqdm import tqdm
 
     from match_ros.core.device import resolve_device
@@ -48,7 +49,8 @@ def build_map_from_bag(bag, out, matcher_name=DEFAULT_MATCHER, max_keypoints=DEF
     else:
         log("depth ignored (--no-depth): 3D points are triangulated between keyframes")
     dev = resolve_device(device)
-    builder = MapBuilder(build_matcher(matcher_name, shared_conf(matcher_name, max_keypoints=max_keypoints), dev),
+    conf = {**shared_conf(matcher_name, max_keypoints=max_keypoints), **(matcher_conf or {})}
+    builder = MapBuilder(build_matcher(matcher_name, conf, dev),
                          GlobalDescriptor(device=dev), {"map_frame_id": map_frame, **(builder_conf or {})})
     skipped = 0
     bar = tqdm(frames, desc="map", unit="frame", disable=not progress)
