@@ -9,7 +9,7 @@ from match_ros.sim import make_sequence
 from match_ros.tools.bag_write import write_sequence_bag
 
 
-def test_map_cache_key_follows_the_bag_content_and_the_build_options(tmp_path):
+def test_map_cache_key_follows_the_bag_content_and_the_build_options(tmp_path, monkeypatch):
     # two datasets named "map" (the usual name) in different folders: before, they shared one cached map
     a, b = tmp_path / "scene_a" / "map", tmp_path / "scene_b" / "map"
     write_sequence_bag(a, make_sequence("room", n_frames=3, seed=0))
@@ -20,6 +20,12 @@ def test_map_cache_key_follows_the_bag_content_and_the_build_options(tmp_path):
     assert key_a != map_cache_key(a, "sift", "auto", None)
     assert key_a != map_cache_key(a, "orb_teblid", "/camera/depth", None)
     assert key_a != map_cache_key(a, "orb_teblid", "auto", {"min_overlap": 1.0})
+    # a changed default of the backend (a new extraction step) builds the map again
+    from match_ros.core.features.classical import OrbTeblidMatcher
+
+    monkeypatch.setitem(OrbTeblidMatcher.default_conf, "clahe_clip", 3.0)
+    assert map_cache_key(a, "orb_teblid", "auto", None) != key_a
+    monkeypatch.undo()
     # the bag regenerated with other content under the same name
     import shutil
 

@@ -21,6 +21,7 @@ built from exact poses, so the localizer adds no map error (``EXACT_MAP``; --con
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -78,9 +79,11 @@ def run_seed(seed: int, matchers, runs, out: Path, localizer_conf: dict, odom_wa
     continuous_conf = {k: v for k, v in localizer_conf.items() if k in continuous_spec}
     localizer_conf = {k: v for k, v in localizer_conf.items() if k not in continuous_spec}
     for matcher in matchers:
-        mconf = {k: v for k, v in (matcher_conf or {}).items() if k in matcher_class(matcher).default_conf}
-        tag = "".join(f"_{k}{v}" for k, v in sorted(mconf.items()))
-        map_path = out / "maps" / f"{case.name}_{matcher}{tag}.db"  # the case name carries the content key
+        defaults = matcher_class(matcher).default_conf
+        mconf = {k: v for k, v in (matcher_conf or {}).items() if k in defaults}
+        # the case name carries the place's content key, the digest the backend's settings (defaults included)
+        digest = hashlib.sha1(json.dumps({**defaults, **mconf}, sort_keys=True, default=str).encode()).hexdigest()
+        map_path = out / "maps" / f"{case.name}_{matcher}_{digest[:8]}.db"
         if not map_path.exists():
             map_path.parent.mkdir(parents=True, exist_ok=True)
             build_map_from_bag(map_bag, map_path, matcher, progress=progress, matcher_conf=mconf)

@@ -221,10 +221,14 @@ def localizer_options(items: list) -> dict:
 def map_cache_key(bag, matcher: str, depth_topic: str, builder_conf: dict | None) -> str:
     """12 hex digits of the bag's content (every file of the bag folder, sha256) and the options the map is built
     with: a regenerated bag, another matcher or depth topic never reuse a map (before: cached by the folder's name,
-    and two scenes' bags both called "map" shared one)."""
+    and two scenes' bags both called "map" shared one). The backend's default settings count too: a changed default
+    (a new extraction step) builds the map again."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps([matcher, depth_topic, builder_conf], sort_keys=True).encode())
+    from match_ros.core.features.matcher import matcher_class
+
+    h = hashlib.sha256(json.dumps([matcher, matcher_class(matcher).default_conf, depth_topic, builder_conf],
+                                  sort_keys=True, default=str).encode())
     bag = Path(bag)
     for f in sorted(p for p in bag.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(bag)).encode())
