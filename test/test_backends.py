@@ -102,6 +102,9 @@ def test_contrast_equalisation_finds_a_dim_blurred_view_again(name, graf_pair):
     assert corner_error(H_est, H, im1.shape[1], im1.shape[0]) < 8.0
     with pytest.raises(ValueError, match="clahe_clip"):
         build_matcher(name, {"clahe_clip": -1.0})
+    # a small keypoint budget does not send every frame through the equalisation
+    small = build_matcher(name, {"max_keypoints": 150})
+    assert small._clahe_below == 75 and len(small.extract(im1).keypoints) == 150
 
 
 def test_builtin_backends_registered():

@@ -18,12 +18,15 @@ from match_ros.core.features.types import Features, Matches, to_gray
 from match_ros.core.features.nn import match_features
 
 
-def _contrast(conf: dict):
-    """The ``clahe_clip`` setting as an OpenCV CLAHE (8 x 8 tiles), or None when it is 0 (off)."""
+def _contrast(conf: dict) -> tuple:
+    """(OpenCV CLAHE with 8 x 8 tiles, or None when ``clahe_clip`` is 0; the keypoint count under which a frame is
+    equalised: ``clahe_min_keypoints``, at most half of ``max_keypoints``, so that a small budget does not
+    equalise every frame)."""
     clip = float(conf["clahe_clip"])
     if clip < 0:
         raise ValueError(f"clahe_clip must be >= 0, got {clip}")
-    return cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8)) if clip > 0 else None
+    clahe = cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8)) if clip > 0 else None
+    return clahe, min(int(conf["clahe_min_keypoints"]), int(conf["max_keypoints"]) // 2)
 
 
 def _detect(image: np.ndarray, clahe, min_keypoints: int, detect) -> tuple:
@@ -82,7 +85,7 @@ class SiftMatcher(Matcher):
         # a dim or blurred frame (a changed day) is extracted again after contrast-limited adaptive histogram
         # equalisation (docs/relocalization.md: global recall on tune seeds +8-11 points, none wrong)
         "clahe_clip": 2.0,  # CLAHE clip limit, 8 x 8 tiles (0: off)
-        "clahe_min_keypoints": 200,  # ... when the plain image gives fewer keypoints than this (0: every image)
+        "clahe_min_keypoints": 200,  # ... when the plain image gives fewer (at most max_keypoints / 2; 0: always)
     }
 
     def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
@@ -93,11 +96,11 @@ class SiftMatcher(Matcher):
         self._sift = cv2.SIFT_create(int(c["max_keypoints"]), int(c["n_octave_layers"]),
                                      float(c["contrast_threshold"]), float(c["edge_threshold"]), float(c["sigma"]),
                                      bool(c["precise_upscale"]))
-        self._clahe = _contrast(c)
+        self._clahe, self._clahe_below = _contrast(c)
 
     def extract(self, image: np.ndarray) -> Features:
         """image: [H x W] or [H x W x 3] uint8 RGB -> Features on self.device."""
-        gray, kps, desc = _detect(image, self._clahe, int(self.conf["clahe_min_keypoints"]),
+        gray, kps, desc = _detect(image, self._clahe, self._clahe_below,
                                   lambda g: self._sift.detectAndCompute(g, None))
         if desc is not None:
             desc = desc.astype(np.float32)
@@ -132,7 +135,7 @@ class OrbTeblidMatcher(Matcher):
         # a dim or blurred frame (a changed day) is extracted again after contrast-limited adaptive histogram
         # equalisation (docs/relocalization.md: global recall on tune seeds +8-11 points, none wrong)
         "clahe_clip": 2.0,  # CLAHE clip limit, 8 x 8 tiles (0: off)
-        "clahe_min_keypoints": 200,  # ... when the plain image gives fewer keypoints than this (0: every image)
+        "clahe_min_keypoints": 200,  # ... when the plain image gives fewer (at most max_keypoints / 2; 0: always)
     }
 
     def __init__(self, conf: dict | None = None, device: torch.device | str = "cpu"):
@@ -148,11 +151,11 @@ class OrbTeblidMatcher(Matcher):
                                    fastThreshold=int(c["fast_threshold"]))
         self._teblid = cv2.xfeatures2d.TEBLID_create(float(c["teblid_scale"]), bits[int(c["teblid_bits"])])
         self._desc_bytes = int(c["teblid_bits"]) // 8
-        self._clahe = _contrast(c)
+        self._clahe, self._clahe_below = _contrast(c)
 
     def extract(self, image: np.ndarray) -> Features:
         """image: [H x W] or [H x W x 3] uint8 RGB -> Features on self.device."""
-        gray, kps, desc = _detect(image, self._clahe, int(self.conf["clahe_min_keypoints"]), self._orb_teblid)
+        gray, kps, desc = _detect(image, self._clahe, self._clahe_below, self._orb_teblid)
         return _features_from_cv(kps, desc, self._desc_bytes, torch.uint8, gray, self.device,
                                  int(self.conf["max_keypoints"]))
 
