@@ -83,10 +83,10 @@ def corner_error(H_est, H_gt, w, h):
 
 @pytest.mark.parametrize("name", ["orb_teblid", "sift"])
 def test_contrast_equalisation_finds_a_dim_blurred_view_again(name, graf_pair):
-    """``clahe_clip`` (on by default, for frames with fewer than ``clahe_min_keypoints``): graf3 at a quarter of its
-    brightness and blurred (sigma 2 px), as a changed day's dim, shaken frame: without equalisation FAST / the DoG
-    find few corners there (measured: orb_teblid 12, sift 12 correct matches); with it 106 / 117 (graf1, bright,
-    is extracted as it is), and the homography they give lands on the ground truth."""
+    """``clahe_clip`` (orb_teblid's default, for frames with fewer than ``clahe_min_keypoints``): graf3 at a
+    quarter of its brightness and blurred (sigma 2 px), as a changed day's dim, shaken frame: without equalisation
+    FAST / the DoG find few corners there (measured: orb_teblid 12, sift 12 correct matches); with it 106 / 117
+    (graf1, bright, is extracted as it is), and the homography they give lands on the ground truth."""
     im1, im3, H = graf_pair
     dim = np.clip(cv2.GaussianBlur(im3.astype(np.float32) * 0.25, (0, 0), 2.0), 0, 255).astype(np.uint8)
     correct = {}
@@ -102,8 +102,9 @@ def test_contrast_equalisation_finds_a_dim_blurred_view_again(name, graf_pair):
     assert corner_error(H_est, H, im1.shape[1], im1.shape[0]) < 8.0
     with pytest.raises(ValueError, match="clahe_clip"):
         build_matcher(name, {"clahe_clip": -1.0})
+    assert build_matcher(name).conf["clahe_clip"] == {"orb_teblid": 2.0, "sift": 0.0}[name]
     # a small keypoint budget does not send every frame through the equalisation
-    small = build_matcher(name, {"max_keypoints": 150})
+    small = build_matcher(name, {"max_keypoints": 150, "clahe_clip": 2.0})
     assert small._clahe_below == 75 and len(small.extract(im1).keypoints) == 150
 
 
