@@ -51,3 +51,12 @@ def test_every_localizer_setting_can_be_given_and_is_checked():
         localizer_options(["no_such_setting=1"])
     with pytest.raises(ValueError):
         localizer_options(["top_k=0"])  # out of range
+
+
+def test_bench_integrity_refuses_a_backend_setting_no_backend_has(capsys):
+    """``--matcher-conf`` reaches the maps and the queries; a misspelt key is an error, not a silent default."""
+    from match_ros.evaluation.bench_integrity import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--seeds", "100", "--matchers", "sift", "--matcher-conf", "clahe_clp=2"])
+    assert e.value.code == 2 and "clahe_clp" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def table(rows: list) -> str:
 
 
 def main(argv=None) -> int:
-    from match_ros.core.features.matcher import available_matchers
+    from match_ros.core.features.matcher import available_matchers, matcher_class
     from match_ros.evaluation.reloc_metrics import score
     from match_ros.sim.seeds import REPORT_SEEDS, TUNE_SEEDS, WIDE_TUNE_SEEDS, fresh_seed
 
@@ -147,6 +147,10 @@ def main(argv=None) -> int:
         # from SLAM declares its own, map_position_sigma_m / map_rotation_sigma_deg)
         conf = {**EXACT_MAP, **parse_conf(args.conf)}
         matcher_conf = parse_conf(args.matcher_conf)
+        known = set().union(*(matcher_class(m).default_conf for m in args.matchers))
+        if set(matcher_conf) - known:
+            raise ValueError(f"--matcher-conf: {sorted(set(matcher_conf) - known)} is a setting of none of "
+                             f"{args.matchers}")
         runs = [tuple(r.split(":")) for r in args.runs]
         if any(len(r) != 2 or r[0] not in ("global", "continuous", "plain") for r in runs):
             raise ValueError(f"--runs takes mode:odometry pairs, got {args.runs}")
