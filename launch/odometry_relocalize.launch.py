@@ -41,7 +41,8 @@ def _nodes(context):
         output="screen",
         parameters=node_parameters("relocalizer", given["params_file"] or given["relocalizer_params"], given,
                                    nodes_sharing_cores=2),
-        remappings=camera,
+        # visual_odometry's messages say where it lost track and restarted (its covariance jumps): no prior across
+        remappings=camera + [("odometry", "visual_odometry/odom")],
     )
     rviz = rviz_node(given, get_package_share_directory("match_ros"))
     return [odometry, relocalizer] + ([Node(**rviz)] if rviz else [])

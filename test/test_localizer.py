@@ -529,6 +529,30 @@ def test_a_global_fix_that_contradicts_the_odometry_waits_for_a_second(office, m
     assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)
 
 
+def test_across_an_odometry_break_a_global_fix_is_taken_at_once(office, matcher):
+    """visual_odometry lost track, restarted from the pose it held and said so (its covariance jumped on ~/odom: a
+    break). Its prediction across the break is the stale pose (in a distro check at 1x the right fix was refused as
+    0.90 m / 123 deg from it and held back while the bag ended): the frame after the break is searched without the
+    odometry and its fix sets map -> odom at once; the frames after it are tracked from the odometry again."""
+    q, sharp, tracker, T_odom_map, _ = _tracker_after_a_fix(office, matcher, 160)
+    jumped = make_T(np.eye(3), [2.0, 0.0, 0.0]) @ T_odom_map  # restarted 2 m from where it should be
+    f1, f2 = q[sharp[3]], q[sharp[6]]
+    tracker.note_odometry_break(f1.stamp_ns - 1)
+    r = tracker.localize(f1.rgb, q.camera.K, f1.stamp_ns, jumped @ f1.T_world_cam)
+    assert r.success and r.mode == "global" and "odometry_broke" in r.stats, r.reason
+    assert errors(r.T_map_cam, f1.T_world_cam)[0] < 0.05
+    assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)
+    r = tracker.localize(f2.rgb, q.camera.K, f2.stamp_ns, jumped @ f2.T_world_cam)
+    assert r.success and r.stats["prior"] == "odometry" and "odometry_broke" not in r.stats
+    assert errors(r.T_map_cam, f2.T_world_cam)[0] < 0.05
+    # a break before the fix behind map -> odom changes nothing
+    tracker.note_odometry_break(f1.stamp_ns - 2)
+    assert not tracker.odometry_broken(f2.stamp_ns + 5)
+    tracker.note_odometry_break(f2.stamp_ns + 3)
+    assert not tracker.odometry_broken(f2.stamp_ns + 2) and tracker.odometry_broken(f2.stamp_ns + 5)
+    assert tracker.prior(f2.stamp_ns + 5, jumped @ f2.T_world_cam)[1] != "odometry"
+
+
 def test_a_pose_the_odometry_cannot_explain_is_not_integrated(office, matcher):
     """Measured on the integrity benchmark: poses tracked from an odometry prior locked onto a wrong basin 0.3 m /
     10 deg off, inside the fixed max_prior_deviation_* gates. The odometry's prediction carries a covariance (the

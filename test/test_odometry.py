@@ -117,6 +117,27 @@ def test_a_blank_frame_is_lost_then_tracking_resumes(room):
     assert m["ate_rmse_m"] < 0.015
 
 
+def test_a_restart_after_a_long_loss_is_a_break_on_odom(room):
+    """Lost for longer than restart_after_lost, the odometry restarts from the pose it held: the motion while lost
+    is missed, so its covariance rises by lost_variance again there (as where it lost track); it restarts on a frame
+    with keypoints, not on the covered lens (before: a black keyframe, then lost again). The relocalizer reads
+    such a rise on ~/odom as a break and links no fix across it (test_localizer)."""
+    vo = VisualOdometry(build_matcher("orb_teblid"))
+    K = room.camera.K
+    out = []
+    for i in [0, 2, 4] + [None] * 7 + [60, 61, 62, 63, 64]:  # a covered lens for 7 frames, then a place 1 s on
+        f = room[5 if i is None else i]
+        r = vo.process(Frame(np.zeros_like(f.rgb) if i is None else f.rgb, f.stamp_ns, "cam", K, f.depth))
+        out.append((r.status, float(r.covariance[0, 0]), r.T_odom_cam))
+    variance = [v for _, v, _ in out]
+    rises = [k for k in range(1, len(out)) if variance[k] >= variance[k - 1] + 0.99]
+    # where it lost track, where it restarted: not on a black frame (a keyframe without keypoints), on frame 60,
+    # which matches nothing
+    assert rises == [3, 10], out
+    assert all(np.allclose(T, out[2][2]) for _, _, T in out[3:rises[1] + 1])  # the pose held meanwhile
+    assert not out[-1][0].startswith("lost") and variance[-1] >= 2.0, out  # tracking again, and still uncertain
+
+
 def test_window_adjustment_recovers_exact_keyframe_poses():
     """Four keyframes 20 cm apart, each seeing depth points of the earlier ones (exact pixels): poses moved by
     2 cm / 0.5 deg come back to the truth (the oldest is the gauge), through the analytic Jacobian."""

@@ -116,14 +116,14 @@ def run_offline(map_path, query_bag, matcher: str = "xfeat_lighterglue", mode: s
 def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain_id=None, startup_timeout=90.0,
                           log_path=None, topics=("/camera/image_raw", "/camera/camera_info", "/tf"),
                           gt_topic: str = "/ground_truth/pose", tf_sink: list | None = None,
-                          subscribe: dict | None = None, tum_dir=None) -> tuple:
+                          subscribe: dict | None = None, tum_dir=None, remaps: dict | None = None) -> tuple:
     """Replay ``query_bag`` through the relocalizer node process. Returns (records, map_odom, node_log) with
     records for the frames the node answered ([QueryRecord], ground truth from ``gt_topic`` in the bag) and
     map_odom the map -> odom transforms it broadcast [(stamp_ns, T)]. tf_sink: a list that receives every other
     transform seen on /tf as (stamp_ns, parent, child, T) (e.g. from a visual_odometry node running alongside).
     subscribe: {topic: (message type, callback)}: more topics to receive while the bag plays (reliable).
     tum_dir: also write the node's poses and their ground truth there as ``node_estimate.tum`` /
-    ``node_groundtruth.tum`` (``write_records_tum``)."""
+    ``node_groundtruth.tum`` (``write_records_tum``). remaps: more topic remappings of the node {from: to}."""
     confine_to_loopback(domain_id)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -170,7 +170,7 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
         node.create_subscription(msg_type, topic, callback, reliable)
     try:
         player = BagPlayer(node, query_bag, rate=rate, topics=list(topics))
-        remaps = {"image": topics[0], "camera_info": topics[1]}
+        remaps = {"image": topics[0], "camera_info": topics[1], **(remaps or {})}
         with NodeProcess("match_ros.nodes.relocalizer", params, remaps, log_path=log_path) as proc:
             pub = player.publishers[topics[0]]
             if not spin_until(node, lambda: not proc.alive() or (pub.get_subscription_count() > 0

@@ -1,6 +1,7 @@
 """relocalizer node: visual relocalization against a keyframe map (REP 105).
 
-Subscribes:  image (or image/compressed), camera_info, initialpose (a prior in map_frame), /tf, /tf_static
+Subscribes:  image (or image/compressed), camera_info, initialpose (a prior in map_frame), /tf, /tf_static,
+             odometry (nav_msgs/Odometry behind odom_frame, optional: where its covariance jumps, it broke)
 Publishes:   ~/pose (PoseWithCovarianceStamped of base_frame in map_frame), ~/correspondences (the keyframe with
              the most inliers), ~/status (DiagnosticArray per query, stamped with the image: mode, inliers,
              timings, or why no pose), /tf map -> odom (map -> base_frame when odom_frame is empty), /diagnostics,
@@ -26,6 +27,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2
@@ -84,6 +86,11 @@ node_spec = {
     "map_odom_wait_s": Param(2.0, "A fix whose odometry was not there yet sets map -> odom when odom -> camera at "
                              "its stamp arrives within this time", "s", 0.0, 30.0),
     "tf_timeout_s": Param(0.1, "Wait for the base -> camera transform at the image stamp", "s", 0.0, 5.0),
+    "odom_break_variance": Param(0.5, "A rise of the position variance (largest of x, y, z) on the odometry topic "
+                                 "by this much from one message to the next marks a break (visual_odometry adds "
+                                 "lost_variance, 1 m^2, where it loses track and where it restarts from the pose it "
+                                 "held): across it the odometry is no prior and the old map -> odom is not "
+                                 "re-broadcast (0: not read)", "m^2", 0.0, 1e6),
     "odom_wait_s": Param(0.5, "Hold a frame this long for the odometry at its stamp once odometry has been seen "
                          "(else it is tracked from the last fix or searched globally)", "s", 0.0, 5.0),
 }
@@ -108,6 +115,9 @@ class RelocalizerNode(ManagedNode):
         # stamp of a global fix that contradicted the odometry (held back): map -> odom is not asserted past it
         # until a fix is integrated again
         self._doubt_ns = None
+        # odometry breaks (the odometry topic): those not yet handed to the tracker, the recent ones, and the last
+        # message's (stamp, variance)
+        self._new_breaks, self._breaks, self._odom_last = [], [], None
         self.start()
 
     def _read_parameters(self) -> tuple:
@@ -164,6 +174,8 @@ class RelocalizerNode(ManagedNode):
         self.tf_listener = TfListener(self)
         self.input = CameraInput(self, self.p, self._on_frame, self.errors)
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
+        if self.p["odom_break_variance"] > 0:
+            self.create_subscription(Odometry, "odometry", self._on_odometry, 20)
         self.diagnostics = Diagnostics(self, "relocalization", self.p["matcher"], self._diagnostic_status)
         if self.p["publish_tf"] and self.p["odom_frame"] and self.p["map_odom_period_s"] > 0:
             self.create_timer(float(self.p["map_odom_period_s"]), self._rebroadcast_map_odom)
@@ -227,6 +239,21 @@ class RelocalizerNode(ManagedNode):
             self._initial_pose = conv.pose_to_matrix(msg.pose.pose)  # base_frame in the map, for the next query
         self.get_logger().info("prior pose received")
 
+    def _on_odometry(self, msg: Odometry):
+        """A break where the position variance rises by odom_break_variance: map -> odom is not re-broadcast past
+        it, and the tracker links no earlier fix to a later frame (handed over in the worker, ``_query``)."""
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        variance = float(np.max(np.asarray(msg.pose.covariance, np.float64)[[0, 7, 14]]))
+        with self._tf_lock:
+            last, self._odom_last = self._odom_last, (stamp, variance)
+            if last is None or stamp <= last[0] or variance < last[1] + self.p["odom_break_variance"]:
+                return
+            self._new_breaks.append(stamp)
+            self._breaks = self._breaks[-31:] + [stamp]
+            self._doubt_ns = stamp if self._doubt_ns is None else min(self._doubt_ns, stamp)
+        self.get_logger().info(f"the odometry broke at {stamp * 1e-9:.3f} s (its position variance {last[1]:.3g} -> "
+                               f"{variance:.3g} m^2): no prior across it")
+
     def _srv_relocalize(self, req, res):
         timeout = req.timeout_s if np.isfinite(req.timeout_s) and req.timeout_s > 0 else 2.0
         timeout = min(float(timeout), MAX_SERVICE_TIMEOUT_S)
@@ -277,7 +304,11 @@ class RelocalizerNode(ManagedNode):
         camera = header.frame_id
         T_base_cam = self._base_to_camera(camera, stamp)
         T_odom_cam = None if global_only else self._odometry(camera, stamp)
+        with self._tf_lock:
+            breaks, self._new_breaks = self._new_breaks, []
         with self._lock:
+            for b in breaks:
+                self.tracker.note_odometry_break(b)
             initial, self._initial_pose = self._initial_pose, None
             if initial is not None and not global_only:
                 self.tracker.set_initial_pose(initial @ (T_base_cam if T_base_cam is not None else np.eye(4)))
@@ -320,9 +351,9 @@ class RelocalizerNode(ManagedNode):
                               f"{result.stats['tracking_failed']}"
         level, text = DiagnosticStatus.OK, answer.message
         if T_odom_cam is None and p["odom_frame"]:  # it may have come during the query
-            T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
+            T_odom_cam = self._odometry_at(camera, stamp)
             if T_odom_cam is not None:
-                self.tracker.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam)
+                self.tracker.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam, stamp)
         if p["publish_tf"]:
             if not p["odom_frame"]:
                 self.tf.send([conv.matrix_to_transform(T_map_base, out, base_frame)])
@@ -375,11 +406,11 @@ class RelocalizerNode(ManagedNode):
             return
         if pending is not None:
             stamp, T_map_cam, covariance, camera = pending
-            T_odom_cam = self._lookup(p["odom_frame"], camera, stamp)
+            T_odom_cam = self._odometry_at(camera, stamp)
             if T_odom_cam is not None:
                 if self._set_map_odom(stamp, T_map_cam @ invert(T_odom_cam)):
                     with self._lock:
-                        self.tracker.anchor_odometry(T_map_cam, covariance, T_odom_cam)
+                        self.tracker.anchor_odometry(T_map_cam, covariance, T_odom_cam, stamp)
                 return
             if now - stamp > p["map_odom_wait_s"] * 1e9:
                 with self._tf_lock:
@@ -406,7 +437,26 @@ class RelocalizerNode(ManagedNode):
         if not (p["use_odometry"] and p["odom_frame"]):
             return None
         seen = self.tf_listener.can_transform(p["odom_frame"], camera, 0)
-        return self._lookup(p["odom_frame"], camera, stamp, p["odom_wait_s"] if seen else 0.0)
+        return self._odometry_at(camera, stamp, p["odom_wait_s"] if seen else 0.0)
+
+    def _odometry_at(self, camera: str, stamp: int, timeout_s: float = 0.0):
+        """odom -> camera at ``stamp`` (waited for up to timeout_s), or None, also where tf2 interpolated it
+        across a break of the odometry (lost, restarted from a held pose: the transform before the break and the
+        one after it do not describe one motion; a distro check at 1x anchored a fix 1.3 s into such a gap)."""
+        T = self._lookup(self.p["odom_frame"], camera, stamp, timeout_s)
+        deadline = time.monotonic() + 0.1
+        while T is not None and time.monotonic() < deadline:  # the odometry message at the stamp, sent before the
+            with self._tf_lock:  # transform, may still be on its way (where odometry messages come at all)
+                if self._odom_last is None or self._odom_last[0] >= stamp:
+                    break
+            time.sleep(0.005)
+        with self._tf_lock:
+            crossed = [b for b in self._breaks if b > stamp]
+        if T is not None and crossed:
+            self.get_logger().info(f"{self.p['odom_frame']} -> {camera} at {stamp * 1e-9:.3f} s spans the odometry's "
+                                   f"break at {crossed[0] * 1e-9:.3f} s: not used", throttle_duration_sec=5.0)
+            return None
+        return T
 
     def _base_to_camera(self, camera: str, stamp: int):
         base = self.p["base_frame"]

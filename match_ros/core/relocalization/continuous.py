@@ -17,6 +17,10 @@ A global fix that contradicts the odometry's prediction (the same test) is not
 trusted on its own: either the fix is wrong (repeated structure) or the odometry jumped, and a wrong map -> odom
 would steer every later frame (tracked from a prior that counts as confirmed). It is held back and accepted when
 the next such fix agrees with it (same map -> odom within ``same_place_*``).
+An odometry that says it broke (``note_odometry_break``: visual odometry lost track and restarted from the pose it
+held, its reported covariance jumped) links no fix before the break to a frame after it: such a frame is searched
+globally and its fix sets map -> odom without the contradiction test (the prediction across the break is the stale
+pose; a distro check at 1x refused the right fix 0.90 m / 123 deg from it).
 A frame whose stamp is older than the last one's (a bag restarted, the clock reset) clears the state first.
 """
 from __future__ import annotations
@@ -73,6 +77,8 @@ class ContinuousLocalizer:
         self.last_fix: Optional[np.ndarray] = None
         self.last_fix_ns: Optional[int] = None
         self._anchor: Optional[tuple] = None  # the fix behind T_map_odom: (T_map_cam, covariance, T_odom_cam)
+        self._anchor_ns: Optional[int] = None  # its stamp (None: not known, no break can be placed against it)
+        self.breaks: list = []  # stamps where the odometry broke (``note_odometry_break``), newest last
         self.last_stamp_ns: Optional[int] = None
         self.fail_streak = 0
         self._initial: Optional[np.ndarray] = None
@@ -105,10 +111,19 @@ class ContinuousLocalizer:
         result.refuse(f"global fix {contradiction} (the odometry's prediction): held back until a second fix agrees "
                       f"(a wrong fix here would steer every later frame)")
 
+    def note_odometry_break(self, stamp_ns: int) -> None:
+        """The odometry broke at ``stamp_ns`` (lost track, restarted elsewhere): odom -> camera after it is not
+        connected to any fix before it."""
+        self.breaks = sorted(self.breaks + [int(stamp_ns)])[-32:]
+
+    def odometry_broken(self, stamp_ns: int) -> bool:
+        """Whether the odometry broke after the fix behind map -> odom and at or before ``stamp_ns``."""
+        return self._anchor_ns is not None and any(self._anchor_ns < b <= stamp_ns for b in self.breaks)
+
     def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray]) -> tuple:
         """(T_map_cam or None, source in PRIORS, age [s], confirmed, covariance [6 x 6] or None) for a frame at
         ``stamp_ns`` whose odometry (odom -> camera at that stamp) is ``T_odom_cam`` (None: none)."""
-        if T_odom_cam is not None and self.T_map_odom is not None:
+        if T_odom_cam is not None and self.T_map_odom is not None and not self.odometry_broken(stamp_ns):
             predicted = self.T_map_odom @ T_odom_cam
             return predicted, "odometry", 0.0, True, self.odometry_covariance(predicted, T_odom_cam)
         if self._initial is not None:
@@ -144,11 +159,13 @@ class ContinuousLocalizer:
         result.T_map_cam, result.covariance = T, cov
         result.stats["position_sigma_m"], result.stats["rotation_sigma_deg"] = pose_sigmas(cov)
 
-    def anchor_odometry(self, T_map_cam: np.ndarray, covariance: np.ndarray, T_odom_cam: np.ndarray) -> np.ndarray:
-        """Set map -> odom from a fix (pose, covariance) and odom -> camera at its stamp (which may arrive after the
-        fix); later frames are predicted from it. Returns the map -> odom."""
+    def anchor_odometry(self, T_map_cam: np.ndarray, covariance: np.ndarray, T_odom_cam: np.ndarray,
+                        stamp_ns: Optional[int] = None) -> np.ndarray:
+        """Set map -> odom from a fix (pose, covariance, stamp) and odom -> camera at its stamp (which may arrive
+        after the fix); later frames are predicted from it. Returns the map -> odom."""
         self._anchor = (np.asarray(T_map_cam, np.float64), np.asarray(covariance, np.float64),
                         np.asarray(T_odom_cam, np.float64))
+        self._anchor_ns = None if stamp_ns is None else int(stamp_ns)
         self.T_map_odom = self._anchor[0] @ invert(self._anchor[2])
         return self.T_map_odom
 
@@ -165,6 +182,7 @@ class ContinuousLocalizer:
         self.last_stamp_ns = int(stamp_ns)
         prior, source, age, confirmed, prior_cov = ((None, "none", 0.0, False, None) if global_only
                                                     else self.prior(stamp_ns, T_odom_cam))
+        broken = T_odom_cam is not None and self.odometry_broken(stamp_ns)
         self._initial = None
         result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed,
                                          distortion=distortion, prior_covariance=prior_cov)
@@ -176,13 +194,15 @@ class ContinuousLocalizer:
             self._fuse(result, prior, prior_cov)
         if reset:
             result.stats["reset"] = "the stamp jumped back: tracking state cleared"
+        if broken:
+            result.stats["odometry_broke"] = "the odometry broke since the last fix: searched without it"
         if not result.success:
             self.fail_streak += 1
             return result
         self.fail_streak = 0
         self.last_fix, self.last_fix_ns = result.T_map_cam, int(stamp_ns)
         if T_odom_cam is not None:
-            self.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam)
+            self.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam, stamp_ns)
         return result
 
 

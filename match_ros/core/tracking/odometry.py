@@ -50,8 +50,8 @@ odometry_spec = {
     "restart_after_lost": Param(5, "Frames in a row without a pose after which tracking restarts from a new "
                                 "keyframe at the held pose (before that, frames are matched to the old keyframe)",
                                 min=1, max=1000),
-    "lost_variance": Param(1.0, "Variance added to the pose (m^2, rad^2) when tracking is lost and restarts from "
-                           "the last pose", min=0.0, max=UNOBSERVED_VARIANCE),
+    "lost_variance": Param(1.0, "Variance added to the pose (m^2, rad^2) when tracking is lost, and again when it "
+                           "restarts from the pose it held", min=0.0, max=UNOBSERVED_VARIANCE),
     "max_depth_m": Param(20.0, "Depths beyond this are not used", "m", 0.1, 1000.0),
     "adjust_window": Param(True, "Jointly adjust the window's keyframe poses at each new keyframe (local "
                            "adjustment)"),
@@ -200,17 +200,21 @@ class VisualOdometry:
             # the frame's pose stands (it comes from the keyframe's depth); its own depth does not anchor anything
             result.depth_refused = depth_problem
             self.tracker.keyframe = self.current.keyframe
-        elif track.is_keyframe and status != "tracking" and self.lost_streak < self.conf["restart_after_lost"]:
+        elif track.is_keyframe and status != "tracking" and (
+                self.lost_streak < c["restart_after_lost"] or track.num_query_keypoints < c["min_pnp_inliers"]):
             # a frame without a pose does not become a keyframe: the next frames are matched against the old
-            # one (and the window) again; only a longer loss restarts from the held pose
+            # one (and the window) again; only a longer loss restarts from the held pose, on a frame with keypoints
+            # enough for a PnP (not a covered lens)
             self.tracker.keyframe = self.current.keyframe
         elif track.is_keyframe:
             links = []
             if status == "tracking":
                 links = self._refine(result, frame)
                 result.status = "keyframe"
-            else:  # lost for long: restart from the held pose (its covariance grew when the loss began)
-                self.lost_streak = 0
+            else:  # lost for long: restart from the held pose, a break of its own: the motion while lost is missed
+                self.lost_streak = 0  # (its covariance grows again, which says so on ~/odom: the relocalizer links
+                result.covariance = result.covariance + self.conf["lost_variance"] * np.eye(6)  # no fix across)
+                self.last_cov = result.covariance
             self._place(self.tracker.keyframe, result.T_odom_cam, result.covariance, reset_window=status != "tracking")
             if links and self.conf["adjust_window"]:
                 self.current.links = links
