@@ -278,3 +278,20 @@ def test_a_moving_object_in_front_of_a_still_or_turning_camera_gives_no_translat
         assert not (res.valid and res.translation_valid), (seed, res.parallax_deg)
         if res.valid:
             assert g.rotation_error_deg(res.T_ref_query[:3, :3], T_cam[:3, :3]) < 0.3
+
+
+def test_rigid_ransac_finds_the_motion_between_two_copies_among_outliers():
+    """A plane's points and their copy elsewhere (rotated 90 deg, moved 3 m), 40 % of the pairs wrong: the motion
+    comes back exactly and its inliers are the true pairs; the dominant plane holds the copy's share."""
+    rng = np.random.default_rng(3)
+    A = np.c_[rng.uniform(-0.6, 0.6, 200), rng.uniform(-0.45, 0.45, 200), np.zeros(200)]  # a poster, z = 0
+    G = g.make_T(g.rotation_from_vector([0.0, 0.0, np.pi / 2]), [3.0, 1.0, 0.5])
+    B = A @ G[:3, :3].T + G[:3, 3] + rng.normal(0, 0.005, A.shape)
+    wrong = rng.random(200) < 0.4
+    B[wrong] = rng.uniform(-3, 3, (int(wrong.sum()), 3))
+    H, inliers = g.rigid_ransac(A, B, 0.03)
+    assert np.abs(H[:3, :3] - G[:3, :3]).max() < 0.02 and np.linalg.norm(H[:3, 3] - G[:3, 3]) < 0.02
+    assert np.array_equal(inliers, ~wrong)
+    share, p0, normal = g.dominant_plane(np.vstack([A, rng.uniform(-1, 1, (50, 3))]), 0.01)
+    assert share == pytest.approx(200 / 250, abs=0.02) and abs(abs(normal[2]) - 1.0) < 1e-6 and abs(p0[2]) < 1e-9
+    assert g.rigid_ransac(A[:2], B[:2], 0.03)[1].sum() == 0

@@ -94,3 +94,58 @@ def translation_angle_deg(t_a: np.ndarray, t_b: np.ndarray) -> float:
     if na < 1e-12 or nb < 1e-12:
         return float("nan")
     return float(np.degrees(np.arccos(np.clip(np.dot(t_a, t_b) / (na * nb), -1.0, 1.0))))
+
+
+def rigid_fit(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """[S x 4 x 4] rigid motions G (rotation, translation; no scale) with G A_s ~ B_s in the least-squares sense
+    (Kabsch), for S sets of paired points A, B [S x k x 3] (k >= 3)."""
+    ca, cb = A.mean(axis=1, keepdims=True), B.mean(axis=1, keepdims=True)
+    U, _, Vt = np.linalg.svd(np.einsum("ski,skj->sij", B - cb, A - ca))
+    D = np.ones((len(A), 3))
+    D[:, 2] = np.linalg.det(U @ Vt)
+    R = (U * D[:, None, :]) @ Vt
+    G = np.tile(np.eye(4), (len(A), 1, 1))
+    G[:, :3, :3] = R
+    G[:, :3, 3] = cb[:, 0] - np.einsum("sij,sj->si", R, ca[:, 0])
+    return G
+
+
+def rigid_ransac(A: np.ndarray, B: np.ndarray, threshold: float, iterations: int = 500,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(G [4 x 4], inliers [N] bool) for paired points A, B [N x 3]: the rigid motion that brings the most pairs
+    within ``threshold`` (G A_i ~ B_i), from minimal samples of three, refitted on its inliers twice."""
+    if len(A) < 3:
+        return np.eye(4), np.zeros(len(A), bool)
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.choice(len(A), 3, replace=False) for _ in range(iterations)])
+    Gs = rigid_fit(A[idx], B[idx])
+    err = np.linalg.norm(np.einsum("sij,nj->sni", Gs[:, :3, :3], A) + Gs[:, None, :3, 3] - B, axis=-1)
+    counts = (err < threshold).sum(axis=1)
+    k = int(np.argmax(counts))
+    G, inl = Gs[k], err[k] < threshold
+    for _ in range(2):
+        if inl.sum() < 3:
+            break
+        G = rigid_fit(A[inl][None], B[inl][None])[0]
+        inl = np.linalg.norm(A @ G[:3, :3].T + G[:3, 3] - B, axis=1) < threshold
+    return G, inl
+
+
+def dominant_plane(X: np.ndarray, threshold: float, iterations: int = 200,
+                   seed: int = 0) -> tuple[float, np.ndarray, np.ndarray]:
+    """(share, point [3], unit normal [3]) of the plane that holds the most of the points X [N x 3] within
+    ``threshold`` (RANSAC over samples of three); share 0 when X has fewer than three points in general position."""
+    none = (0.0, np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    if len(X) < 3:
+        return none
+    rng = np.random.default_rng(seed)
+    P = X[np.stack([rng.choice(len(X), 3, replace=False) for _ in range(iterations)])]  # [S x 3 x 3]
+    n = np.cross(P[:, 1] - P[:, 0], P[:, 2] - P[:, 0])
+    norm = np.linalg.norm(n, axis=1)
+    ok = norm > 1e-12
+    if not ok.any():
+        return none
+    P, n = P[ok], n[ok] / norm[ok, None]
+    counts = (np.abs(np.einsum("snd,sd->sn", X[None] - P[:, :1], n)) < threshold).sum(axis=1)
+    k = int(np.argmax(counts))
+    return float(counts[k] / len(X)), P[k, 0].copy(), n[k].copy()
