@@ -246,6 +246,8 @@ class RelocalizerNode(ManagedNode):
         variance = float(np.max(np.asarray(msg.pose.covariance, np.float64)[[0, 7, 14]]))
         with self._tf_lock:
             last, self._odom_last = self._odom_last, (stamp, variance)
+            if last is not None and stamp < last[0]:  # a bag played again, /clock reset: the old breaks are ahead
+                self._breaks, self._new_breaks = [], []
             if last is None or stamp <= last[0] or variance < last[1] + self.p["odom_break_variance"]:
                 return
             self._new_breaks.append(stamp)
@@ -370,6 +372,7 @@ class RelocalizerNode(ManagedNode):
     def _clear_map_odom(self) -> None:
         with self._tf_lock:
             self._map_odom, self._pending_fix, self._newest_image_ns, self._doubt_ns = None, None, 0, None
+            self._breaks, self._new_breaks, self._odom_last = [], [], None
 
     def _set_map_odom(self, stamp: int, T_map_odom: np.ndarray) -> bool:
         """Broadcast map -> odom at ``stamp`` unless a newer fix has set it already."""
