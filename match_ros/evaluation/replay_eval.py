@@ -35,6 +35,7 @@ class PairScore:
     rot_err_deg: float = float("nan")
     trans_err_deg: float = float("nan")
     gt_baseline_m: float = 0.0
+    trans_sigma_deg: float = float("nan")  # the published direction's own sigma (worst axis of its covariance)
 
 
 @dataclass
@@ -97,6 +98,9 @@ def score_set(msg, sequence, index_of_stamp: dict) -> PairScore:
         score.rot_err_deg = e["rot_deg"]
         if msg.translation_valid:
             score.trans_err_deg = e.get("trans_deg", float("nan"))
+            if not msg.scale_known:  # the translation block is that of the unit direction [rad^2]
+                cov = np.asarray(msg.relative_pose_covariance, np.float64).reshape(6, 6)[:3, :3]
+                score.trans_sigma_deg = float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(cov)[-1], 0.0))))
     return score
 
 
