@@ -33,7 +33,7 @@ from match_ros.core.features.matcher import Matcher
 from match_ros.core.geometry.absolute_pose import PnPResult, solve_pnp
 from match_ros.core.geometry.camera import backproject, depth_at_undistorted, transform_points
 from match_ros.core.geometry.transforms import invert, perturb_pose, rotation_error_deg, skew
-from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE, RelativePose
+from match_ros.core.geometry.two_view import UNOBSERVED_VARIANCE, RelativePose, pose_spec
 from match_ros.core.tracking.frontend import Frame, Keyframe, KeyframeTracker, TrackResult, depth_scale_problem
 from match_ros.core.tracking.keyframes import KeyframeSelector
 
@@ -55,6 +55,9 @@ odometry_spec = {
     "max_depth_m": Param(20.0, "Depths beyond this are not used", "m", 0.1, 1000.0),
     "adjust_window": Param(True, "Jointly adjust the window's keyframe poses at each new keyframe (local "
                            "adjustment)"),
+    "max_adjust_chi2": Param(22.5, "The adjustment is refused when it moves a keyframe further than the "
+                             "uncertainty it gained since the window's oldest keyframe allows (squared Mahalanobis "
+                             "distance, 6 dof; 22.5: 99.9 %; 0: no check)", min=0.0, max=1e9),
 }
 default_odometry_conf = defaults(odometry_spec)
 
@@ -225,6 +228,13 @@ class VisualOdometry:
         return result
 
     # ------------------------------------------------------------------------------------------------
+    @property
+    def _pnp_covariance_scale(self) -> float:
+        """The two-view ``covariance_scale`` (16: measured on rendered frame pairs) the frame-to-keyframe PnP's
+        covariance carries; the window PnP's carries it too (without it a refined keyframe took a covariance 16x
+        smaller than the chain's: ORB on the rendered office, mean position NEES 6.5, 15 % beyond 3 sigma)."""
+        return float(make_conf(pose_spec, self.tracker.pose_conf, "two-view geometry")["covariance_scale"])
+
     def _depth_scale_problem(self, track: TrackResult, frame: Frame, T_odom_cam: np.ndarray) -> str:
         """Why this frame's depth cannot anchor the odometry, or "" (``frontend.depth_scale_problem`` with the
         odometry's pose: it also covers a frame placed through the window when its own pose failed)."""
@@ -284,6 +294,8 @@ class VisualOdometry:
         X, x, owner = np.concatenate(X), np.concatenate(x), np.concatenate(owner)
         h, w = frame.image.shape[:2]
         pnp = solve_pnp(X, x, np.asarray(frame.K, np.float64), (w, h), {"min_inliers": c["min_window_inliers"]})
+        if pnp.valid:
+            pnp.covariance = pnp.covariance * self._pnp_covariance_scale
         return pnp, placed, owner, X, x
 
     @staticmethod
@@ -321,11 +333,20 @@ class VisualOdometry:
                 links.append((pk, transform_points(invert(pk.T_odom_kf), X[sel]), x[sel]))
         return links
 
+    @staticmethod
+    def _move_chi2(delta: np.ndarray, cov: np.ndarray, cov_gauge: np.ndarray, floor: float = 1e-6) -> float:
+        """Squared Mahalanobis distance of a keyframe's move (dt, dr) under the uncertainty it gained since the
+        gauge keyframe (its covariance less the gauge's, eigenvalues floored at ``floor``: 1 mm, 0.06 deg)."""
+        w, V = np.linalg.eigh(0.5 * ((cov - cov_gauge) + (cov - cov_gauge).T))
+        y = V.T @ np.asarray(delta, np.float64)
+        return float(np.sum(y ** 2 / np.maximum(w, floor)))
+
     def _adjust_window(self) -> float:
         """Local adjustment of the window: the poses of every keyframe but the oldest (the gauge) minimise the
         robust (Huber, 1.5 px) reprojection error of all links between window keyframes, depth points held fixed
         in their keyframes (scipy.optimize.least_squares). Returns how far the newest keyframe moved [m]; a
-        solution moving any keyframe beyond max_refine_correction_m / _deg is refused (0.0)."""
+        solution moving any keyframe beyond max_refine_correction_m / _deg, or beyond what its covariance gained
+        since the gauge allows (max_adjust_chi2), is refused (0.0)."""
         from scipy.optimize import least_squares
 
         c = self.conf
@@ -388,6 +409,12 @@ class VisualOdometry:
         # (success is False when max_nfev ends a run that still improved: judged by the cost instead)
         if sol.status < 0 or not np.isfinite(sol.cost) or any(
                 m > c["max_refine_correction_m"] or r > c["max_refine_correction_deg"] for m, r in moves):
+            return 0.0
+        # a few links can pull a keyframe centimetres off in one step (ORB on dim frames: 6-9 cm at a keyframe
+        # whose sigma was 2-3 cm, kept at that sigma ever after): a move its uncertainty cannot explain is refused
+        chi2 = [self._move_chi2(sol.x[6 * (k - 1):6 * k], kfs[k].covariance, kfs[0].covariance)
+                for k in range(1, len(kfs))]
+        if c["max_adjust_chi2"] > 0 and max(chi2) > c["max_adjust_chi2"]:
             return 0.0
         for T, pk in zip(Ts, kfs):
             pk.T_odom_kf = T
