@@ -70,6 +70,14 @@ def test_too_few_matches_gives_invalid_pose_not_an_exception():
     assert not res.valid and "4 matches" in res.reason
 
 
+def test_matches_bunched_on_one_patch_give_invalid_pnp_pose_not_an_exception():
+    """Every match within a pixel of one point (found by visual odometry on dim frames with frames dropped):
+    OpenCV's SQPnP asserts on the points' spread; the pose is invalid with the reason instead."""
+    pts = np.array([[320.0, 240.0]]) + np.random.default_rng(0).normal(size=(50, 2)) * 0.1
+    res = estimate_relative_pose(pts, pts.copy(), K, K, depth_ref=np.full((480, 640), 2.0, np.float32))
+    assert not res.valid and "PnP failed" in res.reason
+
+
 def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError):
         estimate_relative_pose(np.zeros((20, 2)), np.zeros((19, 2)), K, K)

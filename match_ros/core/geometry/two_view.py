@@ -418,11 +418,14 @@ def _pose_pnp(pts_ref, pts_query, K_ref, K_query, depth_ref, c, depth_distortion
         return RelativePose(False, inliers=np.zeros(m, bool),
                             reason=f"only {int(has_depth.sum())} matches with valid depth")
     X_ref = backproject(pts_ref[has_depth], z[has_depth], K_ref)
-    ok, rvec, tvec, idx = cv2.solvePnPRansac(X_ref, pts_query[has_depth], K_query, None,
-                                             iterationsCount=c["max_iterations"],
-                                             reprojectionError=c["ransac_threshold_px"] * 2.0,
-                                             confidence=c["confidence"], flags=cv2.SOLVEPNP_SQPNP)
     inliers = np.zeros(m, bool)
+    try:
+        ok, rvec, tvec, idx = cv2.solvePnPRansac(X_ref, pts_query[has_depth], K_query, None,
+                                                 iterationsCount=c["max_iterations"],
+                                                 reprojectionError=c["ransac_threshold_px"] * 2.0,
+                                                 confidence=c["confidence"], flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error as e:  # SQPnP asserts on points bunched together (every match on one small patch)
+        return RelativePose(False, inliers=inliers, reason=f"PnP failed: {e.err.strip() or 'OpenCV error'}")
     if not ok or idx is None or len(idx) < c["min_inliers"]:
         n = 0 if idx is None else len(idx)
         return RelativePose(False, inliers=inliers, num_inliers=n, reason=f"PnP found {n} inliers")
