@@ -173,6 +173,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS)
     ap.add_argument("--depth-noise", action="store_true", help="structured-light depth noise (1.5 mm * z^2)")
     ap.add_argument("--window-keyframes", type=int, default=None, help="override odometry.window_keyframes")
+    ap.add_argument("--step", type=int, default=1,
+                    help="process every STEP-th frame (a busy node's drops: frames far apart, most of them keyframes)")
+    ap.add_argument("--odometry", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="odometry settings, e.g. window_matching=matcher (core.tracking.odometry.odometry_spec)")
     ap.add_argument("--out", default="odometry_eval", help="directory for plots and TUM trajectories")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--no-progress", action="store_true")
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
     import torch
 
     from match_ros.core.config import parse_overrides
-    from match_ros.core.device import resolve_device
+    from match_ros.core.device import cpu_model, resolve_device
     from match_ros.core.features.matcher import build_matcher, shared_conf
     from match_ros.evaluation.trajectories import evo_command, write_tum_pair
     from match_ros.sim import make_sequence
@@ -194,6 +198,11 @@ def main(argv=None) -> int:
     matcher_conf = {**shared_conf(args.matcher, max_keypoints=args.max_keypoints), **parse_overrides(args.conf)}
     matcher = build_matcher(args.matcher, matcher_conf, resolve_device("auto"))
     conf = {} if args.window_keyframes is None else {"window_keyframes": args.window_keyframes}
+    conf.update(parse_overrides(args.odometry))
+    if args.step < 1:
+        ap.error("--step must be >= 1")
+    print(f"{args.matcher}, odometry {conf or 'defaults'}, every {args.step}. frame; {cpu_model()}, "
+          f"{torch.get_num_threads()} torch threads", flush=True)
     report = {}
     runs = [(s, None) for s in args.scenes] + ([("chessboard", None)] if args.chessboard else [])
     for name, _ in runs:
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
             frames, K = chessboard_frames()
         else:
             seq = make_sequence(name, n_frames=args.frames, seed=0)
-            frames, K = seq, seq.camera.K
+            frames, K = [seq[i] for i in range(0, len(seq), args.step)], seq.camera.K
         m = run_sequence(frames, K, matcher, conf, args.depth_noise, progress=not args.no_progress, label=name)
         plot(out_dir, name, m)
         stamps, est, gt = m["_trajectories"]
@@ -217,7 +226,8 @@ def main(argv=None) -> int:
               f" {evo_command(gt_path, est_path, 'origin')}  (-a: SE(3) fit)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"matcher": args.matcher, "depth_noise": args.depth_noise,
-                                               "frames": args.frames, "scenes": report}, indent=2))
+                                               "frames": args.frames, "step": args.step, "odometry": conf,
+                                               "cpu": cpu_model(), "scenes": report}, indent=2))
     print(f"plots and TUM trajectories (<scene>_estimate.tum, <scene>_groundtruth.tum) in {out_dir}/")
     return 0
 

@@ -55,6 +55,12 @@ class Matcher(ABC):
     def match(self, ref: Features, query: Features) -> Matches:
         """Match reference features to query features."""
 
+    def match_fast(self, ref: Features, query: Features) -> Matches:
+        """A cheaper matching where a robust estimator checks every match anyway (visual odometry's window of
+        earlier keyframes): ``match`` unless the backend has a cheaper one (a learned matcher's descriptors by
+        mutual nearest neighbours)."""
+        return self.match(ref, query)
+
     def check_distortion(self, distortion) -> None:
         """ValueError when this backend cannot work with a distorted image (``keypoint_geometry`` False) and
         ``distortion`` (a ``camera.Distortion`` or None) is not the identity."""

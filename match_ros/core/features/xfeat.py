@@ -315,6 +315,12 @@ class XFeatLighterGlue(XFeatExtractor):
         return state
 
     @torch.inference_mode()
+    def match_fast(self, ref: Features, query: Features) -> Matches:
+        """XFeat's descriptors by mutual nearest neighbours (``XFeatMNN``): ~5 ms instead of LighterGlue's ~100 ms
+        on one core, for visual odometry's window (docs/odometry.md)."""
+        return match_features(ref, query, "cosine", None, float(XFeatMNN.default_conf["min_cossim"]))
+
+    @torch.inference_mode()
     def match(self, ref: Features, query: Features) -> Matches:
         """Run LighterGlue on cached features (no CNN here)."""
         if len(ref) == 0 or len(query) == 0:
