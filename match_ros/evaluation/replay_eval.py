@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from match_ros.core.geometry.absolute_pose import pose_sigmas
 from match_ros.evaluation import metrics
 from match_ros.evaluation.graph import NodeProcess, confine_to_loopback, spin_until
 
@@ -99,8 +100,8 @@ def score_set(msg, sequence, index_of_stamp: dict) -> PairScore:
         if msg.translation_valid:
             score.trans_err_deg = e.get("trans_deg", float("nan"))
             if not msg.scale_known:  # the translation block is that of the unit direction [rad^2]
-                cov = np.asarray(msg.relative_pose_covariance, np.float64).reshape(6, 6)[:3, :3]
-                score.trans_sigma_deg = float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(cov)[-1], 0.0))))
+                cov = np.asarray(msg.relative_pose_covariance, np.float64).reshape(6, 6)
+                score.trans_sigma_deg = float(np.degrees(pose_sigmas(cov)[0]))
     return score
 
 
