@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from match_ros.core.geometry.absolute_pose import (evidence_where_both_predict, fuse_poses, least_certain_shift,
-                                                   moved_covariance, pose_covariance, pose_difference,
-                                                   pose_mahalanobis, solve_pnp)
+from match_ros.core.geometry.absolute_pose import (covariance_cover, evidence_where_both_predict, fuse_poses,
+                                                   least_certain_shift, moved_covariance, pose_covariance,
+                                                   pose_difference, pose_mahalanobis, solve_pnp)
 from match_ros.core.geometry.camera import project, transform_points
 from match_ros.core.geometry.transforms import invert, make_T, perturb_pose, rotation_error_deg
 
@@ -117,6 +117,21 @@ def test_fused_poses_lean_on_the_more_certain_one_and_stay_consistent_when_corre
     assert np.mean(fused) <= 6.6 and np.mean(kalman) > 20.0, (np.mean(fused), np.mean(kalman))
     with pytest.raises(ValueError, match="finite"):
         fuse_poses(T, np.full((6, 6), np.nan), T, cov)
+
+
+def test_covariance_cover_is_at_least_as_large_as_both_and_no_larger_than_needed():
+    """The cover of a drift model and an odometry's report: no direction less uncertain than either; where one
+    contains the other, that one; for two crossed ellipses, inside their sum (which is larger than needed)."""
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        A, B = (M @ M.T for M in rng.normal(size=(2, 6, 6)) * rng.uniform(0.01, 0.1, (2, 1, 1)))
+        C = covariance_cover(A, B)
+        assert np.linalg.eigvalsh(C - A).min() > -1e-12 and np.linalg.eigvalsh(C - B).min() > -1e-12
+        assert np.linalg.eigvalsh(A + B - C).min() > -1e-12
+        assert np.allclose(covariance_cover(A, 0.5 * A), A) and np.allclose(covariance_cover(0.5 * A, A), A)
+    # a zero model (the robot has not moved) is covered by the report alone
+    B = np.diag([0.01, 0.02, 0.03, 1e-4, 2e-4, 3e-4])
+    assert np.allclose(covariance_cover(np.zeros((6, 6)), B), B, atol=1e-9)
 
 
 def test_evidence_is_compared_where_both_maps_predict():

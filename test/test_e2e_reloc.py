@@ -753,6 +753,11 @@ def _check_vo_and_relocalizer(seq, records, map_odom, vo_log, tf, odom_cov, min_
     if min_tracked:  # its accuracy where it can track (at 1x on a loaded machine it matches frames 0.3-0.5 s apart:
         _check_odometry_alone(seq, odom, stamps, tracked, odom_cov, vo_log)  # 8 cm off over 14 cm in 1 run of 10)
     _check_map_odom_camera(seq, records, map_odom, odom, min_tracked)
+    # the relocalizer read visual_odometry's covariance on ~/odom for every frame it predicted from the odometry
+    predicted = [r.stats for r in records if r.stats.get("prior_drift")]
+    assert all(s["prior_drift"] == "model, odometry report" for s in predicted), predicted
+    if min_tracked:
+        assert predicted, [r.stats for r in records]
 
 
 def _check_odometry_alone(seq, odom, stamps, tracked, odom_cov, vo_log):

@@ -610,6 +610,30 @@ def test_a_pose_the_odometry_cannot_explain_is_not_integrated(office, matcher):
     assert np.allclose(tracker.T_map_odom[:3, 3], np.linalg.inv(jumped)[:3, 3], atol=0.05)
 
 
+def test_the_odometry_reports_its_own_drift_where_it_exceeds_the_model(office, matcher):
+    """visual_odometry publishes its covariance on ~/odom. Where it reports more drift since the fix than the
+    per-metre model allows (a poor stretch), the prediction is that uncertain: an odometry 0.2 m off that says it may
+    be (sigma 0.15 m) is not a contradiction, the frame is localized where it is and the pose does not lean on the
+    prediction; a report of less drift than the model does not narrow it; the growth is rotated from odom to map."""
+    q, sharp, tracker, T_odom_map, f0 = _tracker_after_a_fix(office, matcher, 160)
+    f1 = q[sharp[1]]
+    at_fix = np.diag([1e-4] * 3 + [1e-5] * 3)
+    tracker._anchor = tracker._anchor[:3] + (at_fix,)  # the fix above had no report: give it one
+    model = tracker.prior(f1.stamp_ns, T_odom_map @ f1.T_world_cam)[4]
+    small = tracker.prior(f1.stamp_ns, T_odom_map @ f1.T_world_cam, at_fix + 1e-8 * np.eye(6))[4]
+    assert np.allclose(small, model)
+    grown = at_fix + np.diag([0.15 ** 2, 0.0, 0.0, 0.0, 0.0, 0.0])  # along odom's x axis
+    wide = tracker.prior(f1.stamp_ns, T_odom_map @ f1.T_world_cam, grown)[4]
+    x_in_map = tracker.T_map_odom[:3, :3] @ [1.0, 0.0, 0.0]
+    assert x_in_map @ wide[:3, :3] @ x_in_map >= 0.15 ** 2 - 1e-9
+    assert np.linalg.eigvalsh(wide - model).min() > -1e-12
+    jumped = make_T(np.eye(3), [0.2, 0.0, 0.0]) @ T_odom_map  # 0.2 m off, as in the test above, but reported
+    r = tracker.localize(f1.rgb, q.camera.K, f1.stamp_ns, jumped @ f1.T_world_cam, odom_covariance=grown)
+    assert r.success and "held_back" not in r.stats, r.reason
+    assert errors(r.T_map_cam, f1.T_world_cam)[0] < 0.05
+    assert tracker._anchor[3] is grown  # the next prediction grows from this report
+
+
 def test_backends_the_integrity_benchmark_does_not_vouch_for_are_named():
     """The relocalizer warns at start for a backend the integrity benchmark has not measured on its report seeds
     (or found unsafe on its tune seeds)."""

@@ -197,7 +197,8 @@ def replay_relocalization(map_path, query_bag, params: dict, *, rate=1.0, domain
             continue
         T, cov = poses.get(stamp, (None, None))
         ms = float(vals.get("query_ms", "nan"))
-        records.append(QueryRecord(stamp, gt[stamp], T, cov, ms, message, vals.get("mode", "")))
+        records.append(QueryRecord(stamp, gt[stamp], T, cov, ms, message, vals.get("mode", ""),
+                                   prior=vals.get("prior", ""), stats=vals))  # the status's values, as text
     if tum_dir is not None:
         write_records_tum(tum_dir, "node", records)
     return records, map_odom, node_log

@@ -1,7 +1,8 @@
 """relocalizer node: visual relocalization against a keyframe map (REP 105).
 
 Subscribes:  image (or image/compressed), camera_info, initialpose (a prior in map_frame), /tf, /tf_static,
-             odometry (nav_msgs/Odometry behind odom_frame, optional: where its covariance jumps, it broke)
+             odometry (nav_msgs/Odometry behind odom_frame, optional: where its covariance jumps, it broke;
+             its covariance's growth since a fix widens the prediction where it exceeds the drift model)
 Publishes:   ~/pose (PoseWithCovarianceStamped of base_frame in map_frame), ~/correspondences (the keyframe with
              the most inliers), ~/status (DiagnosticArray per query, stamped with the image: mode, inliers,
              timings, or why no pose), /tf map -> odom (map -> base_frame when odom_frame is empty), /diagnostics,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -58,6 +60,8 @@ from match_ros.srv import LoadMap, Relocalize, SaveMap
 NODE_NAME = "relocalizer"
 MAX_SERVICE_TIMEOUT_S = 10.0
 MAX_WAITING_CALLS = 12  # ~/relocalize calls waiting at once (each waits in an executor thread of its own)
+ODOM_REPORTS_KEPT = 256  # odometry messages whose covariance is kept (8 s of a 30 Hz odometry)
+ODOM_REPORT_SLACK_S = 0.5  # an odometry message farther than this from an image stamp does not stand for it
 node_spec = {
     "map_path": Param("", "Map file loaded at start and by parameter changes (relative: in map_directory; empty: "
                       "start without a map); follows ~/load_map"),
@@ -116,8 +120,9 @@ class RelocalizerNode(ManagedNode):
         # until a fix is integrated again
         self._doubt_ns = None
         # odometry breaks (the odometry topic): those not yet handed to the tracker, the recent ones, and the last
-        # message's (stamp, variance)
+        # message's (stamp, variance); the recent messages' (stamp, pose covariance, child frame)
         self._new_breaks, self._breaks, self._odom_last = [], [], None
+        self._odom_reports = deque(maxlen=ODOM_REPORTS_KEPT)
         self.start()
 
     def _read_parameters(self) -> tuple:
@@ -243,11 +248,14 @@ class RelocalizerNode(ManagedNode):
         """A break where the position variance rises by odom_break_variance: map -> odom is not re-broadcast past
         it, and the tracker links no earlier fix to a later frame (handed over in the worker, ``_query``)."""
         stamp = conv.stamp_to_ns(msg.header.stamp)
-        variance = float(np.max(np.asarray(msg.pose.covariance, np.float64)[[0, 7, 14]]))
+        covariance = np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)
+        variance = float(np.max(np.diag(covariance)[:3]))
         with self._tf_lock:
             last, self._odom_last = self._odom_last, (stamp, variance)
             if last is not None and stamp < last[0]:  # a bag played again, /clock reset: the old breaks are ahead
                 self._breaks, self._new_breaks = [], []
+                self._odom_reports.clear()
+            self._odom_reports.append((stamp, covariance, msg.child_frame_id))
             if last is None or stamp <= last[0] or variance < last[1] + self.p["odom_break_variance"]:
                 return
             self._new_breaks.append(stamp)
@@ -306,6 +314,7 @@ class RelocalizerNode(ManagedNode):
         camera = header.frame_id
         T_base_cam = self._base_to_camera(camera, stamp)
         T_odom_cam = None if global_only else self._odometry(camera, stamp)
+        odom_cov = None if T_odom_cam is None else self._reported_covariance(camera, stamp, T_odom_cam)
         with self._tf_lock:
             breaks, self._new_breaks = self._new_breaks, []
         with self._lock:
@@ -315,10 +324,12 @@ class RelocalizerNode(ManagedNode):
             if initial is not None and not global_only:
                 self.tracker.set_initial_pose(initial @ (T_base_cam if T_base_cam is not None else np.eye(4)))
             result = self.tracker.localize(frame.image, frame.K, stamp, T_odom_cam, global_only=global_only,
-                                           distortion=frame.distortion)
+                                           distortion=frame.distortion, odom_covariance=odom_cov)
         self.counts["queries"] += 1
         self.rate.add(1e3 * (time.monotonic() - frame.received))
-        values = {"mode": result.mode, "prior": result.stats.get("prior", "none"), "inliers": result.num_inliers,
+        values = {"mode": result.mode, "prior": result.stats.get("prior", "none"),
+                  **{k: result.stats[k] for k in ("prior_sigma_m", "prior_drift") if k in result.stats},
+                  "inliers": result.num_inliers,
                   "rmse_px": result.rmse_px, "query_ms": sum(result.timings_ms.values()),
                   **{f"{k}_ms": v for k, v in result.timings_ms.items()}}
         if "reset" in result.stats:
@@ -355,7 +366,8 @@ class RelocalizerNode(ManagedNode):
         if T_odom_cam is None and p["odom_frame"]:  # it may have come during the query
             T_odom_cam = self._odometry_at(camera, stamp)
             if T_odom_cam is not None:
-                self.tracker.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam, stamp)
+                self.tracker.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam, stamp,
+                                             self._reported_covariance(camera, stamp, T_odom_cam))
         if p["publish_tf"]:
             if not p["odom_frame"]:
                 self.tf.send([conv.matrix_to_transform(T_map_base, out, base_frame)])
@@ -373,6 +385,7 @@ class RelocalizerNode(ManagedNode):
         with self._tf_lock:
             self._map_odom, self._pending_fix, self._newest_image_ns, self._doubt_ns = None, None, 0, None
             self._breaks, self._new_breaks, self._odom_last = [], [], None
+            self._odom_reports.clear()
 
     def _set_map_odom(self, stamp: int, T_map_odom: np.ndarray) -> bool:
         """Broadcast map -> odom at ``stamp`` unless a newer fix has set it already."""
@@ -412,8 +425,9 @@ class RelocalizerNode(ManagedNode):
             T_odom_cam = self._odometry_at(camera, stamp)
             if T_odom_cam is not None:
                 if self._set_map_odom(stamp, T_map_cam @ invert(T_odom_cam)):
+                    odom_cov = self._reported_covariance(camera, stamp, T_odom_cam)
                     with self._lock:
-                        self.tracker.anchor_odometry(T_map_cam, covariance, T_odom_cam, stamp)
+                        self.tracker.anchor_odometry(T_map_cam, covariance, T_odom_cam, stamp, odom_cov)
                 return
             if now - stamp > p["map_odom_wait_s"] * 1e9:
                 with self._tf_lock:
@@ -460,6 +474,25 @@ class RelocalizerNode(ManagedNode):
                                    f"break at {crossed[0] * 1e-9:.3f} s: not used", throttle_duration_sec=5.0)
             return None
         return T
+
+    def _reported_covariance(self, camera: str, stamp: int, T_odom_cam: np.ndarray):
+        """The odometry topic's covariance of odom -> camera at ``stamp`` (the first message at or after it, the
+        one tf2 interpolates towards, else the last before it; within ODOM_REPORT_SLACK_S), moved from the message's
+        child frame to the camera, or None (no odometry topic, no message near the stamp, no transform between the
+        child frame and the camera). The tracker widens its drift model to cover its growth since the fix."""
+        with self._tf_lock:
+            reports = list(self._odom_reports)
+        after = [r for r in reports if r[0] >= stamp]
+        near = after[0] if after else (reports[-1] if reports else None)
+        if near is None or abs(near[0] - stamp) > ODOM_REPORT_SLACK_S * 1e9:
+            return None
+        _, covariance, child = near
+        if child in ("", camera):
+            return covariance
+        T_child_cam = self._lookup(child, camera, stamp, 0.0)
+        if T_child_cam is None:
+            return None
+        return covariance_of_attached_frame(covariance, T_odom_cam @ invert(T_child_cam), T_odom_cam)
 
     def _base_to_camera(self, camera: str, stamp: int):
         base = self.p["base_frame"]

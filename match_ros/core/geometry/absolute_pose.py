@@ -207,6 +207,20 @@ def moved_covariance(cov: np.ndarray, T_from: np.ndarray, T_to: np.ndarray) -> n
     return J @ cov @ J.T
 
 
+def covariance_cover(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A covariance at least as large as both ``a`` and ``b`` in every direction (C - a and C - b positive
+    semi-definite), equal to the larger where one contains the other: in the coordinates that whiten ``a``, each
+    eigenvalue of ``b`` below 1 is raised to 1. For two estimates of one error of which either may be the honest one
+    (a generic drift model and what the odometry reports). A singular ``a`` is floored at 1e-12 on its diagonal."""
+    a = 0.5 * (a + a.T) + 1e-12 * np.eye(len(a))
+    w, v = np.linalg.eigh(a)
+    half = v @ np.diag(np.sqrt(w)) @ v.T  # a^(1/2)
+    inv_half = v @ np.diag(1.0 / np.sqrt(w)) @ v.T
+    lam, u = np.linalg.eigh(inv_half @ (0.5 * (b + b.T)) @ inv_half)
+    out = half @ u @ np.diag(np.maximum(lam, 1.0)) @ u.T @ half
+    return 0.5 * (out + out.T)
+
+
 def fuse_poses(T_a: np.ndarray, cov_a: np.ndarray, T_b: np.ndarray, cov_b: np.ndarray) -> tuple:
     """(T, cov): two estimates of one pose whose errors may be correlated combined by covariance intersection, in
     the parameters of ``pose_covariance``: cov^-1 = w cov_a^-1 + (1 - w) cov_b^-1 with w in [0, 1] minimising

@@ -4,7 +4,8 @@ relocalizer node and ``match_ros_eval_reloc --mode continuous`` both run it).
 Each frame is tracked from the strongest prior there is, and says which one it used (``result.stats["prior"]``):
 1. ``odometry``: the map -> odom of the last fix composed with odom -> camera at the image stamp, a measured
    motion. Its covariance is the fix's, moved along, plus the odometry's drift over the path since the fix
-   (``odometry_drift*``); the tracked pose must agree with it within the localizer's ``prior_chi2`` (and
+   (``odometry_drift*``, widened where the odometry reports more: its own covariance's growth since the fix); the
+   tracked pose must agree with it within the localizer's ``prior_chi2`` (and
    ``max_prior_deviation_*``): a pose in a wrong basin 10 deg off, which still verifies around itself, is refused;
    a pose that agrees is fused with the prediction (``fuse_odometry``: covariance intersection, as the two share
    the map's error; a weak view, whose own sigma is large, leans on the odometry);
@@ -30,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from match_ros.core.config import Param, make_conf
-from match_ros.core.geometry.absolute_pose import fuse_poses, moved_covariance, pose_sigmas
+from match_ros.core.geometry.absolute_pose import covariance_cover, fuse_poses, moved_covariance, pose_sigmas
 from match_ros.core.geometry.camera import Distortion
 from match_ros.core.geometry.transforms import invert, rotation_error_deg
 from match_ros.core.relocalization.localizer import LocalizationResult, Localizer
@@ -76,7 +77,8 @@ class ContinuousLocalizer:
         self.T_map_odom: Optional[np.ndarray] = None
         self.last_fix: Optional[np.ndarray] = None
         self.last_fix_ns: Optional[int] = None
-        self._anchor: Optional[tuple] = None  # the fix behind T_map_odom: (T_map_cam, covariance, T_odom_cam)
+        # the fix behind T_map_odom: (T_map_cam, covariance, T_odom_cam, the odometry's covariance there or None)
+        self._anchor: Optional[tuple] = None
         self._anchor_ns: Optional[int] = None  # its stamp (None: not known, no break can be placed against it)
         self.breaks: list = []  # stamps where the odometry broke (``note_odometry_break``), newest last
         self.last_stamp_ns: Optional[int] = None
@@ -120,12 +122,14 @@ class ContinuousLocalizer:
         """Whether the odometry broke after the fix behind map -> odom and at or before ``stamp_ns``."""
         return self._anchor_ns is not None and any(self._anchor_ns < b <= stamp_ns for b in self.breaks)
 
-    def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray]) -> tuple:
+    def prior(self, stamp_ns: int, T_odom_cam: Optional[np.ndarray],
+              odom_covariance: Optional[np.ndarray] = None) -> tuple:
         """(T_map_cam or None, source in PRIORS, age [s], confirmed, covariance [6 x 6] or None) for a frame at
-        ``stamp_ns`` whose odometry (odom -> camera at that stamp) is ``T_odom_cam`` (None: none)."""
+        ``stamp_ns`` whose odometry (odom -> camera at that stamp) is ``T_odom_cam`` (None: none), with the
+        odometry's own covariance ``odom_covariance`` where it reports one (``odometry_covariance``)."""
         if T_odom_cam is not None and self.T_map_odom is not None and not self.odometry_broken(stamp_ns):
             predicted = self.T_map_odom @ T_odom_cam
-            return predicted, "odometry", 0.0, True, self.odometry_covariance(predicted, T_odom_cam)
+            return predicted, "odometry", 0.0, True, self.odometry_covariance(predicted, T_odom_cam, odom_covariance)
         if self._initial is not None:
             return self._initial, "initial pose", 0.0, False, None
         if self.last_fix is not None and not self.lost:
@@ -134,20 +138,40 @@ class ContinuousLocalizer:
                 return self.last_fix, "last fix", age, False, None
         return None, "none", 0.0, False, None
 
-    def odometry_covariance(self, predicted: np.ndarray, T_odom_cam: np.ndarray) -> Optional[np.ndarray]:
+    def odometry_covariance(self, predicted: np.ndarray, T_odom_cam: np.ndarray,
+                            odom_covariance: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Covariance of the odometry's prediction ``predicted`` (camera at odom -> camera ``T_odom_cam``): the
-        last fix's covariance moved along, plus the drift over the path since (``odometry_drift*``, from the
-        straight-line distance and the angle turned). None without a finite fix covariance."""
+        last fix's covariance moved along, plus the drift over the path since: ``odometry_drift*`` from the
+        straight-line distance and the angle turned, widened to cover what the odometry reports where it reports
+        more (``odom_covariance``, its covariance of odom -> camera now, less the one it had at the fix; in the
+        odom frame, the parameters of ``pose_covariance``). A visual odometry in a poor stretch knows its drift
+        better than a per-metre rate; a report of less than the rate does not narrow it (the rate is the floor).
+        None without a finite fix covariance."""
         if self._anchor is None or not np.all(np.isfinite(self._anchor[1])):
             return None
-        fix, cov, at_fix = self._anchor
+        fix, cov, at_fix, odom_at_fix = self._anchor
         motion = invert(at_fix) @ T_odom_cam
         dist = float(np.linalg.norm(motion[:3, 3]))
         turned = np.radians(rotation_error_deg(motion[:3, :3], np.eye(3)))
         c = self.conf
         sigma_t = c["odometry_drift"] * dist
         sigma_r = np.radians(c["odometry_drift_deg_per_m"]) * dist + c["odometry_turn_drift"] * turned
-        return moved_covariance(cov, fix, predicted) + np.diag([sigma_t ** 2] * 3 + [sigma_r ** 2] * 3)
+        drift = np.diag([sigma_t ** 2] * 3 + [sigma_r ** 2] * 3)
+        reported = self._reported_drift(odom_at_fix, odom_covariance)
+        if reported is not None:
+            drift = covariance_cover(drift, reported)
+        return moved_covariance(cov, fix, predicted) + drift
+
+    def _reported_drift(self, at_fix: Optional[np.ndarray], now: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """The odometry's reported covariance growth from the fix to now, in the map frame (its negative part,
+        where the odometry grew more certain, dropped), or None where either report is missing or not finite."""
+        if at_fix is None or now is None or not (np.all(np.isfinite(at_fix)) and np.all(np.isfinite(now))):
+            return None
+        growth = 0.5 * ((now - at_fix) + (now - at_fix).T)
+        w, v = np.linalg.eigh(growth)
+        growth = v @ np.diag(np.maximum(w, 0.0)) @ v.T
+        R = np.kron(np.eye(2), self.T_map_odom[:3, :3])  # odom axes -> map axes, position and rotation alike
+        return R @ growth @ R.T
 
     @staticmethod
     def _fuse(result: LocalizationResult, predicted: np.ndarray, predicted_covariance: np.ndarray) -> None:
@@ -160,20 +184,25 @@ class ContinuousLocalizer:
         result.stats["position_sigma_m"], result.stats["rotation_sigma_deg"] = pose_sigmas(cov)
 
     def anchor_odometry(self, T_map_cam: np.ndarray, covariance: np.ndarray, T_odom_cam: np.ndarray,
-                        stamp_ns: Optional[int] = None) -> np.ndarray:
+                        stamp_ns: Optional[int] = None, odom_covariance: Optional[np.ndarray] = None) -> np.ndarray:
         """Set map -> odom from a fix (pose, covariance, stamp) and odom -> camera at its stamp (which may arrive
-        after the fix); later frames are predicted from it. Returns the map -> odom."""
+        after the fix; with the odometry's covariance there, where it reports one); later frames are predicted from
+        it. Returns the map -> odom."""
         self._anchor = (np.asarray(T_map_cam, np.float64), np.asarray(covariance, np.float64),
-                        np.asarray(T_odom_cam, np.float64))
+                        np.asarray(T_odom_cam, np.float64),
+                        None if odom_covariance is None else np.asarray(odom_covariance, np.float64))
         self._anchor_ns = None if stamp_ns is None else int(stamp_ns)
         self.T_map_odom = self._anchor[0] @ invert(self._anchor[2])
         return self.T_map_odom
 
     def localize(self, image: np.ndarray, K: np.ndarray, stamp_ns: int, T_odom_cam: Optional[np.ndarray] = None,
-                 global_only: bool = False, distortion: Optional[Distortion] = None) -> LocalizationResult:
+                 global_only: bool = False, distortion: Optional[Distortion] = None,
+                 odom_covariance: Optional[np.ndarray] = None) -> LocalizationResult:
         """Localize one frame (stamp [ns], odometry odom -> camera at the stamp or None) and update the state.
         global_only: search the whole map whatever the prior (a service request). distortion: the raw image's lens
-        distortion or None (``Localizer.localize``)."""
+        distortion or None (``Localizer.localize``). odom_covariance: the odometry's own covariance of odom -> camera
+        at the stamp (odom frame, the parameters of ``pose_covariance``) where it reports one (visual_odometry's
+        ~/odom does): the prediction is at least that uncertain (``odometry_covariance``)."""
         reset = self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns
         if reset:
             initial = self._initial
@@ -181,12 +210,16 @@ class ContinuousLocalizer:
             self._initial = initial
         self.last_stamp_ns = int(stamp_ns)
         prior, source, age, confirmed, prior_cov = ((None, "none", 0.0, False, None) if global_only
-                                                    else self.prior(stamp_ns, T_odom_cam))
+                                                    else self.prior(stamp_ns, T_odom_cam, odom_covariance))
         broken = T_odom_cam is not None and self.odometry_broken(stamp_ns)
         self._initial = None
         result = self.localizer.localize(image, K, prior, prior_age_s=age, prior_confirmed=confirmed,
                                          distortion=distortion, prior_covariance=prior_cov)
         result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
+        if prior_cov is not None:  # how far the prior may be off (1 sigma), and whether the odometry's report counted
+            reported = self._reported_drift(self._anchor[3], odom_covariance) is not None
+            result.stats["prior_sigma_m"] = pose_sigmas(prior_cov)[0]
+            result.stats["prior_drift"] = "model, odometry report" if reported else "model"
         if result.success and source == "odometry" and result.mode == "global":
             self._check_against_odometry(result, prior, prior_cov, T_odom_cam)
         if (result.success and source == "odometry" and prior_cov is not None and self.conf["fuse_odometry"]
@@ -202,7 +235,7 @@ class ContinuousLocalizer:
         self.fail_streak = 0
         self.last_fix, self.last_fix_ns = result.T_map_cam, int(stamp_ns)
         if T_odom_cam is not None:
-            self.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam, stamp_ns)
+            self.anchor_odometry(result.T_map_cam, result.covariance, T_odom_cam, stamp_ns, odom_covariance)
         return result
 
 
