@@ -103,12 +103,13 @@ def test_touching_planes_show_different_photos():
 
 
 def test_seed_split_is_fixed_and_disjoint():
-    assert TUNE_SEEDS == tuple(range(100, 110)) and REPORT_SEEDS == tuple(range(9000, 9012))
+    assert TUNE_SEEDS == tuple(range(100, 110)) and REPORT_SEEDS == tuple(range(10000, 10012))
     assert not set(TUNE_SEEDS) & set(REPORT_SEEDS)
     fresh = {fresh_seed() for _ in range(5)}
     assert len(fresh) == 5 and min(fresh) >= 10 ** 6 and not fresh & set(TUNE_SEEDS + REPORT_SEEDS)
-    splits = [seed_split(s) for s in (100, 139, 9011, 1011, 2011, 3011, 4011, 5011, 6011, 7011, 8011, 10 ** 6, 5)]
-    assert splits == ["tune", "tune", "report", "tune", "tune", "tune", "tune", "tune", "tune", "tune", "tune",
+    splits = [seed_split(s) for s in (100, 139, 10011, 1011, 2011, 3011, 4011, 5011, 6011, 7011, 8011, 9011, 10 ** 6,
+                                      5)]
+    assert splits == ["tune", "tune", "report", "tune", "tune", "tune", "tune", "tune", "tune", "tune", "tune", "tune",
                       "fresh", "other"]
 
 

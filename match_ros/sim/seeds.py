@@ -1,7 +1,7 @@
 """The seed split of the procedural benchmark (``match_ros.sim.procedural``, ``match_ros_bench_integrity``).
 
 - TUNE_SEEDS (100-109): choose thresholds and parameters on these; look at them as much as you like.
-- REPORT_SEEDS (9000-9011, from 2026-12-07's thirteenth session; docs/relocalization.md): report figures on
+- REPORT_SEEDS (10000-10011, from 2026-12-07's sixteenth session; docs/relocalization.md): report figures on
   these, and NEVER look at them (images, per-seed results, failure cases) when choosing a parameter.
   A report seed that has influenced a choice has become a tuning seed: move the whole report set to new seeds (and
   say so) rather than keep reporting on it.
@@ -29,6 +29,9 @@
   - 8000-8011 were reported twice (2026-12-07: the thirteenth report, then the classical backends again with the
     contrast equalisation chosen on tune seeds); their wrong classical poses (seeds 8004 and 8009) were looked at in
     the thirteenth session.
+  - 9000-9011 were reported twice (2026-12-07, pooled only); their pooled NEES (xfeat_lighterglue 2.6-2.9,
+    nemf_dense 2.9-3.0, under issue #19's band of 3-12) prompted the refit of the covariance factors in the
+    sixteenth session (on retired seeds 7000-8011).
 - fresh_seed(): a seed >= 10**6 from the OS's entropy, for a one-off check of a finished configuration on a place
   nobody has seen (print it so the check can be repeated).
 
@@ -43,8 +46,8 @@ TUNE_SEEDS = tuple(range(100, 110))
 WIDE_TUNE_SEEDS = tuple(range(110, 140))
 RETIRED_REPORT_SEEDS = (tuple(range(1000, 1012)) + tuple(range(2000, 2012)) + tuple(range(3000, 3012))
                         + tuple(range(4000, 4012)) + tuple(range(5000, 5012)) + tuple(range(6000, 6012))
-                        + tuple(range(7000, 7012)) + tuple(range(8000, 8012)))
-REPORT_SEEDS = tuple(range(9000, 9012))
+                        + tuple(range(7000, 7012)) + tuple(range(8000, 8012)) + tuple(range(9000, 9012)))
+REPORT_SEEDS = tuple(range(10000, 10012))
 FRESH_SEED_MIN = 10 ** 6
 
 
