@@ -162,10 +162,16 @@ class ContinuousLocalizer:
             drift = covariance_cover(drift, reported)
         return moved_covariance(cov, fix, predicted) + drift
 
+    @staticmethod
+    def _both_reported(at_fix: Optional[np.ndarray], now: Optional[np.ndarray]) -> bool:
+        """Whether the odometry reported a finite covariance at the fix and now (its growth can be used)."""
+        return (at_fix is not None and now is not None
+                and bool(np.all(np.isfinite(at_fix)) and np.all(np.isfinite(now))))
+
     def _reported_drift(self, at_fix: Optional[np.ndarray], now: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """The odometry's reported covariance growth from the fix to now, in the map frame (its negative part,
         where the odometry grew more certain, dropped), or None where either report is missing or not finite."""
-        if at_fix is None or now is None or not (np.all(np.isfinite(at_fix)) and np.all(np.isfinite(now))):
+        if not self._both_reported(at_fix, now):
             return None
         growth = 0.5 * ((now - at_fix) + (now - at_fix).T)
         w, v = np.linalg.eigh(growth)
@@ -217,8 +223,8 @@ class ContinuousLocalizer:
                                          distortion=distortion, prior_covariance=prior_cov)
         result.stats["prior"] = source if result.mode == "tracking" or prior is None else f"{source} (failed)"
         if prior_cov is not None:  # how far the prior may be off (1 sigma), and whether the odometry's report counted
-            reported = self._reported_drift(self._anchor[3], odom_covariance) is not None
             result.stats["prior_sigma_m"] = pose_sigmas(prior_cov)[0]
+            reported = self._both_reported(self._anchor[3], odom_covariance)
             result.stats["prior_drift"] = "model, odometry report" if reported else "model"
         if result.success and source == "odometry" and result.mode == "global":
             self._check_against_odometry(result, prior, prior_cov, T_odom_cam)
